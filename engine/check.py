@@ -1,0 +1,181 @@
+"""Whole-set validation behind ``aetherius check``: every problem, with ``path:line``.
+
+:mod:`engine.spec` already reports YAML syntax, unknown fields, bad values, unknown step
+types and invalid step configs. This module adds what needs the whole set: edges to
+missing steps, unreachable steps, loops without a wait, strategies naming missing
+workflows, inhibit rules naming missing strategies, and sandbox refusals of expressions.
+It also derives the implicit strategy of a workflow with ``trigger_type: event``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.exceptions import ExpressionError, Problem, RuleError
+from engine.expressions import Expression
+from engine.spec import Correlation, RuleSet, Strategy, Symptom, Workflow, load_rules
+from steps import REGISTRY
+
+
+def implicit_strategy(wf: Workflow) -> Strategy:
+    """The seed's ``trigger_config`` (event_reason, severity) as a strategy."""
+    reason = wf.trigger_config.event_reason
+    return Strategy(
+        id=f"workflow:{wf.id}", name=wf.name or wf.id, category="workflow_trigger",
+        symptoms=[Symptom(conditions={"reason": reason})], workflow_id=wf.id,
+        priority=wf.priority, severity=wf.trigger_config.severity, correlation=Correlation(),
+    )
+
+
+def effective_strategies(rules: RuleSet) -> dict[str, Strategy]:
+    """Enabled strategies, plus implicit ones for event-triggered workflows that no
+    explicit strategy already starts (so one event never opens two incidents)."""
+    out = {sid: s for sid, s in rules.strategies.items() if s.enabled}
+    started = {s.workflow_id for s in rules.strategies.values()}
+    for wf in rules.workflows.values():
+        if (wf.trigger_type == "event" and wf.status == "active"
+                and wf.trigger_config.event_reason and wf.id not in started):
+            strategy = implicit_strategy(wf)
+            out[strategy.id] = strategy
+    return out
+
+
+def _edges(step) -> list[tuple[tuple, str]]:
+    edges = [(("on_success", i), t) for i, t in enumerate(step.on_success)]
+    edges += [(("on_failure", i), t) for i, t in enumerate(step.on_failure)]
+    return edges
+
+
+def _check_workflow(rules: RuleSet, wf: Workflow) -> None:
+    origin = rules.origin("workflow", wf.id)
+    index: dict[str, int] = {}
+    for i, step in enumerate(wf.steps):
+        if step.id in index:
+            first = origin.line("steps", index[step.id], "id")
+            rules.problem(origin, ("steps", i, "id"),
+                          f"duplicate step id {step.id!r} (first at line {first})")
+        else:
+            index[step.id] = i
+    graph: dict[str, list[str]] = {}
+    in_branch: set[str] = set()
+    for i, step in enumerate(wf.steps):
+        targets: list[str] = []
+        for sub, target in _edges(step):
+            if target not in index:
+                rules.problem(origin, ("steps", i, *sub),
+                              f"steps.{i}.{sub[0]}: no step {target!r} in workflow {wf.id!r}")
+            else:
+                targets.append(target)
+        step_type = REGISTRY.get(step.type)
+        if step_type is not None and step._parsed is not None:
+            for target in step_type.targets(step.parsed):
+                if target in index:
+                    targets.append(target)
+                elif step.type == "parallel":
+                    rules.problem(origin, ("steps", i, "config", "branches"),
+                                  f"steps.{i}.config.branches: no step {target!r} in workflow {wf.id!r}")
+            if step.type == "parallel":
+                for branch in step.parsed.branches:
+                    in_branch.update(branch)
+            for sub, source in step_type.expressions(step.parsed):
+                try:
+                    Expression(source)
+                except ExpressionError as exc:
+                    rules.problem(origin, ("steps", i, "config", *sub),
+                                  f"steps.{i}.config.{'.'.join(map(str, sub))}: {exc}")
+        graph[step.id] = targets
+    for step_id in in_branch:
+        if step_id in index:
+            step = wf.steps[index[step_id]]
+            if step.on_success or step.on_failure:
+                rules.problem(origin, ("steps", index[step_id]),
+                              f"step {step_id!r} runs in a parallel branch: its order comes from "
+                              "the branch, so it cannot have on_success/on_failure")
+    # Reachability from the first step.
+    seen: set[str] = set()
+    stack = [wf.steps[0].id]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend(graph.get(node, []))
+    for step_id, i in index.items():
+        if step_id not in seen:
+            rules.problem(origin, ("steps", i, "id"),
+                          f"step {step_id!r} is unreachable from the first step {wf.steps[0].id!r}")
+    _check_loops(rules, wf, graph, index)
+
+
+def _check_loops(rules: RuleSet, wf: Workflow, graph: dict[str, list[str]], index: dict[str, int]) -> None:
+    """A cycle is legal only if a step on it lets time pass (``wait``)."""
+    origin = rules.origin("workflow", wf.id)
+    pauses = {s.id for s in wf.steps if (t := REGISTRY.get(s.type)) is not None and t.is_pause()}
+    # Drop pause steps and look for any remaining cycle (iterative DFS, colours).
+    live = {n: [t for t in ts if t not in pauses] for n, ts in graph.items() if n not in pauses}
+    colour: dict[str, int] = {}
+    reported: set[frozenset] = set()
+    for start in live:
+        if colour.get(start):
+            continue
+        path: list[str] = []
+        stack = [(start, iter(live[start]))]
+        colour[start] = 1
+        path.append(start)
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                colour[node] = 2
+                stack.pop()
+                path.pop()
+                continue
+            if colour.get(child) == 1:
+                cycle = path[path.index(child):]
+                key = frozenset(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    loop = " -> ".join([*cycle, child])
+                    rules.problem(origin, ("steps", index[child], "id"),
+                                  f"loop without a wait step: {loop}")
+            elif not colour.get(child):
+                colour[child] = 1
+                path.append(child)
+                stack.append((child, iter(live.get(child, []))))
+
+
+def validate(rules: RuleSet) -> list[Problem]:
+    """Add the whole-set problems to ``rules.problems`` and return them all, sorted."""
+    for wf in rules.workflows.values():
+        _check_workflow(rules, wf)
+        origin = rules.origin("workflow", wf.id)
+        if (wf.trigger_type == "event" and not wf.trigger_config.event_reason
+                and not any(s.workflow_id == wf.id for s in rules.strategies.values())):
+            rules.problem(origin, ("trigger_type",),
+                          f"workflow {wf.id!r} has trigger_type event but neither "
+                          "trigger_config.event_reason nor a strategy that starts it")
+    for strategy in rules.strategies.values():
+        origin = rules.origin("strategy", strategy.id)
+        if strategy.workflow_id not in rules.workflows:
+            rules.problem(origin, ("workflow_id",),
+                          f"strategy {strategy.id!r} names missing workflow {strategy.workflow_id!r}")
+        for i, rule in enumerate(strategy.inhibits):
+            if strategy.key_fields != rule.equal:
+                rules.problem(origin, ("inhibits", i, "equal"),
+                              f"inhibits.{i}.equal: an inhibiting strategy must be correlated "
+                              f"by the same field (correlation.key: {rule.equal})")
+            for j, target in enumerate(rule.strategies):
+                if target not in rules.strategies:
+                    rules.problem(origin, ("inhibits", i, "strategies", j),
+                                  f"inhibits.{i}.strategies: no strategy {target!r}")
+    rules.problems.sort()
+    return rules.problems
+
+
+def load_valid(directory: str | Path) -> RuleSet:
+    """Load and validate; raise RuleError listing every problem if there is any."""
+    rules = load_rules(directory)
+    # Whole-set checks run even after file problems: operators want every problem at once.
+    if validate(rules):
+        raise RuleError(rules.problems)
+    return rules

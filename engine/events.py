@@ -1,0 +1,370 @@
+"""Intake: every accepted input shape becomes one :class:`Event`.
+
+Accepted shapes:
+
+- a core/v1 ``Event`` (``involvedObject``, ``count``, ``firstTimestamp`` ...);
+- an events.k8s.io/v1 ``Event`` (``regarding``, ``note``, ``series``, ``deprecated*``);
+- a watch line ``{"type": "ADDED|MODIFIED|DELETED", "object": <Event>}``;
+- the agent-manager envelope (``reason``, ``severity``, ``namespace``, ``kind``, ``name`` ...).
+
+Kubernetes does not re-create a repeated event: it patches ``count`` and the last
+timestamp. :class:`OccurrenceTracker` turns those patches into occurrences: a higher count
+for the same Event object adds the difference, an exact repeat adds nothing.
+Anything else raises :class:`~engine.exceptions.MalformedEvent` saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from engine.exceptions import MalformedEvent
+
+MAX_EVENT_BYTES = 1024 * 1024
+
+# A pod made by a Deployment is <deployment>-<replicaset hash>-<5 char suffix>;
+# by a StatefulSet <name>-<ordinal>; by a DaemonSet or Job <name>-<5 char suffix>.
+_RS_POD = re.compile(r"^(?P<base>.+)-(?P<hash>[0-9a-z]{6,10})-(?P<suffix>[0-9a-z]{5})$")
+_ORDINAL_POD = re.compile(r"^(?P<base>.+)-(?P<ordinal>\d+)$")
+_SUFFIX_POD = re.compile(r"^(?P<base>.+)-(?P<suffix>[0-9a-z]{5})$")
+_CONTAINER = re.compile(r"spec\.(?:initContainers|containers|ephemeralContainers)\{([^}]+)\}")
+_ASSIGNED = re.compile(r"^Successfully assigned (\S+)/(\S+) to (\S+)$")
+_WATCH_TYPES = frozenset({"ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"})
+_OWNER_KIND = {"ReplicaSet": "Deployment"}
+
+FIELDS = (
+    "id", "source", "cluster", "kind", "namespace", "name", "uid", "reason", "message",
+    "type", "severity", "count", "total_count", "first_seen", "last_seen", "node", "pod",
+    "workload", "workload_kind", "container", "component", "labels", "event_uid",
+)
+
+
+@dataclass(slots=True)
+class Event:
+    """One observation of something happening to one Kubernetes object."""
+
+    id: str
+    source: str                      # "kubernetes" or "agent-manager"
+    kind: str                        # kind of the object the event is about
+    name: str
+    reason: str
+    namespace: str | None = None
+    uid: str | None = None           # uid of the object the event is about
+    message: str = ""
+    type: str | None = None          # Normal / Warning
+    severity: str | None = None
+    count: int = 1                   # occurrences this record stands for
+    total_count: int = 1             # the object's count as Kubernetes reports it
+    first_seen: float = 0.0          # epoch seconds
+    last_seen: float = 0.0
+    node: str | None = None
+    pod: str | None = None
+    workload: str | None = None
+    workload_kind: str | None = None
+    container: str | None = None
+    component: str | None = None
+    cluster: str | None = None
+    event_uid: str | None = None     # uid of the Kubernetes Event object itself
+    labels: dict[str, str] = field(default_factory=dict)
+    watch_type: str | None = None
+
+    @property
+    def time(self) -> float:
+        return self.last_seen or self.first_seen
+
+    @property
+    def object_key(self) -> str:
+        return self.uid or f"{self.kind}/{self.namespace or ''}/{self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FIELDS}
+
+
+def parse_time(value: Any, where: str) -> float:
+    """RFC 3339 (``2026-11-20T08:14:03Z``, with or without fraction) to epoch seconds."""
+    if value in (None, ""):
+        return 0.0
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
+        raise MalformedEvent(f"{where}: expected an RFC 3339 time, got {type(value).__name__}")
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise MalformedEvent(f"{where}: not an RFC 3339 time: {value!r}") from None
+
+
+def owning_workload(kind: str, name: str, owners: Any = None) -> tuple[str | None, str | None]:
+    """(workload kind, workload name) owning an object; for pods, from owners or the name."""
+    if kind != "Pod":
+        return kind, name
+    if isinstance(owners, list):
+        for owner in owners:
+            if isinstance(owner, dict) and owner.get("controller", True) and owner.get("name"):
+                okind = owner.get("kind", "")
+                oname = str(owner["name"])
+                if okind == "ReplicaSet":
+                    match = re.match(r"^(.+)-[0-9a-z]{6,10}$", oname)
+                    return "Deployment", match.group(1) if match else oname
+                return _OWNER_KIND.get(okind, okind), oname
+    for pattern, wkind in ((_RS_POD, "Deployment"), (_ORDINAL_POD, "StatefulSet"),
+                           (_SUFFIX_POD, "DaemonSet")):
+        match = pattern.match(name)
+        if match:
+            return wkind, match.group("base")
+    return None, name
+
+
+def _text(obj: dict, key: str, where: str, *, required: bool = False) -> str | None:
+    value = obj.get(key)
+    if value is None or value == "":
+        if required:
+            raise MalformedEvent(f"{where}.{key} is missing")
+        return None
+    if not isinstance(value, str):
+        raise MalformedEvent(f"{where}.{key} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _int(value: Any, where: str, default: int = 1) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedEvent(f"{where} must be an integer, got {type(value).__name__}")
+    if value < 0:
+        raise MalformedEvent(f"{where} must not be negative")
+    return value
+
+
+def _from_k8s(obj: dict, watch_type: str | None) -> Event:
+    api = obj.get("apiVersion", "v1")
+    new_api = api == "events.k8s.io/v1"
+    where = "regarding" if new_api or "regarding" in obj else "involvedObject"
+    target = obj.get(where)
+    if not isinstance(target, dict):
+        raise MalformedEvent(f"Event.{where} is missing or not an object")
+    meta = obj.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise MalformedEvent("Event.metadata must be an object")
+    kind = _text(target, "kind", where, required=True)
+    name = _text(target, "name", where, required=True)
+    reason = _text(obj, "reason", "Event", required=True)
+    if new_api or "note" in obj:
+        message = _text(obj, "note", "Event") or ""
+        series = obj.get("series") or {}
+        count = _int(series.get("count") if isinstance(series, dict) else None, "Event.series.count",
+                     default=_int(obj.get("deprecatedCount"), "Event.deprecatedCount"))
+        first = parse_time(obj.get("deprecatedFirstTimestamp") or obj.get("eventTime"),
+                           "Event.deprecatedFirstTimestamp")
+        last = parse_time(
+            (series.get("lastObservedTime") if isinstance(series, dict) else None)
+            or obj.get("deprecatedLastTimestamp") or obj.get("eventTime"),
+            "Event.series.lastObservedTime",
+        )
+        src = obj.get("deprecatedSource") or {}
+        if not isinstance(src, dict):
+            src = {}
+        component = obj.get("reportingController") or src.get("component")
+        host = src.get("host") or None
+    else:
+        message = _text(obj, "message", "Event") or ""
+        count = _int(obj.get("count"), "Event.count")
+        series = obj.get("series")
+        if isinstance(series, dict) and series.get("count") is not None:
+            count = max(count, _int(series.get("count"), "Event.series.count"))
+        first = parse_time(obj.get("firstTimestamp") or obj.get("eventTime"), "Event.firstTimestamp")
+        last = parse_time(obj.get("lastTimestamp") or obj.get("eventTime"), "Event.lastTimestamp")
+        src = obj.get("source") or {}
+        if not isinstance(src, dict):
+            raise MalformedEvent("Event.source must be an object")
+        component = src.get("component") or obj.get("reportingComponent")
+        host = src.get("host") or None
+    if not last:
+        last = first
+    namespace = target.get("namespace") or meta.get("namespace")
+    uid = target.get("uid") or None
+    node = None
+    pod = None
+    if kind == "Node":
+        node = name
+        namespace = None
+    elif kind == "Pod":
+        pod = name
+        node = host if component == "kubelet" or host else None
+    container = None
+    field_path = target.get("fieldPath")
+    if isinstance(field_path, str):
+        found = _CONTAINER.search(field_path)
+        container = found.group(1) if found else None
+    wkind, workload = owning_workload(kind, name, obj.get("ownerReferences"))
+    event_uid = meta.get("uid") or None
+    version = meta.get("resourceVersion")
+    ident = f"{event_uid or meta.get('name') or f'{kind}/{namespace}/{name}/{reason}'}@{version or count}"
+    return Event(
+        id=ident, source="kubernetes", kind=kind, name=name, reason=reason,
+        namespace=namespace, uid=uid, message=message, type=obj.get("type"),
+        severity=None, count=count, total_count=count, first_seen=first, last_seen=last,
+        node=node, pod=pod, workload=workload, workload_kind=wkind, container=container,
+        component=component, event_uid=event_uid, watch_type=watch_type,
+        labels={},
+    )
+
+
+def _from_envelope(obj: dict) -> Event:
+    where = "envelope"
+    reason = _text(obj, "reason", where, required=True)
+    kind = _text(obj, "kind", where) or "Pod"
+    name = _text(obj, "name", where, required=True)
+    namespace = _text(obj, "namespace", where)
+    count = _int(obj.get("count"), "envelope.count")
+    first = parse_time(obj.get("first_seen") or obj.get("timestamp"), "envelope.first_seen")
+    last = parse_time(obj.get("last_seen"), "envelope.last_seen") or first
+    labels = obj.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise MalformedEvent("envelope.labels must be an object")
+    wkind, workload = owning_workload(kind, name, obj.get("owner_references"))
+    if isinstance(obj.get("workload"), str):
+        workload = obj["workload"]
+    node = _text(obj, "node", where)
+    if kind == "Node":
+        node = name
+    ident = obj.get("id")
+    if ident is not None and not isinstance(ident, str | int):
+        raise MalformedEvent("envelope.id must be a string")
+    return Event(
+        id=str(ident) if ident is not None else f"{kind}/{namespace}/{name}/{reason}@{count}",
+        source=_text(obj, "source", where) or "agent-manager", kind=kind, name=name,
+        reason=reason, namespace=namespace, uid=_text(obj, "uid", where),
+        message=_text(obj, "message", where) or "", type=_text(obj, "type", where),
+        severity=_text(obj, "severity", where), count=count, total_count=count,
+        first_seen=first, last_seen=last, node=node, pod=name if kind == "Pod" else None,
+        workload=workload, workload_kind=wkind, container=_text(obj, "container", where),
+        component=_text(obj, "component", where), cluster=_text(obj, "cluster", where),
+        event_uid=_text(obj, "event_uid", where), labels={str(k): str(v) for k, v in labels.items()},
+    )
+
+
+def parse_event(obj: Any) -> Event | None:
+    """One decoded JSON value to an Event. ``None`` for watch lines that carry no event
+    (BOOKMARK, DELETED). Raises MalformedEvent for anything it cannot read."""
+    if not isinstance(obj, dict):
+        raise MalformedEvent(f"expected a JSON object, got {type(obj).__name__}")
+    watch_type = None
+    if "object" in obj and obj.get("type") in _WATCH_TYPES and isinstance(obj.get("object"), dict):
+        watch_type = obj["type"]
+        if watch_type in ("BOOKMARK", "DELETED"):
+            return None
+        if watch_type == "ERROR":
+            raise MalformedEvent(f"watch ERROR: {obj['object'].get('message', 'no message')}")
+        obj = obj["object"]
+    kind = obj.get("kind")
+    if kind == "Event" or "involvedObject" in obj or "regarding" in obj:
+        return _from_k8s(obj, watch_type)
+    if "reason" in obj and "name" in obj:
+        return _from_envelope(obj)
+    if kind is not None:
+        raise MalformedEvent(
+            f"unknown kind {kind!r}: expected Event, a watch line or an agent-manager envelope")
+    raise MalformedEvent("not an event: no 'kind', 'involvedObject', 'regarding' or 'reason'/'name'")
+
+
+def decode(raw: bytes | str) -> Any:
+    if len(raw) > MAX_EVENT_BYTES:
+        raise MalformedEvent(f"payload of {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedEvent(f"not JSON: {exc}") from None
+
+
+class OccurrenceTracker:
+    """Turns Kubernetes' patched events into occurrence counts, and learns pod -> node.
+
+    Kept per Event object (its uid, else object uid + reason): the last count seen. A
+    record with a higher count stands for the difference; an equal or lower one for
+    nothing (a duplicate delivery or a relist), and ``observe`` returns False.
+    Bounded: the oldest entries are forgotten first.
+    """
+
+    def __init__(self, max_entries: int = 500_000) -> None:
+        self._counts: OrderedDict[tuple, int] = OrderedDict()
+        self._nodes: OrderedDict[str, str] = OrderedDict()
+        self._max = max_entries
+
+    def observe(self, event: Event) -> bool:
+        if event.source == "kubernetes":
+            self._learn_node(event)
+        key = (event.event_uid, event.object_key, event.reason) if event.event_uid else (
+            None, event.object_key, event.reason)
+        if event.source != "kubernetes" and not event.event_uid:
+            # agent-manager already counts per envelope; its ids make duplicates visible.
+            key = (event.id,)
+        seen = self._counts.get(key)
+        total = event.total_count
+        if seen is not None:
+            self._counts.move_to_end(key)
+            if total <= seen:
+                return False
+            event.count = total - seen
+        else:
+            event.count = total if event.source == "kubernetes" and event.event_uid else max(total, 1)
+            if len(self._counts) >= self._max:
+                self._counts.popitem(last=False)
+        self._counts[key] = total
+        return True
+
+    def _learn_node(self, event: Event) -> None:
+        if event.kind == "Pod" and event.uid:
+            if event.node:
+                self._remember(event.uid, event.node)
+            else:
+                event.node = self._nodes.get(event.uid)
+        if event.reason == "Scheduled":
+            match = _ASSIGNED.match(event.message)
+            if match and event.uid:
+                self._remember(event.uid, match.group(3))
+
+    def _remember(self, pod_uid: str, node: str) -> None:
+        self._nodes[pod_uid] = node
+        self._nodes.move_to_end(pod_uid)
+        if len(self._nodes) > self._max:
+            self._nodes.popitem(last=False)
+
+
+def read_stream(data: bytes) -> list[tuple[int, Any]]:
+    """Split a recorded stream into (line number, decoded value) items.
+
+    Accepts JSON lines (events or watch lines), a single JSON document that is a
+    ``List``/``EventList`` with ``items``, a JSON array, or one event. Lines that are not
+    JSON come back as (line, MalformedEvent) so the caller can dead-letter them.
+    """
+    stripped = data.lstrip()
+    if stripped[:1] in (b"{", b"["):
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            doc = None
+        else:
+            if isinstance(doc, dict) and isinstance(doc.get("items"), list):
+                return [(1, item) for item in doc["items"]]
+            if isinstance(doc, list):
+                return [(1, item) for item in doc]
+            return [(1, doc)]
+    out: list[tuple[int, Any]] = []
+    loads = orjson.loads
+    for number, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((number, loads(line)))
+        except orjson.JSONDecodeError as exc:
+            out.append((number, MalformedEvent(f"line {number}: not JSON: {exc}")))
+    return out
