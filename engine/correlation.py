@@ -134,8 +134,9 @@ class Correlator(Observer[Hit]):
     def _on_next_core(self, hit: Hit) -> None:
         self.add(hit)
 
-    def add(self, hit: Hit) -> Incident | None:
-        """Attach a hit; returns the incident (pending, open or closed) it joined."""
+    def add(self, hit: Hit, now: float | None = None) -> Incident | None:
+        """Attach a hit; returns the incident (pending, open or closed) it joined.
+        ``now`` is the scheduler's time, when the caller already knows it."""
         self.stats["hits"] += 1
         event = hit.event
         if hit.inhibited_by is not None:
@@ -143,7 +144,8 @@ class Correlator(Observer[Hit]):
         strategy = hit.strategy
         gkey = (strategy.id, correlation_key(strategy, event))
         group = self._groups.get(gkey)
-        now = self.now()
+        if now is None:
+            now = self.now()
         if group is None or (group.incident.status == CLOSED and now >= group.cooldown_until):
             group = self._start(strategy, gkey, event, now)
         incident = group.incident

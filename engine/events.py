@@ -15,8 +15,10 @@ Anything else raises :class:`~engine.exceptions.MalformedEvent` saying what is w
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -85,27 +87,40 @@ class Event:
         return {name: getattr(self, name) for name in FIELDS}
 
 
+_TIME_CACHE: dict[str, float] = {}
+
+
 def parse_time(value: Any, where: str) -> float:
     """RFC 3339 (``2026-11-20T08:14:03Z``, with or without fraction) to epoch seconds."""
-    if value in (None, ""):
+    if value is None or value == "":
         return 0.0
+    if isinstance(value, str):
+        # A storm repeats the same few timestamps: parse each once.
+        cached = _TIME_CACHE.get(value)
+        if cached is not None:
+            return cached
+        text = value.strip()
+        if text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            raise MalformedEvent(f"{where}: not an RFC 3339 time: {value!r}") from None
+        if len(_TIME_CACHE) > 100_000:
+            _TIME_CACHE.clear()
+        _TIME_CACHE[value] = parsed
+        return parsed
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, str):
-        raise MalformedEvent(f"{where}: expected an RFC 3339 time, got {type(value).__name__}")
-    text = value.strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise MalformedEvent(f"{where}: not an RFC 3339 time: {value!r}") from None
+    raise MalformedEvent(f"{where}: expected an RFC 3339 time, got {type(value).__name__}")
 
 
 def owning_workload(kind: str, name: str, owners: Any = None) -> tuple[str | None, str | None]:
     """(workload kind, workload name) owning an object; for pods, from owners or the name."""
     if kind != "Pod":
         return kind, name
+    if owners is None:
+        return _workload_from_name(name)
     if isinstance(owners, list):
         for owner in owners:
             if isinstance(owner, dict) and owner.get("controller", True) and owner.get("name"):
@@ -115,6 +130,11 @@ def owning_workload(kind: str, name: str, owners: Any = None) -> tuple[str | Non
                     match = re.match(r"^(.+)-[0-9a-z]{6,10}$", oname)
                     return "Deployment", match.group(1) if match else oname
                 return _OWNER_KIND.get(okind, okind), oname
+    return _workload_from_name(name)
+
+
+@functools.lru_cache(maxsize=65536)
+def _workload_from_name(name: str) -> tuple[str | None, str | None]:
     for pattern, wkind in ((_RS_POD, "Deployment"), (_ORDINAL_POD, "StatefulSet"),
                            (_SUFFIX_POD, "DaemonSet")):
         match = pattern.match(name)
@@ -142,6 +162,12 @@ def _int(value: Any, where: str, default: int = 1) -> int:
     if value < 0:
         raise MalformedEvent(f"{where} must not be negative")
     return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _container(field_path: str) -> str | None:
+    found = _CONTAINER.search(field_path)
+    return found.group(1) if found else None
 
 
 def _from_k8s(obj: dict, watch_type: str | None) -> Event:
@@ -199,11 +225,8 @@ def _from_k8s(obj: dict, watch_type: str | None) -> Event:
     elif kind == "Pod":
         pod = name
         node = host if component == "kubelet" or host else None
-    container = None
     field_path = target.get("fieldPath")
-    if isinstance(field_path, str):
-        found = _CONTAINER.search(field_path)
-        container = found.group(1) if found else None
+    container = _container(field_path) if isinstance(field_path, str) else None
     wkind, workload = owning_workload(kind, name, obj.get("ownerReferences"))
     event_uid = meta.get("uid") or None
     version = meta.get("resourceVersion")
@@ -339,32 +362,50 @@ class OccurrenceTracker:
             self._nodes.popitem(last=False)
 
 
-def read_stream(data: bytes) -> list[tuple[int, Any]]:
+def read_stream(data: bytes) -> Iterator[tuple[int, Any]]:
     """Split a recorded stream into (line number, decoded value) items.
 
     Accepts JSON lines (events or watch lines), a single JSON document that is a
     ``List``/``EventList`` with ``items``, a JSON array, or one event. Lines that are not
     JSON come back as (line, MalformedEvent) so the caller can dead-letter them.
     """
-    stripped = data.lstrip()
-    if stripped[:1] in (b"{", b"["):
+    head = data[:4096].lstrip()
+    first_line = head.split(b"\n", 1)[0].strip()
+    # One JSON document (a List, an array, one event) unless the first line is a
+    # complete JSON value of its own (JSON lines).
+    if head[:1] == b"[" or (head[:1] == b"{" and not _is_json(first_line)):
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError:
             doc = None
         else:
             if isinstance(doc, dict) and isinstance(doc.get("items"), list):
-                return [(1, item) for item in doc["items"]]
-            if isinstance(doc, list):
-                return [(1, item) for item in doc]
-            return [(1, doc)]
-    out: list[tuple[int, Any]] = []
+                yield from ((1, item) for item in doc["items"])
+            elif isinstance(doc, list):
+                yield from ((1, item) for item in doc)
+            else:
+                yield (1, doc)
+            return
     loads = orjson.loads
-    for number, line in enumerate(data.splitlines(), 1):
+    start, number, size = 0, 0, len(data)
+    while start < size:
+        end = data.find(b"\n", start)
+        if end < 0:
+            end = size
+        number += 1
+        line = data[start:end]
+        start = end + 1
         if not line.strip():
             continue
         try:
-            out.append((number, loads(line)))
+            yield number, loads(line)
         except orjson.JSONDecodeError as exc:
-            out.append((number, MalformedEvent(f"line {number}: not JSON: {exc}")))
-    return out
+            yield number, MalformedEvent(f"line {number}: not JSON: {exc}")
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return True

@@ -107,7 +107,7 @@ class Replayer:
                 self._clock = ts
                 self.scheduler.advance_to(datetime.fromtimestamp(ts, UTC))  # type: ignore[union-attr]
             for hit in rulebase.process(event, now=self._clock):
-                correlator.add(hit)
+                correlator.add(hit, self._clock)
 
     def finish(self) -> ReplayResult:
         """Let every pending burst run out its quiet period."""
