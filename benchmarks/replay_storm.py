@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 from engine.check import effective_strategies, load_valid
-from engine.replay import Replayer
 from engine.events import read_stream
+from engine.replay import Replayer
 from engine.spec import Strategy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,8 @@ def storm(namespaces: int, deployments: int, pods: int, repeats: int) -> bytes:
                                                "uid": f"pod-{uid}",
                                                "fieldPath": "spec.containers{app}"},
                             "reason": "BackOff",
-                            "message": f"Back-off restarting failed container app in pod {pod}_{ns}(pod-{uid})",
+                            "message": "Back-off restarting failed container app in pod "
+                                       f"{pod}_{ns}(pod-{uid})",
                             "source": {"component": "kubelet", "host": f"node-{(d + p) % 40}"},
                             "firstTimestamp": _iso(first), "lastTimestamp": _iso(last),
                             "count": r + 1, "type": "Warning",

@@ -156,7 +156,8 @@ def validate(rules: RuleSet) -> list[Problem]:
                           "trigger_config.event_reason nor a strategy that starts it")
     for strategy in rules.strategies.values():
         origin = rules.origin("strategy", strategy.id)
-        if strategy.workflow_id not in rules.workflows:
+        if strategy.workflow_id not in rules.workflows and (
+                "workflow", strategy.workflow_id) not in rules.invalid:
             rules.problem(origin, ("workflow_id",),
                           f"strategy {strategy.id!r} names missing workflow {strategy.workflow_id!r}")
         for i, rule in enumerate(strategy.inhibits):
@@ -165,7 +166,7 @@ def validate(rules: RuleSet) -> list[Problem]:
                               f"inhibits.{i}.equal: an inhibiting strategy must be correlated "
                               f"by the same field (correlation.key: {rule.equal})")
             for j, target in enumerate(rule.strategies):
-                if target not in rules.strategies:
+                if target not in rules.strategies and ("strategy", target) not in rules.invalid:
                     rules.problem(origin, ("inhibits", i, "strategies", j),
                                   f"inhibits.{i}.strategies: no strategy {target!r}")
     rules.problems.sort()

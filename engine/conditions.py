@@ -94,12 +94,25 @@ def _scalar(value: Any) -> bool:
     return isinstance(value, str | int | float | bool) and value is not None
 
 
+def _check_type(field: str, value: Any, path: tuple) -> None:
+    expected = CONDITION_FIELDS[field]
+    if expected is int:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        want = "a number" if expected is int else "a string"
+        raise ConditionProblem(path, f"{field!r} holds {want}, so {value!r} can never match")
+
+
 def _leaf(field: str, op: str, value: Any, path: tuple) -> Test:
     if op not in OPERATORS:
         raise ConditionProblem(path, f"unknown operator {op!r}; known: {', '.join(sorted(OPERATORS))}")
     if op in ("in", "not_in"):
         if not isinstance(value, list) or not value or not all(_scalar(v) for v in value):
             raise ConditionProblem(path, f"'{op}' takes a non-empty list of values")
+        for i, item in enumerate(value):
+            _check_type(field, item, (*path, i))
         return Test(field, op, tuple(value))
     if op == "exists":
         if not isinstance(value, bool):
@@ -116,9 +129,12 @@ def _leaf(field: str, op: str, value: Any, path: tuple) -> Test:
     if op in NUMERIC_OPS:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConditionProblem(path, f"'{op}' takes a number")
+        if CONDITION_FIELDS[field] is not int:
+            raise ConditionProblem(path, f"'{op}' compares numbers, and {field!r} holds a string")
         return Test(field, op, value)
     if not _scalar(value):
         raise ConditionProblem(path, f"expected a single value for {field!r}, got {type(value).__name__}")
+    _check_type(field, value, path)
     return Test(field, op, value)
 
 

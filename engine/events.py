@@ -20,7 +20,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -103,9 +103,13 @@ def parse_time(value: Any, where: str) -> float:
         if text.endswith("Z"):
             text = text[:-1] + "+00:00"
         try:
-            parsed = datetime.fromisoformat(text).timestamp()
+            moment = datetime.fromisoformat(text)
         except ValueError:
             raise MalformedEvent(f"{where}: not an RFC 3339 time: {value!r}") from None
+        if moment.tzinfo is None:
+            # Kubernetes always writes UTC; never read a zoneless time as local time.
+            moment = moment.replace(tzinfo=UTC)
+        parsed = moment.timestamp()
         if len(_TIME_CACHE) > 100_000:
             _TIME_CACHE.clear()
         _TIME_CACHE[value] = parsed
@@ -188,8 +192,8 @@ def _from_k8s(obj: dict, watch_type: str | None) -> Event:
         series = obj.get("series") or {}
         count = _int(series.get("count") if isinstance(series, dict) else None, "Event.series.count",
                      default=_int(obj.get("deprecatedCount"), "Event.deprecatedCount"))
-        first = parse_time(obj.get("deprecatedFirstTimestamp") or obj.get("eventTime"),
-                           "Event.deprecatedFirstTimestamp")
+        first_key = "deprecatedFirstTimestamp" if obj.get("deprecatedFirstTimestamp") else "eventTime"
+        first = parse_time(obj.get(first_key), f"Event.{first_key}")
         last = parse_time(
             (series.get("lastObservedTime") if isinstance(series, dict) else None)
             or obj.get("deprecatedLastTimestamp") or obj.get("eventTime"),
@@ -206,13 +210,22 @@ def _from_k8s(obj: dict, watch_type: str | None) -> Event:
         series = obj.get("series")
         if isinstance(series, dict) and series.get("count") is not None:
             count = max(count, _int(series.get("count"), "Event.series.count"))
-        first = parse_time(obj.get("firstTimestamp") or obj.get("eventTime"), "Event.firstTimestamp")
-        last = parse_time(obj.get("lastTimestamp") or obj.get("eventTime"), "Event.lastTimestamp")
+        first_key = "firstTimestamp" if obj.get("firstTimestamp") else "eventTime"
+        first = parse_time(obj.get(first_key), f"Event.{first_key}")
+        last = parse_time(obj.get("lastTimestamp"), "Event.lastTimestamp")
+        if isinstance(series, dict) and series.get("lastObservedTime"):
+            # Newer kubelets and the scheduler report repeats in series, not lastTimestamp.
+            last = max(last, parse_time(series["lastObservedTime"], "Event.series.lastObservedTime"))
+        if not last and obj.get("eventTime"):
+            last = parse_time(obj["eventTime"], "Event.eventTime")
         src = obj.get("source") or {}
         if not isinstance(src, dict):
             raise MalformedEvent("Event.source must be an object")
         component = src.get("component") or obj.get("reportingComponent")
         host = src.get("host") or None
+    if not host and component == "kubelet":
+        # The kubelet reports as its node.
+        host = obj.get("reportingInstance") or None
     if not last:
         last = first
     namespace = target.get("namespace") or meta.get("namespace")
@@ -300,6 +313,8 @@ def parse_event(obj: Any) -> Event | None:
 
 
 def decode(raw: bytes | str) -> Any:
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
     if len(raw) > MAX_EVENT_BYTES:
         raise MalformedEvent(f"payload of {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
     try:
@@ -370,10 +385,10 @@ def read_stream(data: bytes) -> Iterator[tuple[int, Any]]:
     JSON come back as (line, MalformedEvent) so the caller can dead-letter them.
     """
     head = data[:4096].lstrip()
-    first_line = head.split(b"\n", 1)[0].strip()
+    first_line = data.lstrip().split(b"\n", 1)[0].strip() if head[:1] == b"{" else b""
     # One JSON document (a List, an array, one event) unless the first line is a
-    # complete JSON value of its own (JSON lines).
-    if head[:1] == b"[" or (head[:1] == b"{" and not _is_json(first_line)):
+    # complete JSON value of its own that is not a List (JSON lines).
+    if head[:1] == b"[" or (head[:1] == b"{" and not _is_json_line(first_line)):
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -403,9 +418,9 @@ def read_stream(data: bytes) -> Iterator[tuple[int, Any]]:
             yield number, MalformedEvent(f"line {number}: not JSON: {exc}")
 
 
-def _is_json(line: bytes) -> bool:
+def _is_json_line(line: bytes) -> bool:
     try:
-        orjson.loads(line)
+        value = orjson.loads(line)
     except orjson.JSONDecodeError:
         return False
-    return True
+    return not (isinstance(value, dict) and isinstance(value.get("items"), list))

@@ -45,6 +45,8 @@ class _Evaluator(simpleeval.EvalWithCompoundTypes):
 
 def _attribute_view(value: Any) -> Any:
     """Let ``analysis.root_cause`` read dict keys the way the seed's YAML writes them."""
+    if isinstance(value, _AttrDict):
+        return value
     if isinstance(value, Mapping):
         return _AttrDict(value)
     if isinstance(value, list | tuple):
@@ -53,15 +55,27 @@ def _attribute_view(value: Any) -> Any:
 
 
 class _AttrDict(dict):
-    """A dict whose keys read as attributes; a missing key reads as None, not an error."""
+    """A read-only view of a dict whose keys read as attributes, wrapped lazily.
 
-    def __init__(self, source: Mapping) -> None:
-        super().__init__((k, _attribute_view(v)) for k, v in source.items())
+    A key wins over a dict method of the same name (``output.items`` is kubectl's
+    ``items`` list, not ``dict.items``); a missing key reads as None, not an error.
+    """
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return self.get(name)
+    def __getattribute__(self, name: str) -> Any:
+        if not name.startswith("_") and dict.__contains__(self, name):
+            return _attribute_view(dict.__getitem__(self, name))
+        try:
+            return super().__getattribute__(name)
+        except AttributeError:
+            if name.startswith("_"):
+                raise
+            return None
+
+    def __getitem__(self, key: Any) -> Any:
+        return _attribute_view(dict.__getitem__(self, key))
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return _attribute_view(dict.get(self, key, default))
 
 
 def _vet(tree: ast.AST, source: str) -> None:

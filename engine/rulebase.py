@@ -90,6 +90,7 @@ class Generation:
     inhibitors: dict[str, Strategy]
     sequences: dict[str, Strategy]
     handle: Any = None
+    meta: dict[str, tuple] = field(default_factory=dict)
     memo: dict = field(default_factory=dict)
 
 
@@ -103,7 +104,6 @@ class RuleBase:
 
     def __init__(self, strategies: Iterable[Strategy] = ()) -> None:
         self._host = _Host()
-        self._out: list[tuple] = []
         self._facts: dict[str, _Fact] = {}
         self._expiry: list[tuple[float, str]] = []
         self._seq_ids = itertools.count()
@@ -192,7 +192,7 @@ class RuleBase:
             inhibitors=inhibitors, sequences=sequences,
         )
         rx_index = {key: i for key, i in regexes.items()}
-        out = self._out
+        meta: list[tuple] = []  # per rule, in definition order: what its firing means
 
         def cond(node: Node):
             return _compile_node(node, rx_index)
@@ -202,28 +202,31 @@ class RuleBase:
             for s in strategies.values():
                 base = (1000 - s.priority) * 10
                 if s.match == "sequence":
-                    self._compile_sequence(s, base, cond, out)
+                    self._compile_sequence(s, base, cond, meta)
                     continue
                 targets = [(i, rule) for i in inhibitors.values() for rule in i.inhibits
                            if s.category in rule.categories or s.id in rule.strategies]
                 for symptom in s.symptoms:
                     when = cond(symptom.tree)
-                    dl.when_all(dl.pri(base), when)(_action(out, "hit", s.id, "m"))
+                    dl.when_all(dl.pri(base), when)(_action(meta, "hit", s.id, "m"))
                     for inhibitor, rule in targets:
                         eq = rule.equal[0]
                         dl.when_all(
                             dl.pri(base - 1),
                             dl.c.f << ((dl.m.t == "inhibit") & (dl.m.by == inhibitor.id)),
                             dl.c.e << (cond(symptom.tree) & (getattr(dl.m, eq) == dl.c.f.value)),
-                        )(_action(out, "inhibited", s.id, "e", inhibitor.id))
+                        )(_action(meta, "inhibited", s.id, "e", inhibitor.id))
                 for symptom in s.resolve:
-                    dl.when_all(dl.pri(base + 5), cond(symptom.tree))(_action(out, "resolve", s.id, "m"))
+                    dl.when_all(dl.pri(base + 5), cond(symptom.tree))(_action(meta, "resolve", s.id, "m"))
         _, definition = rs.define()
         dl._rulesets.pop(name, None)
+        # define() names rules r_0, r_1, ... in the order they were declared.
+        gen.meta = {f"r_{i}": m for i, m in enumerate(meta)}
         self._host.register_rulesets({name: definition})
+        gen.handle = self._host._ruleset_directory[name]._handle
         return gen
 
-    def _compile_sequence(self, s: Strategy, base: int, cond, out: list) -> None:
+    def _compile_sequence(self, s: Strategy, base: int, cond, meta: list) -> None:
         n = len(s.symptoms)
         for k, symptom in enumerate(s.symptoms):
             flag = f"seq_{_safe(s.id)}_{k}"
@@ -231,16 +234,16 @@ class RuleBase:
                 # The flag keeps the re-posted copy from entering the same stage again.
                 when = cond(symptom.tree) & -getattr(dl.m, flag)
                 if k == 0:
-                    dl.when_all(dl.pri(0), when)(_action(out, "stage", s.id, "m", k))
+                    dl.when_all(dl.pri(0), when)(_action(meta, "stage", s.id, "m", k))
                 else:
                     dl.when_all(dl.pri(0), _stage_fact(s, k - 1), dl.c.e << (when & _same(s)))(
-                        _action(out, "stage", s.id, "e", k))
+                        _action(meta, "stage", s.id, "e", k))
             else:
                 dl.when_all(dl.pri(base), _stage_fact(s, k - 1), dl.c.e << (cond(symptom.tree) & _same(s)))(
-                    _action(out, "hit", s.id, "e"))
+                    _action(meta, "hit", s.id, "e"))
                 # Consume unmatched final-symptom events so none waits in the engine for a
                 # stage fact that arrives later (order matters: symptom 1 comes first).
-                dl.when_all(dl.pri(1_000_000), cond(symptom.tree))(_action(out, "drain", s.id, "m"))
+                dl.when_all(dl.pri(1_000_000), cond(symptom.tree))(_action(meta, "drain", s.id, "m"))
 
     # ------------------------------------------------------------------ matching
 
@@ -293,19 +296,29 @@ class RuleBase:
         msg.update(flags)
         return msg
 
-    def _assert_event(self, gen: Generation, message: dict) -> None:
-        """``Host.post`` without its stdlib json round trip (orjson is ~5x faster)."""
-        ruleset = self._host._ruleset_directory[gen.name]
-        try:
-            state = ruleset._handle_result(
-                durable_rules_engine.assert_event(ruleset._handle, orjson.dumps(message).decode()),
-                message)
-        except durable_engine.MessageNotHandledException:
-            return
-        errors: list = []
-        ruleset.do_actions(state, lambda error, _result: errors.append(error) if error else None)
-        if errors:
-            raise errors[0]
+    def _assert_event(self, gen: Generation, message: dict) -> list[tuple]:
+        """Post one event and return what fired, as (kind, sid, fact, *extra) tuples.
+
+        This is ``Host.post`` + ``do_actions`` without their per-action Python closures
+        and stdlib json round trips: the rules' actions only ever recorded what fired,
+        so we read the fired rule names straight from the engine's action queue.
+        """
+        handle = gen.handle
+        code, state = durable_rules_engine.assert_event(handle, orjson.dumps(message).decode())
+        if code == 1:  # MessageNotHandled: no rule matched, the normal case for noise
+            return []
+        if code == 2:  # MessageObserved: a duplicate id; ids are unique, so a bug
+            raise RuntimeError(f"durable-rules saw event id {message['id']!r} twice")
+        fired: list[tuple] = []
+        result = durable_rules_engine.start_action_for_state(handle, state)
+        payload = result[1] if result else None
+        while payload:
+            for rule_name, matched in orjson.loads(payload).items():
+                kind, sid, ref, *extra = gen.meta[rule_name]
+                fact = matched.get("f") if ref == "e" else None
+                fired.append((kind, sid, fact, *extra))
+            payload = durable_rules_engine.complete_and_start_action(handle, state)
+        return fired
 
     def _post(self, gen: Generation, view: _View, event: Event, now: float) -> tuple[list[tuple], bool]:
         """Post until no stage re-posts; return (outcome, pure). ``pure`` is False when
@@ -314,10 +327,8 @@ class RuleBase:
         flags: dict[str, int] = {}
         pure = True
         while True:
-            self._out.clear()
             self.stats["posted"] += 1
-            self._assert_event(gen, self._message(view, event, flags))
-            fired = list(self._out)
+            fired = self._assert_event(gen, self._message(view, event, flags))
             again = False
             for kind, sid, fact_ref, *rest in fired:
                 strategy = gen.strategies[sid]
@@ -471,15 +482,12 @@ def _compile_node(node: Node, rx_index: dict) -> Any:
     return {"gt": attr > value, "gte": attr >= value, "lt": attr < value, "lte": attr <= value}[op]
 
 
-def _action(out: list, kind: str, sid: str, ref: str, *extra: Any):
-    """A durable-rules action that only records what fired; the caller does the work."""
+def _action(meta: list, kind: str, sid: str, ref: str, *extra: Any):
+    """Record what a rule's firing means. The engine loop reads it by rule name; the
+    callable itself never runs (durable-rules only requires one)."""
+    meta.append((kind, sid, ref, *extra))
 
-    def action(c: Any) -> None:
-        if ref == "m":
-            out.append((kind, sid, None, *extra))
-        else:
-            fact = c.f
-            body = {"id": fact.id, "by": getattr(fact, "by", None), "value": getattr(fact, "value", None)}
-            out.append((kind, sid, body, *extra))
+    def action(c: Any) -> None:  # pragma: no cover - never called, see _assert_event
+        raise AssertionError("rule actions are dispatched by RuleBase._assert_event")
 
     return action

@@ -15,36 +15,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from engine.conditions import CONDITION_FIELDS, ConditionProblem, Node, parse_conditions
-from engine.durations import parse_duration
+from engine.durations import Duration
 from engine.exceptions import Problem
 from engine.yamlsource import LineMap, load_documents, yaml_error_line
 from steps import REGISTRY
 from steps.base import StepConfig
 
-Seconds = float
-
-
-def _seconds(value: object) -> float:
-    return parse_duration(value)
-
 
 def _id_list(value: object) -> object:
     # The seed writes lists; a single id is accepted for convenience.
     return [value] if isinstance(value, str) else value
+
+
+StepIds = Annotated[
+    list[str],
+    BeforeValidator(_id_list),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
+]
+
+
+class LocatedError(ValueError):
+    """A validation error that knows where below the model it happened."""
+
+    def __init__(self, path: tuple, message: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class Spec(BaseModel):
@@ -74,8 +85,9 @@ class Symptom(Spec):
         try:
             self._tree = parse_conditions(raw)
         except ConditionProblem as exc:
-            where = ".".join(str(p) for p in exc.path)
-            raise ValueError(f"conditions.{where}: {exc}") from None
+            if self.pattern is not None and exc.path[:1] == ("message",):
+                raise LocatedError(("pattern",), str(exc)) from None
+            raise LocatedError(("conditions", *exc.path), str(exc)) from None
         return self
 
     @property
@@ -97,11 +109,9 @@ class Correlation(Spec):
     ``cooldown`` keeps the same key from opening a new one."""
 
     key: list[str] | None = None
-    quiet: Seconds = 30.0
-    max_window: Seconds = 300.0
-    cooldown: Seconds = 600.0
-
-    _d = field_validator("quiet", "max_window", "cooldown", mode="before")(_seconds)
+    quiet: Duration = 30.0
+    max_window: Duration = 300.0
+    cooldown: Duration = 600.0
 
     @field_validator("key")
     @classmethod
@@ -147,14 +157,12 @@ class Strategy(Spec):
     # any: one matching event is a hit. sequence: the symptoms in order, on events with
     # the same ``same`` fields, within ``within`` seconds; the last event is the hit.
     match: Literal["any", "sequence"] = "any"
-    within: Seconds = 600.0
+    within: Duration = 600.0
     same: list[str] = Field(default_factory=lambda: ["uid"])
     correlation: Correlation = Field(default_factory=Correlation)
     inhibits: list[Inhibit] = Field(default_factory=list)
     resolve: list[Symptom] = Field(default_factory=list)
-    inhibit_ttl: Seconds = 3600.0
-
-    _d = field_validator("within", "inhibit_ttl", mode="before")(_seconds)
+    inhibit_ttl: Duration = 3600.0
     _s = field_validator("same")(classmethod(lambda cls, v: _event_fields(v)))
 
     @model_validator(mode="after")
@@ -178,13 +186,11 @@ class RetryPolicy(Spec):
     ``min(initial_interval * multiplier**(n-1), max_interval) * (1 ± jitter)``."""
 
     max_attempts: int = Field(default=1, ge=1, le=100)
-    initial_interval: Seconds = 1.0
+    initial_interval: Duration = 1.0
     multiplier: float = Field(default=2.0, ge=1.0, le=10.0)
-    max_interval: Seconds = 30.0
+    max_interval: Duration = 30.0
     jitter: float = Field(default=0.2, ge=0.0, le=1.0)
     non_retryable: list[str] = Field(default_factory=list)
-
-    _d = field_validator("initial_interval", "max_interval", mode="before")(_seconds)
 
 
 class StepSpec(Spec):
@@ -192,16 +198,11 @@ class StepSpec(Spec):
     type: str
     name: str = ""
     config: dict[str, Any] = Field(default_factory=dict)
-    timeout: Seconds | None = None
-    on_success: list[str] = Field(default_factory=list)
-    on_failure: list[str] = Field(default_factory=list)
+    timeout: Duration | None = None
+    on_success: StepIds = Field(default_factory=list)
+    on_failure: StepIds = Field(default_factory=list)
     retry: RetryPolicy | None = None
     _parsed: StepConfig | None = PrivateAttr(default=None)
-
-    _d = field_validator("timeout", mode="before")(
-        classmethod(lambda cls, v: None if v is None else parse_duration(v)))
-    _l = field_validator("on_success", "on_failure", mode="before")(
-        classmethod(lambda cls, v: _id_list(v)))
 
     @property
     def parsed(self) -> StepConfig:
@@ -223,13 +224,11 @@ class Workflow(Spec):
     trigger_config: TriggerConfig = Field(default_factory=TriggerConfig)
     status: Literal["active", "inactive", "draft", "disabled"] = "active"
     priority: int = Field(default=5, ge=0, le=1000)
-    timeout: Seconds = 300.0
+    timeout: Duration = 300.0
     dry_run: bool | None = None
     retry: RetryPolicy | None = None
     version: int = Field(default=1, ge=1)
     steps: list[StepSpec] = Field(min_length=1)
-
-    _d = field_validator("timeout", mode="before")(_seconds)
 
     def step(self, step_id: str) -> StepSpec:
         for step in self.steps:
@@ -265,6 +264,7 @@ class RuleSet:
     origins: dict[tuple[str, str], Origin] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    invalid: set[tuple[str, str]] = field(default_factory=set)  # ids whose spec has problems
 
     def origin(self, kind: str, ident: str) -> Origin:
         return self.origins.get((kind, ident)) or Origin("<api>", LineMap())
@@ -282,6 +282,9 @@ def _pydantic_problems(
 ) -> None:
     for err in exc.errors():
         loc = (*extra, *tuple(err["loc"]))
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, LocatedError):
+            loc = (*loc, *cause.path)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown field {loc[-1]!r}"
@@ -295,18 +298,19 @@ def _add_workflow(rules: RuleSet, raw: Any, origin: Origin) -> None:
         wf = Workflow.model_validate(raw)
     except ValidationError as exc:
         _pydantic_problems(rules, exc, origin)
+        # Keep going on what can be checked alone, so one run reports everything, and
+        # remember the id so strategies naming it do not report it missing.
+        if isinstance(raw, dict):
+            if isinstance(raw.get("id"), str):
+                rules.invalid.add(("workflow", raw["id"]))
+            failed = {err["loc"][1] for err in exc.errors()
+                      if len(err["loc"]) > 1 and err["loc"][0] == "steps"}
+            for i, step in enumerate(raw.get("steps") or [] if isinstance(raw.get("steps"), list) else []):
+                if i not in failed and isinstance(step, dict):
+                    _check_step_config(rules, StepSpec.model_validate(step), i, origin)
         return
     for i, step in enumerate(wf.steps):
-        step_type = REGISTRY.get(step.type)
-        if step_type is None:
-            known = ", ".join(sorted(REGISTRY))
-            rules.problem(origin, ("steps", i, "type"),
-                          f"steps.{i}.type: unknown step type {step.type!r} (known: {known})")
-            continue
-        try:
-            step._parsed = step_type.Config.model_validate(step.config)
-        except ValidationError as exc:
-            _pydantic_problems(rules, exc, origin, ("steps", i, "config"))
+        _check_step_config(rules, step, i, origin)
     if wf.id in rules.workflows:
         first = rules.origin("workflow", wf.id)
         rules.problem(origin, ("id",), f"duplicate workflow id {wf.id!r} (first at {first.at('id')})")
@@ -316,11 +320,26 @@ def _add_workflow(rules: RuleSet, raw: Any, origin: Origin) -> None:
     rules.origins[("workflow", wf.id)] = origin
 
 
+def _check_step_config(rules: RuleSet, step: StepSpec, i: int, origin: Origin) -> None:
+    step_type = REGISTRY.get(step.type)
+    if step_type is None:
+        known = ", ".join(sorted(REGISTRY))
+        rules.problem(origin, ("steps", i, "type"),
+                      f"steps.{i}.type: unknown step type {step.type!r} (known: {known})")
+        return
+    try:
+        step._parsed = step_type.Config.model_validate(step.config)
+    except ValidationError as exc:
+        _pydantic_problems(rules, exc, origin, ("steps", i, "config"))
+
+
 def _add_strategy(rules: RuleSet, raw: Any, origin: Origin) -> None:
     try:
         strategy = Strategy.model_validate(raw)
     except ValidationError as exc:
         _pydantic_problems(rules, exc, origin)
+        if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+            rules.invalid.add(("strategy", raw["id"]))
         return
     if strategy.id in rules.strategies:
         first = rules.origin("strategy", strategy.id)
@@ -369,7 +388,7 @@ def load_text(rules: RuleSet, text: str, path: str) -> None:
     try:
         documents = load_documents(text)
     except yaml.YAMLError as exc:
-        line, message = yaml_error_line(exc)
+        line, message = yaml_error_line(exc, text)
         rules.problems.append(Problem(path, line, message))
         return
     for data, lines in documents:

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import field_validator
-
-from engine.durations import parse_duration
+from engine.durations import Duration
 from steps.base import Step, StepConfig
 
 
 class WaitConfig(StepConfig):
-    duration: float
-
-    @field_validator("duration", mode="before")
-    @classmethod
-    def _duration(cls, value: object) -> float:
-        return parse_duration(value)
+    duration: Duration
 
 
 class Wait(Step):
