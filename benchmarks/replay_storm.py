@@ -9,10 +9,11 @@ a higher count). Default: 50 x 200 x 5 x 4 = 200,000 lines in 10,000 groups, aga
 built-in strategies plus synthetic ones up to ``--strategies``. Expected: exactly one
 incident per deployment.
 
-Each run replays the same bytes in a fresh pipeline. Printed: the median and every run's
-events/s, incidents formed, peak RSS of the process; and, as a baseline measured in the
-same go on the same bytes, stdlib ``json.loads`` of every line (the floor any Python
-intake pays).
+The storm is written to a temporary file once; each run replays it in a fresh process
+(what ``aetherius replay`` does), so peak RSS is the pipeline's own. Printed: median and
+every run's events/s, incidents formed, median peak RSS; and, as a baseline measured in
+the same go, interleaved with the runs, stdlib ``json.loads`` of every line of the same
+file (the floor any Python intake pays).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import argparse
 import json
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from engine.check import effective_strategies, load_valid
-from engine.events import read_stream
+from engine.events import read_file
 from engine.replay import Replayer
 from engine.spec import Strategy
 
@@ -38,37 +41,41 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def storm(namespaces: int, deployments: int, pods: int, repeats: int) -> bytes:
-    lines = []
-    for r in range(repeats):
-        # A round every 10 s: the kubelet's back-off patches each pod's event again.
-        for n in range(namespaces):
-            ns = f"ns-{n:03d}"
-            for d in range(deployments):
-                for p in range(pods):
-                    pod = f"app-{d:03d}-7d9f8c6b5-{p:05d}"
-                    uid = f"{n}-{d}-{p}"
-                    offset = (n * deployments + d) * 0.0001
-                    first = T0 + offset
-                    last = T0 + r * 10 + offset
-                    lines.append(json.dumps({
-                        "type": "ADDED" if r == 0 else "MODIFIED",
-                        "object": {
-                            "apiVersion": "v1", "kind": "Event",
-                            "metadata": {"name": f"{pod}.17a3c2b1e0f4d8aa", "namespace": ns,
-                                         "uid": f"ev-{uid}", "resourceVersion": str(1000 + r)},
-                            "involvedObject": {"kind": "Pod", "namespace": ns, "name": pod,
-                                               "uid": f"pod-{uid}",
-                                               "fieldPath": "spec.containers{app}"},
-                            "reason": "BackOff",
-                            "message": "Back-off restarting failed container app in pod "
-                                       f"{pod}_{ns}(pod-{uid})",
-                            "source": {"component": "kubelet", "host": f"node-{(d + p) % 40}"},
-                            "firstTimestamp": _iso(first), "lastTimestamp": _iso(last),
-                            "count": r + 1, "type": "Warning",
-                        },
-                    }, separators=(",", ":")))
-    return ("\n".join(lines) + "\n").encode()
+def write_storm(path: Path, namespaces: int, deployments: int, pods: int, repeats: int) -> int:
+    """Write the storm as watch lines to ``path``; return the number of lines."""
+    lines = 0
+    with open(path, "w", encoding="utf-8") as out:
+        for r in range(repeats):
+            # A round every 10 s: the kubelet's back-off patches each pod's event again.
+            for n in range(namespaces):
+                ns = f"ns-{n:03d}"
+                for d in range(deployments):
+                    for p in range(pods):
+                        out.write(_watch_line(ns, n, d, p, r, deployments))
+                        out.write("\n")
+                        lines += 1
+    return lines
+
+
+def _watch_line(ns: str, n: int, d: int, p: int, r: int, deployments: int) -> str:
+    pod = f"app-{d:03d}-7d9f8c6b5-{p:05d}"
+    uid = f"{n}-{d}-{p}"
+    offset = (n * deployments + d) * 0.0001
+    return json.dumps({
+        "type": "ADDED" if r == 0 else "MODIFIED",
+        "object": {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{pod}.17a3c2b1e0f4d8aa", "namespace": ns,
+                         "uid": f"ev-{uid}", "resourceVersion": str(1000 + r)},
+            "involvedObject": {"kind": "Pod", "namespace": ns, "name": pod, "uid": f"pod-{uid}",
+                               "fieldPath": "spec.containers{app}"},
+            "reason": "BackOff",
+            "message": f"Back-off restarting failed container app in pod {pod}_{ns}(pod-{uid})",
+            "source": {"component": "kubelet", "host": f"node-{(d + p) % 40}"},
+            "firstTimestamp": _iso(T0 + offset), "lastTimestamp": _iso(T0 + r * 10 + offset),
+            "count": r + 1, "type": "Warning",
+        },
+    }, separators=(",", ":"))
 
 
 def synthetic_strategies(count: int) -> list[Strategy]:
@@ -87,13 +94,35 @@ def synthetic_strategies(count: int) -> list[Strategy]:
     return out
 
 
-def run_once(data: bytes, strategies: list[Strategy]) -> tuple[float, int, int]:
+def child_replay(path: str, rules_dir: str, total_strategies: int) -> dict:
+    """One measured run, in a fresh process so peak RSS is the pipeline's own."""
+    rules = load_valid(rules_dir)
+    builtin = list(effective_strategies(rules).values())
+    strategies = builtin + synthetic_strategies(max(0, total_strategies - len(builtin)))
     start = time.perf_counter()
     replayer = Replayer(strategies)
-    replayer.feed(read_stream(data))
+    replayer.feed(read_file(path))
     result = replayer.finish()
     elapsed = time.perf_counter() - start
-    return elapsed, result.records, len(result.incidents)
+    return {"elapsed": elapsed, "records": result.records, "incidents": len(result.incidents),
+            "strategies": len(strategies),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def child_baseline(path: str) -> dict:
+    start = time.perf_counter()
+    lines = 0
+    with open(path, "rb") as fp:
+        for line in fp:
+            json.loads(line)
+            lines += 1
+    return {"elapsed": time.perf_counter() - start, "records": lines}
+
+
+def _spawn(*args: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.replay_storm", *args],
+                         check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,33 +134,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategies", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rules", default=str(ROOT / "rules"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    rules = load_valid(args.rules)
-    builtin = list(effective_strategies(rules).values())
-    strategies = builtin + synthetic_strategies(max(0, args.strategies - len(builtin)))
-    data = storm(args.namespaces, args.deployments, args.pods, args.repeats)
-    lines = data.count(b"\n")
-    groups = args.namespaces * args.deployments
-    print(f"storm: {lines} events, {groups} groups, {len(strategies)} strategies loaded")
+    if args.child:
+        print(json.dumps(child_replay(args.child, args.rules, args.strategies)))
+        return 0
+    if args.baseline_child:
+        print(json.dumps(child_baseline(args.baseline_child)))
+        return 0
 
-    rates, baseline, incidents = [], [], []
-    for _ in range(args.runs):
-        start = time.perf_counter()
-        for line in data.splitlines():
-            json.loads(line)
-        baseline.append(lines / (time.perf_counter() - start))
-        elapsed, records, formed = run_once(data, strategies)
-        rates.append(records / elapsed)
-        incidents.append(formed)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    groups = args.namespaces * args.deployments
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "storm.jsonl"
+        lines = write_storm(path, args.namespaces, args.deployments, args.pods, args.repeats)
+        print(f"storm: {lines:,} watch lines ({path.stat().st_size / 1e6:.0f} MB), {groups:,} groups")
+        runs, baselines = [], []
+        for _ in range(args.runs):
+            # Interleaved, so machine noise hits both alike.
+            baselines.append(_spawn("--baseline-child", str(path)))
+            runs.append(_spawn("--child", str(path), "--rules", args.rules,
+                               "--strategies", str(args.strategies)))
+    rates = [r["records"] / r["elapsed"] for r in runs]
+    base = [b["records"] / b["elapsed"] for b in baselines]
+    print(f"strategies loaded: {runs[0]['strategies']}")
     print(f"replay:   median {statistics.median(rates):,.0f} events/s  "
           f"(runs: {', '.join(f'{r:,.0f}' for r in rates)})")
-    print(f"baseline: median {statistics.median(baseline):,.0f} lines/s for stdlib json.loads alone")
-    print(f"incidents formed: {incidents[-1]} (expected {groups})")
-    print(f"peak RSS: {peak_mb:,.0f} MB")
-    ok = all(i == groups for i in incidents)
-    return 0 if ok else 1
+    print(f"baseline: median {statistics.median(base):,.0f} lines/s, stdlib json.loads alone "
+          "on the same file (the floor of any Python intake)")
+    print(f"incidents formed: {', '.join(str(r['incidents']) for r in runs)} (expected {groups:,})")
+    print(f"peak RSS: median {statistics.median(r['peak_rss_mb'] for r in runs):,.0f} MB")
+    return 0 if all(r["incidents"] == groups for r in runs) else 1
 
 
 if __name__ == "__main__":

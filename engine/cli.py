@@ -62,17 +62,20 @@ def _print_incident(incident: Incident, as_json: bool) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from engine.replay import replay_bytes
+    from engine.events import read_file, read_stream
+    from engine.replay import Replayer
 
     directory = _rules_dir(args)
     rules = load_valid(directory)
+    replayer = Replayer(effective_strategies(rules).values(),
+                        lambda inc: _print_incident(inc, args.json))
     try:
-        data = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
+        items = read_stream(sys.stdin.buffer.read()) if args.file == "-" else read_file(args.file)
+        replayer.feed(items)
     except OSError as exc:
         print(f"{args.file}: {exc.strerror}", file=sys.stderr)
         return 2
-    result = replay_bytes(data, effective_strategies(rules).values(),
-                          lambda inc: _print_incident(inc, args.json))
+    result = replayer.finish()
     for dead in result.dead_letters:
         if args.json:
             print(json.dumps({"kind": "dead_letter", "line": dead.line, "reason": dead.reason}))

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -384,11 +385,8 @@ def read_stream(data: bytes) -> Iterator[tuple[int, Any]]:
     ``List``/``EventList`` with ``items``, a JSON array, or one event. Lines that are not
     JSON come back as (line, MalformedEvent) so the caller can dead-letter them.
     """
-    head = data[:4096].lstrip()
-    first_line = data.lstrip().split(b"\n", 1)[0].strip() if head[:1] == b"{" else b""
-    # One JSON document (a List, an array, one event) unless the first line is a
-    # complete JSON value of its own that is not a List (JSON lines).
-    if head[:1] == b"[" or (head[:1] == b"{" and not _is_json_line(first_line)):
+    stripped = data.lstrip()
+    if _is_document(stripped[: stripped.find(b"\n") if b"\n" in stripped else len(stripped)]):
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -424,3 +422,32 @@ def _is_json_line(line: bytes) -> bool:
     except orjson.JSONDecodeError:
         return False
     return not (isinstance(value, dict) and isinstance(value.get("items"), list))
+
+
+def _is_document(first_line: bytes) -> bool:
+    """One JSON document (a List, an array, one event) unless the first line is a
+    complete JSON value of its own that is not a List (then: JSON lines)."""
+    start = first_line.lstrip()[:1]
+    return start == b"[" or (start == b"{" and not _is_json_line(first_line.strip()))
+
+
+def read_file(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Like :func:`read_stream`, from a file, without holding JSON lines in memory."""
+    with open(path, "rb") as fp:
+        first_line = b""
+        while not first_line.strip():
+            first_line = fp.readline()
+            if not first_line:
+                return
+        fp.seek(0)
+        if _is_document(first_line):
+            yield from read_stream(fp.read())
+            return
+        loads = orjson.loads
+        for number, line in enumerate(fp, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, loads(line)
+            except orjson.JSONDecodeError as exc:
+                yield number, MalformedEvent(f"line {number}: not JSON: {exc}")
