@@ -14,6 +14,7 @@ from pathlib import Path
 from engine.exceptions import ExpressionError, Problem, RuleError
 from engine.expressions import Expression
 from engine.spec import Correlation, RuleSet, Strategy, Symptom, Workflow, load_rules
+from engine.templates import placeholders, walk_strings
 from steps import REGISTRY
 
 
@@ -83,6 +84,13 @@ def _check_workflow(rules: RuleSet, wf: Workflow) -> None:
                 except ExpressionError as exc:
                     rules.problem(origin, ("steps", i, "config", *sub),
                                   f"steps.{i}.config.{'.'.join(map(str, sub))}: {exc}")
+            for sub, text in walk_strings(step.config):
+                for source in placeholders(text):
+                    try:
+                        Expression(source)
+                    except ExpressionError as exc:
+                        rules.problem(origin, ("steps", i, "config", *sub),
+                                      f"steps.{i}.config.{'.'.join(map(str, sub))}: template: {exc}")
         graph[step.id] = targets
     for step_id in in_branch:
         if step_id in index:

@@ -6,7 +6,14 @@
      ├── MalformedEvent        an input could not become an Event (goes to dead letter)
      ├── RuleError             a rule directory has problems; ``.problems`` lists them all
      ├── ExpressionError       an expression is refused (syntax, sandbox, budget)
-     └── ConfigError           the service configuration is invalid
+     ├── ConfigError           the service configuration is invalid
+     ├── StoreError            the execution store failed
+     └── StepError             a step attempt failed; ``retryable`` says if trying again may help
+          ├── StepTimeout          the attempt ran past its timeout (retryable)
+          ├── ServiceUnavailable   an outside service could not be reached or answered 5xx (retryable)
+          ├── ServiceRejected      an outside service refused the request, 4xx (not retryable)
+          ├── CommandFailed        agent-manager ran the command and it failed
+          └── NotAllowed           refused by policy: allowlist, change cap, read-only (not retryable)
 
 Third-party errors (yaml, pydantic, durable-rules) are translated where they are met,
 so callers only need to know this tree.
@@ -55,3 +62,49 @@ class RuleError(AetheriusError):
         self.problems = sorted(problems)
         lines = "\n".join(str(p) for p in self.problems)
         super().__init__(f"{len(self.problems)} problem(s) in rule files:\n{lines}")
+
+
+class StoreError(AetheriusError):
+    """The execution store failed."""
+
+
+class StepError(AetheriusError):
+    """The step failed."""
+
+    retryable: bool = True
+
+    def __init__(self, message: str | None = None, *, retryable: bool | None = None,
+                 next_retry_delay: float | None = None, output: object = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+        self.next_retry_delay = next_retry_delay
+        self.output = output
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+
+class StepTimeout(StepError):
+    """The step ran past its timeout."""
+
+
+class ServiceUnavailable(StepError):
+    """The outside service could not be reached."""
+
+
+class ServiceRejected(StepError):
+    """The outside service rejected the request."""
+
+    retryable = False
+
+
+class CommandFailed(StepError):
+    """The command failed."""
+
+
+class NotAllowed(StepError):
+    """Refused by policy."""
+
+    retryable = False

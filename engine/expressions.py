@@ -54,6 +54,45 @@ def _attribute_view(value: Any) -> Any:
     return value
 
 
+class _Missing:
+    """What a missing key reads as: None-like, and reading through it stays missing, so
+    ``analysis.summary`` is empty before any analysis ran instead of an error."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> _Missing:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self
+
+    def __getitem__(self, key: Any) -> _Missing:
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return other is None or isinstance(other, _Missing)
+
+    def __hash__(self) -> int:
+        return hash(None)
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return 0
+
+    def __iter__(self):
+        return iter(())
+
+    def __str__(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return "None"
+
+
+MISSING = _Missing()
+
+
 class _AttrDict(dict):
     """A read-only view of a dict whose keys read as attributes, wrapped lazily.
 
@@ -69,7 +108,7 @@ class _AttrDict(dict):
         except AttributeError:
             if name.startswith("_"):
                 raise
-            return None
+            return MISSING
 
     def __getitem__(self, key: Any) -> Any:
         return _attribute_view(dict.__getitem__(self, key))
@@ -150,6 +189,12 @@ class Expression:
             self._tree = evaluator.parse(source.strip())
         except Exception as exc:
             raise ExpressionError(f"cannot parse {source!r}: {exc}") from None
+        # A missing key reads as MISSING, which equals None but is not None: make
+        # ``x is None`` mean ``x == None`` so both spellings work on missing keys.
+        for node in ast.walk(self._tree):
+            if isinstance(node, ast.Compare):
+                node.ops = [ast.Eq() if isinstance(op, ast.Is) else ast.NotEq()
+                            if isinstance(op, ast.IsNot) else op for op in node.ops]
         self._evaluator = evaluator
 
     def evaluate(self, names: Mapping[str, Any]) -> Any:
@@ -157,7 +202,8 @@ class Expression:
         view.update(true=True, false=False, null=None)
         self._evaluator.names = view
         try:
-            return self._evaluator.eval(self.source.strip(), previously_parsed=self._tree)
+            result = self._evaluator.eval(self.source.strip(), previously_parsed=self._tree)
+            return None if isinstance(result, _Missing) else result
         except simpleeval.InvalidExpression as exc:
             raise ExpressionError(f"{self.source!r}: {exc}") from None
         except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError,

@@ -1,16 +1,29 @@
 """The contract every step type fulfils.
 
 A step type is one class: a name, a pydantic ``Config`` model validated when rules load,
-and the ids of steps or expressions its config refers to, so ``aetherius check`` can
-vet them before anything runs. The engine looks the type up in the registry
-(:mod:`steps`); it never branches on the type name.
+and ``async run(ctx, config) -> StepResult``. Its class methods tell ``aetherius check``
+which steps or expressions its config refers to. The engine looks the type up in the
+registry (:mod:`steps`); it never branches on the type name. Each step module owns its
+outside calls (agent-manager, reasoning-service, Slack) and translates their errors
+into :mod:`engine.exceptions` at that boundary.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import httpx
 from pydantic import BaseModel, ConfigDict
+
+from engine.durations import parse_duration
+from engine.templates import render
+
+if TYPE_CHECKING:
+    from engine.spec import StepSpec, Workflow
+    from engine.store import StepRun
 
 
 class StepConfig(BaseModel):
@@ -19,11 +32,113 @@ class StepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What steps read from the service configuration (never from rule files)."""
+
+    agent_manager_url: str | None = None
+    reasoning_service_url: str | None = None
+    ai_timeout: float = 30.0
+    ai_max_retries: int = 3
+    slack_webhook_url: str | None = None
+    webhooks: Mapping[str, str] = field(default_factory=dict)
+    command_timeout: float = 30.0
+    cluster: str | None = None
+    # Remediation safety: dry-run unless this is False AND the workflow does not ask for it.
+    dry_run: bool = True
+    allowed_actions: frozenset[str] = frozenset(
+        {"patch_deployment", "increase_memory", "restart_rollout", "delete_pod", "cordon_node", "scale"})
+    max_memory_factor: float = 2.0
+    max_memory_mib: int = 16384
+    max_replicas: int = 50
+    public_url: str = "http://localhost:8081"
+    # live=False (replay, ``run`` without --live): steps that would call out answer dry-run.
+    live: bool = True
+    # virtual_time=True (replay, dry-run ``run``): waits return at once instead of sleeping.
+    virtual_time: bool = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, live: bool = True,
+                    virtual_time: bool = False) -> Settings:
+        ai = config.get("ai") or {}
+        rem = config.get("remediation") or {}
+        notes = config.get("notifications") or {}
+        http = config.get("http") or {}
+        allowed = rem.get("allowed_actions")
+        return cls(
+            agent_manager_url=(config.get("agent_manager") or {}).get("url"),
+            reasoning_service_url=ai.get("reasoning_service_url"),
+            ai_timeout=parse_duration(ai.get("timeout", 30)),
+            ai_max_retries=int(ai.get("max_retries", 3)),
+            slack_webhook_url=(notes.get("slack") or {}).get("webhook_url"),
+            webhooks=dict(notes.get("webhooks") or {}),
+            command_timeout=parse_duration((config.get("agent_manager") or {}).get("timeout", 30)),
+            cluster=(config.get("agent_manager") or {}).get("cluster"),
+            dry_run=bool(rem.get("dry_run", True)),
+            allowed_actions=frozenset(allowed) if allowed is not None else cls.allowed_actions,
+            max_memory_factor=float(rem.get("max_memory_factor", 2.0)),
+            max_memory_mib=int(rem.get("max_memory_mib", 16384)),
+            max_replicas=int(rem.get("max_replicas", 50)),
+            public_url=str(http.get("public_url") or f"http://localhost:{http.get('port', 8081)}"),
+            live=live,
+            virtual_time=virtual_time,
+        )
+
+
+@dataclass
+class StepResult:
+    """What a step hands back to the runner.
+
+    ``next`` overrides the step's ``on_success`` (a decision jumping to a step);
+    ``context`` adds names later expressions read (``analysis``, ``decision``).
+    """
+
+    output: Any = None
+    status: str = "succeeded"          # or "skipped": nothing to do, the path goes on
+    next: list[str] | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """Everything a step may use while it runs."""
+
+    execution_id: str
+    workflow: Workflow
+    step: StepSpec
+    run: StepRun
+    names: dict[str, Any]              # what expressions and templates see
+    settings: Settings
+    http: httpx.AsyncClient
+    dry_run: bool                      # the workflow's effective dry-run for changes
+    log: logging.LoggerAdapter
+    run_branch: Callable[[list[str]], Awaitable[bool]] | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries and across a resume after a crash."""
+        return f"{self.execution_id}:{self.step.id}:{self.run.seq}"
+
+    @property
+    def attempt(self) -> int:
+        return self.run.attempts
+
+    def render(self, value: Any) -> Any:
+        return render(value, self.names)
+
+    @property
+    def incident(self) -> dict[str, Any]:
+        return self.names.get("incident") or {}
+
+
 class Step:
-    """A step type. Subclasses set ``type_name`` and ``Config``."""
+    """A step type. Subclasses set ``type_name`` and ``Config`` and implement ``run``."""
 
     type_name: ClassVar[str]
     Config: ClassVar[type[StepConfig]] = StepConfig
+
+    async def run(self, ctx: StepContext, config: Any) -> StepResult:
+        raise NotImplementedError(f"step type {self.type_name!r} does not implement run()")
 
     @classmethod
     def targets(cls, config: StepConfig) -> list[str]:

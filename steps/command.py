@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, model_validator
 
-from steps.base import Step, StepConfig
+from engine.exceptions import CommandFailed, NotAllowed, StepError
+from steps.base import Step, StepConfig, StepContext, StepResult
+from steps.http import post_json
 
 # kubectl verbs that only read. Anything else needs ``allow_write: true`` in the config,
 # so a typo in a diagnosis workflow can never change the cluster.
@@ -40,6 +44,57 @@ class CommandConfig(StepConfig):
         return self
 
 
+def default_target(incident: dict[str, Any]) -> dict[str, Any]:
+    """The object an incident is about: its pod if it has one, else its object."""
+    if incident.get("pod"):
+        return {"namespace": incident.get("namespace"), "kind": "Pod", "name": incident["pod"],
+                "container": incident.get("container")}
+    return {"namespace": incident.get("namespace"), "kind": incident.get("kind"),
+            "name": incident.get("name")}
+
+
+def agent_request(ctx: StepContext, tool: str, action: str, args: list[str],
+                  target: dict[str, Any], cluster: str | None) -> dict[str, Any]:
+    timeout = ctx.step.timeout or ctx.settings.command_timeout
+    return {
+        "execution_id": ctx.execution_id, "step_id": ctx.step.id,
+        "idempotency_key": ctx.idempotency_key,
+        "cluster": cluster or ctx.incident.get("cluster") or ctx.settings.cluster,
+        "tool": tool, "action": action, "args": args, "target": target,
+        "timeout_s": int(timeout),
+    }
+
+
+async def call_agent_manager(ctx: StepContext, request: dict[str, Any]) -> dict[str, Any]:
+    """POST to agent-manager's commands API; a failed command raises CommandFailed."""
+    base = ctx.settings.agent_manager_url
+    if not base:
+        raise StepError("agent_manager.url is not configured", retryable=False)
+    answer = await post_json(ctx.http, f"{base.rstrip('/')}/api/v1/commands", request,
+                             timeout=request["timeout_s"] + 5, service="agent-manager")
+    if not isinstance(answer, dict) or "status" not in answer:
+        raise StepError("agent-manager answered without a status", retryable=False)
+    if answer.get("status") != "success" or answer.get("exit_code", 0) != 0:
+        stderr = str(answer.get("stderr") or "")[:300]
+        raise CommandFailed(
+            f"{request['tool']} {request['action']} failed: exit code {answer.get('exit_code')}"
+            + (f": {stderr}" if stderr else ""), output=answer)
+    return answer
+
+
 class Command(Step):
     type_name = "command"
     Config = CommandConfig
+
+    async def run(self, ctx: StepContext, config: CommandConfig) -> StepResult:
+        if config.tool == "kubectl" and config.action not in READ_ONLY_ACTIONS and not config.allow_write:
+            raise NotAllowed(f"kubectl {config.action} is not read-only")
+        target = default_target(ctx.incident)
+        if config.target is not None:
+            target.update({k: v for k, v in ctx.render(config.target.model_dump()).items() if v is not None})
+        request = agent_request(ctx, config.tool, config.action, [str(a) for a in ctx.render(config.args)],
+                                target, config.cluster)
+        if not ctx.settings.live:
+            return StepResult(output={"status": "dry_run", "exit_code": 0, "stdout": "", "stderr": "",
+                                      "request": request})
+        return StepResult(output=await call_agent_manager(ctx, request))

@@ -1,15 +1,20 @@
 """``decision``: the seed's ``conditions: [{if, then}]`` evaluated in the sandbox.
 
-``then`` names a step to jump to, or else a value that later steps read as
-``decision`` / ``steps.<id>.output.value``. The first true ``if`` wins; ``default``
-applies when none is true.
+The first true ``if`` wins; ``default`` applies when none is. ``then`` names a step to
+jump to (instead of ``on_success``), or else a value that later steps read as
+``decision`` (and ``steps.<id>.output.value``) while the path goes on to ``on_success``.
+Expressions are parsed and vetted once, when rules load.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from pydantic import Field
 
-from steps.base import Step, StepConfig
+from engine.exceptions import ExpressionError, StepError
+from engine.expressions import Expression
+from steps.base import Step, StepConfig, StepContext, StepResult
 
 
 class Branch(StepConfig):
@@ -22,9 +27,31 @@ class DecisionConfig(StepConfig):
     default: str | None = None
 
 
+@lru_cache(maxsize=4096)
+def _expression(source: str) -> Expression:
+    return Expression(source)
+
+
 class Decision(Step):
     type_name = "decision"
     Config = DecisionConfig
+
+    async def run(self, ctx: StepContext, config: DecisionConfig) -> StepResult:
+        chosen, matched = config.default, None
+        for i, branch in enumerate(config.conditions):
+            try:
+                if _expression(branch.if_).evaluate(ctx.names):
+                    chosen, matched = branch.then, i
+                    break
+            except ExpressionError as exc:
+                raise StepError(f"condition {i} ({branch.if_!r}) failed: {exc}", retryable=False) from None
+        step_ids = {s.id for s in ctx.workflow.steps}
+        output = {"value": chosen, "matched": matched,
+                  "condition": config.conditions[matched].if_ if matched is not None else "default"}
+        if chosen is not None and chosen in step_ids:
+            return StepResult(output={**output, "jump": chosen}, next=[chosen],
+                              context={"decision": chosen})
+        return StepResult(output=output, context={"decision": chosen})
 
     @classmethod
     def targets(cls, config: DecisionConfig) -> list[str]:

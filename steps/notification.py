@@ -1,16 +1,20 @@
 """``notification``: Slack incoming webhook, a generic JSON webhook, or the log.
 
-Webhook URLs are secrets: they come from the environment or the service config, looked
-up by name, never from rule files.
+The message is a template filled from the context; the notification adds what an
+on-call engineer needs: the incident, the root cause, what was done, and a link back to
+the execution. Webhook URLs are secrets: they come from the environment or the service
+config (by name, for generic webhooks), never from rule files, and never reach the log.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import model_validator
 
-from steps.base import Step, StepConfig
+from engine.exceptions import NotAllowed
+from steps.base import Step, StepConfig, StepContext, StepResult
+from steps.http import post_json
 
 
 class NotificationConfig(StepConfig):
@@ -28,6 +32,71 @@ class NotificationConfig(StepConfig):
         return self
 
 
+def _actions(steps: dict[str, Any]) -> list[str]:
+    done = []
+    for sid, record in steps.items():
+        output = record.get("output")
+        if isinstance(output, dict) and "applied" in output and output.get("action"):
+            how = "applied" if output.get("applied") else (
+                "dry-run" if output.get("dry_run") else output.get("reason", "not applied"))
+            done.append(f"{output['action']} ({how})")
+        elif record.get("status") == "failed" and record.get("type") == "remediation":
+            done.append(f"{sid} failed: {record.get('error')}")
+    return done
+
+
+def compose(ctx: StepContext, config: NotificationConfig) -> dict[str, Any]:
+    incident = ctx.incident
+    analysis = ctx.names.get("analysis") or {}
+    message = str(ctx.render(config.message))
+    title = ctx.render(config.title) if config.title else (
+        f"[{incident.get('severity') or 'info'}] {incident.get('strategy') or ctx.workflow.id}: "
+        f"{incident.get('key') or ''}".strip())
+    link = f"{ctx.settings.public_url.rstrip('/')}/api/v1/executions/{ctx.execution_id}"
+    lines = [f"*{title}*", message]
+    if incident:
+        where = f"{incident.get('namespace') or '-'}/{incident.get('workload') or incident.get('name')}"
+        lines.append(f"Incident {incident.get('id')}: {incident.get('reason')} "
+                     f"x{incident.get('count')} on {where}")
+    if analysis:
+        source = " (built-in classifier)" if analysis.get("source") == "builtin" else ""
+        lines.append(f"Root cause: {analysis.get('root_cause')} "
+                     f"(confidence {analysis.get('confidence', 0):.2f}){source}")
+    actions = _actions(ctx.names.get("steps") or {})
+    if actions:
+        lines.append("Actions: " + "; ".join(actions))
+    lines.append(f"Execution: {link}")
+    return {"title": title, "message": message, "text": "\n".join(lines), "execution_url": link,
+            "incident": incident, "analysis": analysis or None, "actions": actions}
+
+
 class Notification(Step):
     type_name = "notification"
     Config = NotificationConfig
+
+    async def run(self, ctx: StepContext, config: NotificationConfig) -> StepResult:
+        note = compose(ctx, config)
+        channel = config.channel
+        if channel == "log":
+            ctx.log.info("Notification: %s", note["text"].replace("\n", " | "))
+            return StepResult(output={"channel": "log", "sent": True, "text": note["text"]})
+        if channel == "slack":
+            url, payload, service = ctx.settings.slack_webhook_url, {"text": note["text"]}, "Slack"
+            missing = "notifications.slack.webhook_url is not configured"
+        else:
+            url = ctx.settings.webhooks.get(config.webhook or "")
+            payload, service = {k: note[k] for k in ("title", "message", "text", "execution_url",
+                                                      "incident", "analysis", "actions")}, "webhook"
+            missing = f"webhook {config.webhook!r} is not configured (notifications.webhooks)"
+        if not ctx.settings.live:
+            return StepResult(output={"channel": channel, "sent": False, "dry_run": True,
+                                      "text": note["text"]})
+        if not url:
+            if channel == "webhook":
+                raise NotAllowed(missing)
+            ctx.log.warning("Notification not sent: %s; text: %s", missing, note["text"].replace("\n", " | "))
+            return StepResult(status="skipped", output={"channel": channel, "sent": False,
+                                                        "reason": missing, "text": note["text"]})
+        await post_json(ctx.http, url, payload, timeout=10.0, service=service)
+        ctx.log.info("Notification sent to %s%s", channel, f" {config.webhook}" if config.webhook else "")
+        return StepResult(output={"channel": channel, "sent": True, "text": note["text"]})

@@ -7,11 +7,13 @@ as a branch fails; ``continue`` lets the others finish and judges at the join.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from pydantic import Field, field_validator
 
-from steps.base import Step, StepConfig
+from engine.exceptions import StepError
+from steps.base import Step, StepConfig, StepContext, StepResult
 
 
 class ParallelConfig(StepConfig):
@@ -31,6 +33,36 @@ class ParallelConfig(StepConfig):
 class Parallel(Step):
     type_name = "parallel"
     Config = ParallelConfig
+
+    async def run(self, ctx: StepContext, config: ParallelConfig) -> StepResult:
+        assert ctx.run_branch is not None, "the runner provides run_branch"
+        tasks = {asyncio.ensure_future(ctx.run_branch(branch)): i for i, branch in enumerate(config.branches)}
+        results: dict[int, bool] = {}
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    results[tasks[task]] = task.result()
+                if config.join == "any" and any(results.values()):
+                    break
+                if config.on_branch_failure == "fail" and not all(results.values()):
+                    break
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        failed = sorted(i for i, ok in results.items() if not ok)
+        succeeded = sorted(i for i, ok in results.items() if ok)
+        output = {"join": config.join, "succeeded": succeeded, "failed": failed,
+                  "cancelled": sorted(set(range(len(config.branches))) - set(results))}
+        if config.join == "any" and succeeded:
+            return StepResult(output=output)
+        if config.join == "all" and not failed and len(succeeded) == len(config.branches):
+            return StepResult(output=output)
+        raise StepError(f"parallel branches failed: {failed or 'none succeeded'}", retryable=False,
+                        output=output)
 
     @classmethod
     def targets(cls, config: ParallelConfig) -> list[str]:

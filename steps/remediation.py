@@ -1,8 +1,20 @@
 """``remediation``: change the cluster through agent-manager, safely.
 
-Safe by default: dry-run unless both the service and the workflow allow a live change,
-only actions on the allowlist, a cap on how much one change may do, and an idempotency
-key per execution and step so a retry never applies a change twice.
+Safe by default:
+
+- **dry-run** unless the service config (``remediation.dry_run: false``), the workflow
+  (``dry_run``) and the step (``config.dry_run``) all allow a live change; a dry-run still
+  asks agent-manager for a server-side dry run, so the answer shows what would change;
+- only actions on the **allowlist** (``remediation.allowed_actions``);
+- a **cap** on one change: memory at most ``max_memory_factor`` (x2) and never above
+  ``max_memory_mib``; replicas never above ``max_replicas`` nor more than doubled;
+- an **idempotency key** per execution and step run, the same on every retry and after
+  a resume, so agent-manager never applies a change twice.
+
+``patch_deployment`` (the seed's action) applies the patch named by ``params.patch`` or,
+without one, by the preceding decision's value: ``increase_memory``, ``restart_rollout``
+or ``scale``. Any other value (``notify_owner``) means there is nothing to patch: the step
+is skipped and says why.
 """
 
 from __future__ import annotations
@@ -11,14 +23,15 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from steps.base import Step, StepConfig
+from engine.exceptions import NotAllowed
+from steps.base import Step, StepConfig, StepContext, StepResult
+from steps.command import agent_request, call_agent_manager
 
-# The remediation vocabulary. ``patch_deployment`` is the seed's name for raising a
-# deployment's memory limit.
 ACTIONS = frozenset(
-    {"patch_deployment", "increase_memory", "restart_rollout", "delete_pod", "cordon_node",
-     "scale"}
+    {"patch_deployment", "increase_memory", "restart_rollout", "delete_pod", "cordon_node", "scale"}
 )
+PATCHES = frozenset({"increase_memory", "restart_rollout", "scale"})
+DEFAULT_MEMORY_FACTOR = 1.5
 
 
 class RemediationConfig(StepConfig):
@@ -35,6 +48,90 @@ class RemediationConfig(StepConfig):
         return value
 
 
+def _number(params: dict[str, Any], key: str) -> float | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise NotAllowed(f"params.{key} must be a number, got {value!r}") from None
+
+
+def _cap(action: str, params: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """Refuse changes bigger than the configured caps; return the params to send."""
+    s = ctx.settings
+    out = dict(params)
+    if action == "increase_memory":
+        factor = _number(params, "factor") or DEFAULT_MEMORY_FACTOR
+        if factor <= 1:
+            raise NotAllowed(f"memory factor {factor:g} would not increase memory")
+        if factor > s.max_memory_factor:
+            raise NotAllowed(f"memory factor {factor:g} exceeds the cap x{s.max_memory_factor:g}")
+        out["factor"] = factor
+        out["max_memory_mib"] = s.max_memory_mib
+        current = _number(params, "current_memory_mib")
+        target = _number(params, "memory_mib") or (current * factor if current else None)
+        if target is not None:
+            if current and target > current * s.max_memory_factor:
+                raise NotAllowed(f"{target:g} MiB is more than x{s.max_memory_factor:g} of {current:g} MiB")
+            if target > s.max_memory_mib:
+                raise NotAllowed(f"{target:g} MiB exceeds the maximum {s.max_memory_mib} MiB")
+            out["memory_mib"] = int(target)
+    elif action == "scale":
+        replicas = _number(params, "replicas")
+        if replicas is None:
+            raise NotAllowed("scale needs params.replicas")
+        current = _number(params, "current_replicas")
+        if replicas > s.max_replicas:
+            raise NotAllowed(f"{replicas:g} replicas exceeds the maximum {s.max_replicas}")
+        if current and replicas > current * 2:
+            raise NotAllowed(f"scaling {current:g} -> {replicas:g} more than doubles the replicas")
+        out["replicas"] = int(replicas)
+    return out
+
+
+def _target(action: str, incident: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    if action == "cordon_node":
+        return {"kind": "Node", "name": params.get("node") or incident.get("node")}
+    if action == "delete_pod":
+        return {"kind": "Pod", "namespace": incident.get("namespace"),
+                "name": params.get("pod") or incident.get("pod")}
+    return {"kind": params.get("kind") or incident.get("workload_kind") or "Deployment",
+            "namespace": incident.get("namespace"),
+            "name": params.get("name") or incident.get("workload"),
+            "container": params.get("container") or incident.get("container")}
+
+
 class Remediation(Step):
     type_name = "remediation"
     Config = RemediationConfig
+
+    async def run(self, ctx: StepContext, config: RemediationConfig) -> StepResult:
+        params = ctx.render(config.params)
+        action = config.action
+        if action == "patch_deployment":
+            patch = params.pop("patch", None) or ctx.names.get("decision")
+            if patch not in PATCHES:
+                return StepResult(status="skipped", output={
+                    "applied": False, "action": action,
+                    "reason": f"the decision ({patch!r}) names no patch to apply"})
+            action = patch
+        if action not in ctx.settings.allowed_actions or config.action not in ctx.settings.allowed_actions:
+            raise NotAllowed(f"remediation action {action!r} is not in remediation.allowed_actions")
+        params = _cap(action, params, ctx)
+        dry_run = (ctx.settings.dry_run or ctx.dry_run or config.dry_run is True
+                   or not ctx.settings.live)
+        target = _target(action, ctx.incident, params)
+        if not target.get("name"):
+            raise NotAllowed(f"{action}: the incident names no target object")
+        request = agent_request(ctx, config.action_type, action, [], target, None)
+        request.update(params=params, dry_run=dry_run)
+        if not ctx.settings.live:
+            return StepResult(output={"status": "dry_run", "applied": False, "dry_run": True,
+                                      "action": action, "request": request})
+        ctx.log.info("Remediation %s on %s/%s (dry_run=%s, key=%s)", action, target.get("kind"),
+                     target.get("name"), dry_run, request["idempotency_key"])
+        answer = await call_agent_manager(ctx, request)
+        return StepResult(output={**answer, "applied": not dry_run, "dry_run": dry_run,
+                                  "action": action, "target": target})

@@ -1,0 +1,381 @@
+"""The workflow runner: decides which steps run, records every transition, never acts.
+
+Semantics (documented for operators in the README):
+
+- An execution starts at the workflow's first step.
+- When a step succeeds, the steps in its ``on_success`` run; when it fails (after its
+  retries), those in ``on_failure``. Several ids start those steps concurrently, each
+  continuing its own path; a step reached by several paths runs once per arrival (use a
+  ``parallel`` step to fan out and join). A decision may jump to a step instead.
+- A path ends at a step with no outgoing edge. The execution ends when no step runs.
+  It *succeeded* if no step failed; *failed* if one did (its ``on_failure`` steps still
+  ran); *timed_out* past the workflow ``timeout``; *cancelled* by ``cancel()``.
+- Each attempt has the step's ``timeout``. Failed attempts are retried with exponential
+  backoff and jitter (the step's ``retry``, else the workflow's, else one attempt), unless
+  the error is not retryable or its kind is listed in ``non_retryable``.
+
+Every transition goes through the :class:`~engine.store.Store` before the next one
+happens, so a crashed execution can be resumed from the store: finished step runs are
+never run again, and an unfinished one is run again with the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from engine.exceptions import StepError, StepTimeout
+from engine.spec import RetryPolicy, StepSpec, Workflow
+from engine.store import (
+    CANCELLED,
+    FAILED,
+    FINAL_STEP,
+    PENDING,
+    RUNNING,
+    SKIPPED,
+    SUCCEEDED,
+    TIMED_OUT,
+    Execution,
+    MemoryStore,
+    StepRun,
+    Store,
+)
+from steps import REGISTRY
+from steps.base import Settings, Step, StepContext, StepResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random) -> float:
+    """Delay before attempt ``attempt + 1`` (attempt counts from 1)."""
+    base = min(policy.initial_interval * policy.multiplier ** (attempt - 1), policy.max_interval)
+    if policy.jitter:
+        base *= rng.uniform(1 - policy.jitter, 1 + policy.jitter)
+    return max(0.0, base)
+
+
+class _ExecutionLog(logging.LoggerAdapter):
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        prefix = " ".join(f"{k}={v}" for k, v in extra.items() if v is not None)
+        kwargs.setdefault("extra", {}).update(extra)
+        return f"{msg} [{prefix}]", kwargs
+
+
+@dataclass
+class _Live:
+    """What the runner holds for one running execution."""
+
+    execution: Execution
+    workflow: Workflow
+    names: dict[str, Any]
+    seq: int = 0
+    tasks: dict[asyncio.Task, StepRun] = field(default_factory=dict)
+    failed_steps: list[str] = field(default_factory=list)
+
+
+class WorkflowRunner:
+    """Runs workflows. One instance serves many concurrent executions."""
+
+    def __init__(self, store: Store | None = None, settings: Settings | None = None, *,
+                 http: httpx.AsyncClient | None = None, registry: dict[str, type[Step]] | None = None,
+                 rng: random.Random | None = None, measure_overhead: bool = False) -> None:
+        self.store: Store = store if store is not None else MemoryStore()
+        self.settings = settings or Settings(live=False)
+        self._own_http = http is None
+        self.http = http or httpx.AsyncClient(timeout=30.0)
+        self.steps: dict[str, Step] = {name: cls() for name, cls in (registry or REGISTRY).items()}
+        self.rng = rng or random.Random()
+        self._running: dict[str, asyncio.Task] = {}
+        self.measure_overhead = measure_overhead
+        self.overheads: list[float] = []   # seconds of runner work per step run
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self.http.aclose()
+
+    # ----------------------------------------------------------------- public API
+
+    async def run(self, workflow: Workflow, *, incident: dict[str, Any] | None = None,
+                  events: Iterable[dict[str, Any]] = (), context: dict[str, Any] | None = None,
+                  execution_id: str | None = None, incident_id: str | None = None) -> Execution:
+        """Start an execution and wait for it to end."""
+        return await self.submit(workflow, incident=incident, events=events, context=context,
+                                 execution_id=execution_id, incident_id=incident_id)
+
+    def submit(self, workflow: Workflow, *, incident: dict[str, Any] | None = None,
+               events: Iterable[dict[str, Any]] = (), context: dict[str, Any] | None = None,
+               execution_id: str | None = None, incident_id: str | None = None) -> asyncio.Task:
+        """Start an execution in the background; the task's result is the Execution."""
+        execution = Execution(
+            id=execution_id or f"exec-{uuid.uuid4().hex[:16]}", workflow_id=workflow.id,
+            workflow_version=workflow.version, incident_id=incident_id or (incident or {}).get("id"),
+            context={"incident": incident or {}, "events": list(events), "vars": context or {}},
+            dry_run=self._dry_run(workflow),
+        )
+        task = asyncio.create_task(self._start(execution, workflow), name=f"execution:{execution.id}")
+        self._running[execution.id] = task
+        task.add_done_callback(lambda _t: self._running.pop(execution.id, None))
+        return task
+
+    def cancel(self, execution_id: str) -> bool:
+        """Cancel a running execution; its running steps are cancelled, the status recorded."""
+        task = self._running.get(execution_id)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
+
+    def running(self) -> list[str]:
+        return list(self._running)
+
+    async def resume(self, execution_id: str, workflow: Workflow) -> Execution | None:
+        """Continue an execution from the store: unfinished runs run again (same
+        idempotency key), finished ones are only read back into the context."""
+        execution = await self.store.load_execution(execution_id)
+        if execution is None or execution.status != RUNNING:
+            return execution
+        task = asyncio.create_task(self._continue(execution, workflow), name=f"execution:{execution.id}")
+        self._running[execution.id] = task
+        task.add_done_callback(lambda _t: self._running.pop(execution.id, None))
+        return await task
+
+    # ----------------------------------------------------------------- driving
+
+    def _dry_run(self, workflow: Workflow) -> bool:
+        return self.settings.dry_run or workflow.dry_run is True or not self.settings.live
+
+    def _names(self, execution: Execution, workflow: Workflow) -> dict[str, Any]:
+        ctx = execution.context
+        events = ctx.get("events") or []
+        return {
+            "incident": ctx.get("incident") or {}, "events": events,
+            "event": events[0] if events else {}, "context": ctx.get("vars") or {},
+            "steps": {}, "analysis": None, "decision": None,
+            "workflow": {"id": workflow.id, "name": workflow.name, "version": workflow.version},
+            "execution": {"id": execution.id, "dry_run": execution.dry_run},
+        }
+
+    async def _start(self, execution: Execution, workflow: Workflow) -> Execution:
+        first = StepRun(seq=1, step_id=workflow.steps[0].id, step_type=workflow.steps[0].type)
+        execution.runs.append(first)
+        await self.store.create_execution(execution, first)
+        log.info("Workflow execution %s started: workflow=%s version=%d incident=%s dry_run=%s",
+                 execution.id, workflow.id, workflow.version, execution.incident_id, execution.dry_run,
+                 extra={"execution_id": execution.id, "incident_id": execution.incident_id})
+        live = _Live(execution, workflow, self._names(execution, workflow), seq=1)
+        return await self._drive(live, [first])
+
+    async def _continue(self, execution: Execution, workflow: Workflow) -> Execution:
+        live = _Live(execution, workflow, self._names(execution, workflow),
+                     seq=max((r.seq for r in execution.runs), default=0))
+        pending = []
+        for run in sorted(execution.runs, key=lambda r: r.seq):
+            if run.status in FINAL_STEP:
+                self._remember(live, run)
+            elif run.in_branch_of is None:
+                pending.append(run)   # its parallel parent re-runs branch children itself
+        log.info("Workflow execution %s resumed: %d step run(s) to finish", execution.id, len(pending),
+                 extra={"execution_id": execution.id})
+        return await self._drive(live, pending)
+
+    async def _drive(self, live: _Live, runs: list[StepRun]) -> Execution:
+        execution, workflow = live.execution, live.workflow
+        try:
+            async with asyncio.timeout(max(0.0, execution.started_at + workflow.timeout - time.time())):
+                for run in runs:
+                    self._launch(live, run)
+                while live.tasks:
+                    done, _ = await asyncio.wait(list(live.tasks), return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        live.tasks.pop(task)
+                        for nxt in task.result():
+                            self._launch(live, nxt)
+            execution.status = FAILED if live.failed_steps else SUCCEEDED
+            if live.failed_steps:
+                execution.error = f"step(s) failed: {', '.join(live.failed_steps)}"
+        except TimeoutError:
+            execution.status, execution.error = TIMED_OUT, f"workflow timeout {workflow.timeout:g}s"
+        except asyncio.CancelledError:
+            execution.status, execution.error = CANCELLED, "cancelled"
+            await self._stop_tasks(live, CANCELLED)
+            await asyncio.shield(self._finish(execution))
+            raise
+        finally:
+            if execution.status == TIMED_OUT:
+                await self._stop_tasks(live, TIMED_OUT)
+        await asyncio.shield(self._finish(execution))
+        return execution
+
+    async def _stop_tasks(self, live: _Live, status: str) -> None:
+        for task in live.tasks:
+            task.cancel()
+        if live.tasks:
+            await asyncio.gather(*live.tasks, return_exceptions=True)
+        for run in live.tasks.values():
+            if run.status not in FINAL_STEP:
+                run.status, run.error, run.finished_at = status, status.replace("_", " "), time.time()
+                await asyncio.shield(self.store.finish_step(live.execution.id, run, []))
+        live.tasks.clear()
+
+    async def _finish(self, execution: Execution) -> None:
+        execution.finished_at = time.time()
+        await self.store.finish_execution(execution)
+        log.info("Workflow execution %s finished: status=%s duration=%.3fs%s", execution.id,
+                 execution.status, execution.duration or 0.0,
+                 f" error={execution.error}" if execution.error else "",
+                 extra={"execution_id": execution.id, "incident_id": execution.incident_id})
+
+    def _launch(self, live: _Live, run: StepRun) -> None:
+        task = asyncio.create_task(self._step(live, run), name=f"step:{live.execution.id}:{run.step_id}")
+        live.tasks[task] = run
+
+    def _schedule(self, live: _Live, step_ids: list[str], parent: StepRun,
+                  in_branch_of: int | None = None) -> list[StepRun]:
+        out = []
+        for step_id in step_ids:
+            spec = live.workflow.step(step_id)
+            live.seq += 1
+            run = StepRun(seq=live.seq, step_id=step_id, step_type=spec.type, parent=parent.seq,
+                          in_branch_of=in_branch_of)
+            live.execution.runs.append(run)
+            out.append(run)
+        return out
+
+    # ----------------------------------------------------------------- one step run
+
+    async def _step(self, live: _Live, run: StepRun) -> list[StepRun]:
+        """Run one step run to its end; record it and what it schedules; return those."""
+        began = time.perf_counter()
+        spec = live.workflow.step(run.step_id)
+        result, step_time = await self._attempts(live, spec, run)
+        if run.status == FAILED:
+            run.branch = list(spec.on_failure)
+            # A branch child's failure is judged by its parallel step's join.
+            if run.in_branch_of is None:
+                live.failed_steps.append(spec.id)
+        else:
+            run.branch = list(result.next if result is not None and result.next is not None
+                              else spec.on_success)
+        scheduled = self._schedule(live, run.branch, run) if run.in_branch_of is None else []
+        await self.store.finish_step(live.execution.id, run, scheduled)
+        if self.measure_overhead:
+            self.overheads.append(time.perf_counter() - began - step_time)
+        return scheduled
+
+    async def _attempts(self, live: _Live, spec: StepSpec, run: StepRun) -> tuple[StepResult | None, float]:
+        execution, workflow = live.execution, live.workflow
+        step = self.steps[spec.type]
+        policy = spec.retry or workflow.retry or DEFAULT_RETRY
+        logger = _ExecutionLog(log, {"execution_id": execution.id, "incident_id": execution.incident_id,
+                                     "step_id": spec.id})
+        ctx = StepContext(execution_id=execution.id, workflow=workflow, step=spec, run=run,
+                          names=live.names, settings=self.settings, http=self.http,
+                          dry_run=execution.dry_run, log=logger,
+                          run_branch=lambda ids: self._branch(live, run, ids))
+        step_time = 0.0
+        while True:
+            run.attempts += 1
+            now = time.time()
+            run.attempt_started_at = now
+            if run.started_at is None:
+                run.started_at = now
+            run.status = RUNNING
+            await self.store.start_attempt(execution.id, run)
+            logger.info("Executing %s step %s (attempt %d/%d)", spec.type, spec.id, run.attempts,
+                        policy.max_attempts)
+            t0 = time.perf_counter()
+            try:
+                async with asyncio.timeout(spec.timeout):
+                    result = await step.run(ctx, spec.parsed)
+            except TimeoutError:
+                error: StepError = StepTimeout(f"step timeout {spec.timeout:g}s")
+            except StepError as exc:
+                error = exc
+            except asyncio.CancelledError:
+                step_time += time.perf_counter() - t0
+                raise
+            except Exception as exc:  # a bug in a step must not kill the execution
+                logger.exception("step %s raised an unexpected error", spec.id)
+                error = StepError(f"{type(exc).__name__}: {exc}", retryable=False)
+            else:
+                step_time += time.perf_counter() - t0
+                run.status = SKIPPED if result.status == SKIPPED else SUCCEEDED
+                run.output, run.error, run.error_kind = result.output, None, None
+                run.finished_at = time.time()
+                self._remember(live, run, result)
+                return result, step_time
+            step_time += time.perf_counter() - t0
+            run.error, run.error_kind = str(error), error.kind
+            retry = (error.retryable and error.kind not in policy.non_retryable
+                     and run.attempts < policy.max_attempts)
+            if not retry:
+                run.status, run.output, run.finished_at = FAILED, error.output, time.time()
+                logger.warning("Step %s failed after %d attempt(s): %s: %s", spec.id, run.attempts,
+                               error.kind, error)
+                self._remember(live, run)
+                return None, step_time
+            delay = error.next_retry_delay if error.next_retry_delay is not None else backoff_delay(
+                policy, run.attempts, self.rng)
+            await self.store.fail_attempt(execution.id, run, str(error), error.kind)
+            logger.info("Step %s attempt %d failed (%s: %s); retrying in %.2fs", spec.id, run.attempts,
+                        error.kind, error, delay)
+            await asyncio.sleep(delay)
+
+    def _remember(self, live: _Live, run: StepRun, result: StepResult | None = None) -> None:
+        """Put a finished run where later steps and expressions read it."""
+        live.names["steps"][run.step_id] = {
+            "status": run.status, "output": run.output, "error": run.error,
+            "attempts": run.attempts, "type": run.step_type,
+        }
+        if result is not None:
+            live.names.update(result.context)
+        elif run.status in (SUCCEEDED, SKIPPED) and isinstance(run.output, dict):
+            # Resuming: rebuild what the step had put in the context.
+            if run.step_type == "ai_analysis":
+                live.names["analysis"] = run.output
+            elif run.step_type == "decision":
+                live.names["decision"] = run.output.get("jump") or run.output.get("value")
+
+    async def _branch(self, live: _Live, parent: StepRun, step_ids: list[str]) -> bool:
+        """Run a parallel branch: its steps in order, as child runs of ``parent``."""
+        done = {r.step_id: r for r in live.execution.runs
+                if r.in_branch_of == parent.seq and r.status in FINAL_STEP}
+        for step_id in step_ids:
+            previous = done.get(step_id)
+            if previous is not None:      # resumed: this child already finished
+                if previous.status == FAILED:
+                    return False
+                continue
+            existing = next((r for r in live.execution.runs if r.in_branch_of == parent.seq
+                             and r.step_id == step_id and r.status not in FINAL_STEP), None)
+            if existing is None:
+                existing = self._schedule(live, [step_id], parent, in_branch_of=parent.seq)[0]
+                await self.store.schedule_runs(live.execution.id, [existing])
+            await self._step(live, existing)
+            if existing.status == FAILED:
+                return False
+        return True
+
+
+def summary(execution: Execution) -> dict[str, Any]:
+    """The ``--json`` line of ``aetherius run``: the steps in the order they ran."""
+    return {
+        "kind": "execution", "id": execution.id, "workflow": execution.workflow_id,
+        "version": execution.workflow_version, "status": execution.status, "error": execution.error,
+        "dry_run": execution.dry_run,
+        "steps": [{"id": r.step_id, "type": r.step_type, "status": r.status, "attempts": r.attempts,
+                   **({"error": r.error} if r.error and r.status != SUCCEEDED else {})}
+                  for r in sorted(execution.runs, key=lambda r: (r.started_at or float("inf"), r.seq))
+                  if r.status != PENDING],
+    }

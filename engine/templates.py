@@ -1,0 +1,73 @@
+"""``{{ expression }}`` templates in step configs, rendered from the execution context.
+
+A string that is exactly one ``{{ ... }}`` renders to the expression's value (a number
+stays a number); otherwise each placeholder is replaced by its value as text, and None
+renders as an empty string. Expressions are the sandboxed ones of
+:mod:`engine.expressions`, vetted when rules load.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
+from typing import Any
+
+from engine.expressions import Expression
+
+_PLACEHOLDER = re.compile(r"\{\{\s*(.+?)\s*\}\}")
+
+
+def placeholders(text: str) -> Iterator[str]:
+    for match in _PLACEHOLDER.finditer(text):
+        yield match.group(1)
+
+
+def walk_strings(value: Any, path: tuple = ()) -> Iterator[tuple[tuple, str]]:
+    """Every string inside nested dicts/lists, with its path."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from walk_strings(item, (*path, key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from walk_strings(item, (*path, i))
+
+
+@lru_cache(maxsize=4096)
+def _compiled(text: str) -> tuple[Expression | None, tuple[tuple[str, Expression | None], ...]]:
+    whole = _PLACEHOLDER.fullmatch(text.strip())
+    if whole:
+        return Expression(whole.group(1)), ()
+    parts: list[tuple[str, Expression | None]] = []
+    pos = 0
+    for match in _PLACEHOLDER.finditer(text):
+        parts.append((text[pos:match.start()], None))
+        parts.append(("", Expression(match.group(1))))
+        pos = match.end()
+    parts.append((text[pos:], None))
+    return None, tuple(parts)
+
+
+def render(value: Any, names: Mapping[str, Any]) -> Any:
+    """Render every template inside ``value`` (strings, dicts, lists)."""
+    if isinstance(value, str):
+        if "{{" not in value:
+            return value
+        whole, parts = _compiled(value)
+        if whole is not None:
+            return whole.evaluate(names)
+        out = []
+        for text, expr in parts:
+            if expr is None:
+                out.append(text)
+            else:
+                result = expr.evaluate(names)
+                out.append("" if result is None else str(result))
+        return "".join(out)
+    if isinstance(value, Mapping):
+        return {k: render(v, names) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [render(v, names) for v in value]
+    return value
