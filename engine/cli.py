@@ -2,12 +2,15 @@
 
 - ``aetherius check [DIR]``    validate rule files; every problem as ``path:line: message``
 - ``aetherius schema``         JSON Schema of rule files
-- ``aetherius replay FILE``    what a recorded event stream turns into, on event time
+- ``aetherius replay FILE``    what a recorded event stream turns into, on event time,
+                               with each incident's workflow path in dry-run
+- ``aetherius run WORKFLOW --event FILE``  one workflow against one event
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
@@ -52,7 +55,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def _print_incident(incident: Incident, as_json: bool) -> None:
     s = incident.summary()
     if as_json:
-        print(json.dumps(s, ensure_ascii=False), flush=False)
+        print(json.dumps(s, ensure_ascii=False))
         return
     covered = ""
     if s["inhibited"]:
@@ -61,14 +64,56 @@ def _print_incident(incident: Incident, as_json: bool) -> None:
           f"  first={s['first']}  last={s['last']}  workflow={s['workflow']}{covered}")
 
 
+def _settings(args: argparse.Namespace):
+    from steps.base import Settings
+
+    config = load_config(getattr(args, "config", None))
+    live = bool(getattr(args, "live", False))
+    return Settings.from_config(config, live=live, virtual_time=not live)
+
+
+_MARK = {"succeeded": "ok", "failed": "FAILED", "skipped": "skipped", "cancelled": "cancelled",
+         "timed_out": "timed out"}
+
+
+def _print_execution(execution, as_json: bool, incident_id: str | None = None) -> None:
+    from engine.runner import summary
+
+    line = summary(execution)
+    if as_json:
+        if incident_id:
+            line["incident"] = incident_id
+        print(json.dumps(line, ensure_ascii=False, default=str))
+        return
+    path = " -> ".join(f"{s['id']} ({_MARK.get(s['status'], s['status'])})" for s in line["steps"])
+    mode = "dry-run" if execution.dry_run else "live"
+    print(f"  workflow {execution.workflow_id} [{mode}]: {execution.status}: {path}")
+
+
+async def _run_incidents(incidents: list[Incident], workflows: dict, settings, as_json: bool) -> None:
+    from engine.runner import WorkflowRunner
+
+    runner = WorkflowRunner(settings=settings)
+    try:
+        for incident in incidents:
+            _print_incident(incident, as_json)
+            workflow = workflows.get(incident.workflow_id)
+            if workflow is None:
+                continue
+            execution = await runner.run(workflow, incident=incident.context(),
+                                         events=incident.events_context())
+            _print_execution(execution, as_json, incident.id)
+    finally:
+        await runner.aclose()
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from engine.events import read_file, read_stream
     from engine.replay import Replayer
 
     directory = _rules_dir(args)
     rules = load_valid(directory)
-    replayer = Replayer(effective_strategies(rules).values(),
-                        lambda inc: _print_incident(inc, args.json))
+    replayer = Replayer(effective_strategies(rules).values())
     try:
         items = read_stream(sys.stdin.buffer.read()) if args.file == "-" else read_file(args.file)
         replayer.feed(items)
@@ -76,6 +121,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"{args.file}: {exc.strerror}", file=sys.stderr)
         return 2
     result = replayer.finish()
+    asyncio.run(_run_incidents(result.incidents, rules.workflows, _settings(args), args.json))
     for dead in result.dead_letters:
         if args.json:
             print(json.dumps({"kind": "dead_letter", "line": dead.line, "reason": dead.reason}))
@@ -89,6 +135,70 @@ def cmd_replay(args: argparse.Namespace) -> int:
               f"{summary['dead_letters']} dead letters, {summary['incidents']} incidents",
               file=sys.stderr)
     return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.correlation import incident_from_event
+    from engine.events import OccurrenceTracker, parse_event, read_file
+    from engine.exceptions import MalformedEvent
+    from engine.runner import WorkflowRunner
+
+    rules = load_valid(_rules_dir(args))
+    workflow = rules.workflows.get(args.workflow)
+    if workflow is None:
+        known = ", ".join(sorted(rules.workflows))
+        print(f"aetherius: no workflow {args.workflow!r} (known: {known})", file=sys.stderr)
+        return 2
+    try:
+        items = list(read_file(args.event))
+    except OSError as exc:
+        print(f"{args.event}: {exc.strerror}", file=sys.stderr)
+        return 2
+    event = None
+    for line, obj in items:
+        if isinstance(obj, MalformedEvent):
+            raise MalformedEvent(f"{args.event}:{line}: {obj}")
+        try:
+            event = parse_event(obj)
+        except MalformedEvent as exc:
+            raise MalformedEvent(f"{args.event}:{line}: {exc}") from None
+        if event is not None:
+            break
+    if event is None:
+        print(f"{args.event}: no event in the file", file=sys.stderr)
+        return 2
+    OccurrenceTracker().observe(event)
+    strategy = next((s for s in effective_strategies(rules).values() if s.workflow_id == workflow.id), None)
+    incident = incident_from_event(event, strategy.id if strategy else "manual",
+                                   strategy.severity if strategy else None)
+    settings = _settings(args)
+
+    def show(what: str, execution, run) -> None:
+        if args.json:
+            return
+        if what == "step_started":
+            print(f"-> {run.step_id} ({run.step_type}) attempt {run.attempts}", flush=True)
+        else:
+            extra = f": {run.error}" if run.error and run.status != "succeeded" else ""
+            print(f"   {run.step_id}: {_MARK.get(run.status, run.status)}{extra}", flush=True)
+
+    async def go():
+        runner = WorkflowRunner(settings=settings)
+        runner.listeners.append(show)
+        try:
+            return await runner.run(workflow, incident=incident,
+                                    events=[{**event.to_dict(), "labels": event.labels}])
+        finally:
+            await runner.aclose()
+
+    execution = asyncio.run(go())
+    if args.json:
+        _print_execution(execution, True)
+    else:
+        mode = "dry-run" if execution.dry_run else "live"
+        print(f"execution {execution.id} [{mode}]: {execution.status}"
+              + (f" ({execution.error})" if execution.error else ""))
+    return 0 if execution.status == "succeeded" else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file", help="JSON lines, watch output or a kubectl List ('-' for stdin)")
     replay.add_argument("--rules", help="rule directory (default: rules.dir)")
     replay.add_argument("--json", action="store_true", help="one JSON object per line")
+    replay.add_argument("--live", action="store_true",
+                        help="run workflows against the configured services (default: dry-run)")
     replay.set_defaults(func=cmd_replay)
+
+    run = sub.add_parser("run", help="run one workflow against one event (dry-run unless --live)")
+    run.add_argument("workflow", help="workflow id")
+    run.add_argument("--event", required=True, help="a file with the triggering event")
+    run.add_argument("--rules", help="rule directory (default: rules.dir)")
+    run.add_argument("--live", action="store_true",
+                     help="call agent-manager, reasoning-service and Slack from the config")
+    run.add_argument("--json", action="store_true", help="end with one JSON line for the execution")
+    run.set_defaults(func=cmd_run)
     return parser
 
 

@@ -88,6 +88,10 @@ class Incident:
             "workload": e.workload, "node": e.node, "reason": e.reason,
         }
 
+    def events_context(self) -> list[dict[str, Any]]:
+        """What workflow expressions see as ``events`` (the first event of the burst)."""
+        return [event_context(self.first_event)]
+
     def context(self) -> dict[str, Any]:
         """What workflow expressions see as ``incident``."""
         e = self.first_event
@@ -99,6 +103,24 @@ class Incident:
             "count": self.events, "severity": self.strategy.severity,
             "first_seen": _iso(self.first_seen), "last_seen": _iso(self.last_seen),
         }
+
+
+def event_context(e: Event) -> dict[str, Any]:
+    out = {k: v for k, v in e.to_dict().items() if v not in (None, "", {})}
+    out["first_seen"], out["last_seen"] = _iso(e.first_seen), _iso(e.time)
+    return out
+
+
+def incident_from_event(e: Event, strategy_id: str = "manual", severity: str | None = None) -> dict[str, Any]:
+    """An incident context for one event, for ``aetherius run`` and manual triggers."""
+    return {
+        "id": f"manual-{e.id}", "strategy": strategy_id,
+        "key": f"{e.namespace or '-'}/{e.workload or e.name}",
+        "namespace": e.namespace, "workload": e.workload, "workload_kind": e.workload_kind,
+        "pod": e.pod, "node": e.node, "name": e.name, "kind": e.kind, "reason": e.reason,
+        "message": e.message, "container": e.container, "cluster": e.cluster, "count": e.count,
+        "severity": severity or e.severity, "first_seen": _iso(e.first_seen), "last_seen": _iso(e.time),
+    }
 
 
 def _iso(ts: float) -> str:

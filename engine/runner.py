@@ -99,6 +99,8 @@ class WorkflowRunner:
         self._running: dict[str, asyncio.Task] = {}
         self.measure_overhead = measure_overhead
         self.overheads: list[float] = []   # seconds of runner work per step run
+        # Called as listener(what, execution, run) for "step_started" / "step_finished".
+        self.listeners: list[Any] = []
 
     async def aclose(self) -> None:
         if self._own_http:
@@ -269,6 +271,7 @@ class WorkflowRunner:
                               else spec.on_success)
         scheduled = self._schedule(live, run.branch, run) if run.in_branch_of is None else []
         await self.store.finish_step(live.execution.id, run, scheduled)
+        self._notify("step_finished", live.execution, run)
         if self.measure_overhead:
             self.overheads.append(time.perf_counter() - began - step_time)
         return scheduled
@@ -294,6 +297,7 @@ class WorkflowRunner:
             await self.store.start_attempt(execution.id, run)
             logger.info("Executing %s step %s (attempt %d/%d)", spec.type, spec.id, run.attempts,
                         policy.max_attempts)
+            self._notify("step_started", execution, run)
             t0 = time.perf_counter()
             try:
                 async with asyncio.timeout(spec.timeout):
@@ -331,6 +335,13 @@ class WorkflowRunner:
             logger.info("Step %s attempt %d failed (%s: %s); retrying in %.2fs", spec.id, run.attempts,
                         error.kind, error, delay)
             await asyncio.sleep(delay)
+
+    def _notify(self, what: str, execution: Execution, run: StepRun) -> None:
+        for listener in self.listeners:
+            try:
+                listener(what, execution, run)
+            except Exception:  # an observer must never break an execution
+                log.exception("runner listener failed")
 
     def _remember(self, live: _Live, run: StepRun, result: StepResult | None = None) -> None:
         """Put a finished run where later steps and expressions read it."""
