@@ -48,6 +48,7 @@ from engine.store import (
     StepRun,
     Store,
 )
+from engine.transport import make_client
 from steps import REGISTRY
 from steps.base import Settings, Step, StepContext, StepResult
 
@@ -93,7 +94,7 @@ class WorkflowRunner:
         self.store: Store = store if store is not None else MemoryStore()
         self.settings = settings or Settings(live=False)
         self._own_http = http is None
-        self.http = http or httpx.AsyncClient(timeout=30.0)
+        self.http = http or make_client()
         self.steps: dict[str, Step] = {name: cls() for name, cls in (registry or REGISTRY).items()}
         self.rng = rng or random.Random()
         self._running: dict[str, asyncio.Task] = {}

@@ -88,15 +88,19 @@ class Store(Protocol):
 
 
 class MemoryStore:
-    """The store in a dict. Keeps copies, so what it returns is what was written."""
+    """The store in a dict. Keeps copies, so what it returns is what was written.
+
+    Copies are shallow: the runner replaces a run's fields (status, output, branch) rather
+    than mutating what they point to, and outputs are not changed once recorded.
+    """
 
     def __init__(self) -> None:
         self.executions: dict[str, Execution] = {}
         self.log: list[tuple[str, str, Any]] = []   # (operation, execution id, detail)
 
     async def create_execution(self, execution: Execution, first: StepRun) -> None:
-        saved = copy.deepcopy(execution)
-        saved.runs = [copy.deepcopy(first)]
+        saved = copy.copy(execution)
+        saved.runs = [copy.copy(first)]
         self.executions[execution.id] = saved
         self.log.append(("create_execution", execution.id, first.step_id))
 
@@ -107,7 +111,7 @@ class MemoryStore:
         raise KeyError(seq)
 
     async def schedule_runs(self, execution_id: str, runs: list[StepRun]) -> None:
-        self.executions[execution_id].runs.extend(copy.deepcopy(r) for r in runs)
+        self.executions[execution_id].runs.extend(copy.copy(r) for r in runs)
         self.log.append(("schedule_runs", execution_id, [r.step_id for r in runs]))
 
     async def start_attempt(self, execution_id: str, run: StepRun) -> None:
@@ -124,8 +128,8 @@ class MemoryStore:
     async def finish_step(self, execution_id: str, run: StepRun, scheduled: list[StepRun]) -> None:
         execution = self.executions[execution_id]
         index = next(i for i, r in enumerate(execution.runs) if r.seq == run.seq)
-        execution.runs[index] = copy.deepcopy(run)
-        execution.runs.extend(copy.deepcopy(r) for r in scheduled)
+        execution.runs[index] = copy.copy(run)
+        execution.runs.extend(copy.copy(r) for r in scheduled)
         self.log.append(("finish_step", execution_id, (run.step_id, run.status, run.branch)))
 
     async def finish_execution(self, execution: Execution) -> None:
@@ -136,7 +140,11 @@ class MemoryStore:
 
     async def load_execution(self, execution_id: str) -> Execution | None:
         saved = self.executions.get(execution_id)
-        return copy.deepcopy(saved) if saved is not None else None
+        if saved is None:
+            return None
+        loaded = copy.copy(saved)
+        loaded.runs = [copy.copy(r) for r in saved.runs]
+        return loaded
 
     async def unfinished_executions(self) -> list[str]:
         return [e.id for e in self.executions.values() if e.status not in FINAL_EXECUTION]

@@ -37,9 +37,9 @@ def walk_strings(value: Any, path: tuple = ()) -> Iterator[tuple[tuple, str]]:
 
 @lru_cache(maxsize=4096)
 def _compiled(text: str) -> tuple[Expression | None, tuple[tuple[str, Expression | None], ...]]:
-    whole = _PLACEHOLDER.fullmatch(text.strip())
-    if whole:
-        return Expression(whole.group(1)), ()
+    found = list(_PLACEHOLDER.finditer(text))
+    if len(found) == 1 and found[0].group(0) == text.strip():
+        return Expression(found[0].group(1)), ()
     parts: list[tuple[str, Expression | None]] = []
     pos = 0
     for match in _PLACEHOLDER.finditer(text):
