@@ -19,6 +19,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from engine.durations import parse_duration
+from engine.exceptions import ExpressionError, StepError
 from engine.templates import render
 
 if TYPE_CHECKING:
@@ -124,7 +125,10 @@ class StepContext:
         return self.run.attempts
 
     def render(self, value: Any) -> Any:
-        return render(value, self.names)
+        try:
+            return render(value, self.names)
+        except ExpressionError as exc:
+            raise StepError(f"template: {exc}", retryable=False) from None
 
     @property
     def incident(self) -> dict[str, Any]:
