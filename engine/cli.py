@@ -175,6 +175,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def show(what: str, execution, run) -> None:
         if args.json:
+            print(json.dumps({"kind": "step", "event": what, "id": run.step_id, "type": run.step_type,
+                              "status": run.status, "attempt": run.attempts,
+                              **({"error": run.error} if run.error else {})}, ensure_ascii=False),
+                  flush=True)
             return
         if what == "step_started":
             print(f"-> {run.step_id} ({run.step_type}) attempt {run.attempts}", flush=True)

@@ -374,7 +374,15 @@ class WorkflowRunner:
             if existing is None:
                 existing = self._schedule(live, [step_id], parent, in_branch_of=parent.seq)[0]
                 await self.store.schedule_runs(live.execution.id, [existing])
-            await self._step(live, existing)
+            try:
+                await self._step(live, existing)
+            except asyncio.CancelledError:
+                # The join no longer needs this branch: record its run as cancelled.
+                if existing.status not in FINAL_STEP:
+                    existing.status, existing.error = CANCELLED, "branch cancelled by the join"
+                    existing.finished_at = time.time()
+                    await asyncio.shield(self.store.finish_step(live.execution.id, existing, []))
+                raise
             if existing.status == FAILED:
                 return False
         return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -61,7 +62,7 @@ def agent_request(ctx: StepContext, tool: str, action: str, args: list[str],
         "idempotency_key": ctx.idempotency_key,
         "cluster": cluster or ctx.incident.get("cluster") or ctx.settings.cluster,
         "tool": tool, "action": action, "args": args, "target": target,
-        "timeout_s": int(timeout),
+        "timeout_s": max(1, math.ceil(timeout)),
     }
 
 

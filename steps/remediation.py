@@ -63,7 +63,8 @@ def _cap(action: str, params: dict[str, Any], ctx: StepContext) -> dict[str, Any
     s = ctx.settings
     out = dict(params)
     if action == "increase_memory":
-        factor = _number(params, "factor") or DEFAULT_MEMORY_FACTOR
+        given = _number(params, "factor")
+        factor = DEFAULT_MEMORY_FACTOR if given is None else given
         if factor <= 1:
             raise NotAllowed(f"memory factor {factor:g} would not increase memory")
         if factor > s.max_memory_factor:
@@ -71,7 +72,11 @@ def _cap(action: str, params: dict[str, Any], ctx: StepContext) -> dict[str, Any
         out["factor"] = factor
         out["max_memory_mib"] = s.max_memory_mib
         current = _number(params, "current_memory_mib")
-        target = _number(params, "memory_mib") or (current * factor if current else None)
+        target = _number(params, "memory_mib")
+        if target is None and current:
+            target = current * factor
+        if target is not None and target <= 0:
+            raise NotAllowed(f"memory_mib {target:g} is not a memory limit")
         if target is not None:
             if current and target > current * s.max_memory_factor:
                 raise NotAllowed(f"{target:g} MiB is more than x{s.max_memory_factor:g} of {current:g} MiB")

@@ -1,0 +1,704 @@
+"""The runner on small workflows, loaded like rule files, against the HTTP stand-ins."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from engine.cli import main
+from engine.runner import WorkflowRunner, summary
+from engine.spec import Workflow
+from engine.store import MemoryStore
+from steps.base import Settings
+
+INCIDENT = {
+    "id": "inc-1", "strategy": "test", "key": "shop/checkout", "namespace": "shop", "workload": "checkout",
+    "workload_kind": "Deployment", "pod": "checkout-7d9f8c6b5-x2x4k", "container": "checkout",
+    "node": "node-a3", "reason": "BackOff", "message": "Back-off restarting failed container",
+    "count": 3, "severity": "high",
+}
+NO_JITTER = {"initial_interval": "10ms", "jitter": 0}
+
+
+def live(agent, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(agent_manager_url=agent.url, dry_run=False, live=True)
+    values.update(overrides)
+    return Settings(**values)
+
+
+def run(workflow: Workflow, settings: Settings, *, store: MemoryStore | None = None,
+        incident: dict[str, Any] | None = None, context: dict[str, Any] | None = None,
+        listeners: tuple[Callable, ...] = ()):
+    async def go():
+        runner = WorkflowRunner(store=store, settings=settings)
+        runner.listeners.extend(listeners)
+        try:
+            return await runner.run(workflow, incident=incident or INCIDENT, context=context)
+        finally:
+            await runner.aclose()
+
+    return asyncio.run(go())
+
+
+def bodies(agent, action: str | None = None) -> list[dict[str, Any]]:
+    return [r["body"] for r in agent.requests
+            if isinstance(r["body"], dict) and (action is None or r["body"].get("action") == action)]
+
+
+def runs(execution, step_id: str) -> list:
+    return [r for r in execution.runs if r.step_id == step_id]
+
+
+def one(execution, step_id: str):
+    (found,) = runs(execution, step_id)
+    return found
+
+
+def path(execution) -> list[str]:
+    return [s["id"] for s in summary(execution)["steps"]]
+
+
+def command(step_id: str, action: str, **extra: Any) -> dict[str, Any]:
+    return {"id": step_id, "type": "command", "config": {"action": action}, **extra}
+
+
+def note(step_id: str, message: str = "done", **extra: Any) -> dict[str, Any]:
+    return {"id": step_id, "type": "notification", "config": {"channel": "log", "message": message}, **extra}
+
+
+def wait(step_id: str, duration: str, **extra: Any) -> dict[str, Any]:
+    return {"id": step_id, "type": "wait", "config": {"duration": duration}, **extra}
+
+
+def remediation(step_id: str, action: str, params: dict[str, Any] | None = None, **extra: Any):
+    return {"id": step_id, "type": "remediation",
+            "config": {"action": action, "params": params or {}}, **extra}
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_step_configs_are_parsed_only_by_the_load_path(load_workflow):
+    doc = {"id": "plain", "steps": [command("logs", "logs")]}
+    bare = Workflow.model_validate(doc)
+    with pytest.raises(AssertionError):
+        _ = bare.steps[0].parsed
+    loaded = load_workflow(doc)
+    assert loaded.steps[0].parsed.action == "logs"
+
+
+# ----------------------------------------------------------------------------- retries
+
+
+def test_retry_with_exponential_backoff(agent, load_workflow):
+    agent.fail_actions = {"logs"}
+    store = MemoryStore()
+    workflow = load_workflow({"id": "retry", "steps": [command(
+        "logs", "logs",
+        retry={"max_attempts": 4, "initial_interval": "0.05s", "multiplier": 2, "jitter": 0})]})
+
+    execution = run(workflow, live(agent), store=store)
+
+    assert execution.status == "failed"
+    step = one(execution, "logs")
+    assert step.status == "failed"
+    assert step.attempts == 4
+    assert step.error_kind == "CommandFailed"
+    assert store.executions[execution.id].runs[0].attempts == 4
+    assert [d for op, _, d in store.log if op == "fail_attempt"] == [
+        ("logs", 1, "CommandFailed"), ("logs", 2, "CommandFailed"), ("logs", 3, "CommandFailed")]
+    assert [d for op, _, d in store.log if op == "start_attempt"] == [("logs", n) for n in (1, 2, 3, 4)]
+    # Four requests, one idempotency key; the gaps between them grow (0.05, 0.1, 0.2 s).
+    requests = [r for r in agent.requests if r["body"]["action"] == "logs"]
+    assert len(requests) == 4
+    assert len({r["body"]["idempotency_key"] for r in requests}) == 1
+    times = [r["at"] for r in requests]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[0] >= 0.045
+    for previous, gap in itertools.pairwise(gaps):
+        assert gap >= previous * 1.5, gaps
+
+
+def test_workflow_retry_applies_when_the_step_has_none_and_a_retry_can_succeed(agent, load_workflow):
+    agent.fail_actions = {"logs"}
+    workflow = load_workflow({"id": "wf_retry", "retry": {"max_attempts": 3, **NO_JITTER},
+                              "steps": [command("logs", "logs", on_success=["after"]), note("after")]})
+
+    def heal(what: str, execution, run_) -> None:
+        if what == "step_started" and run_.step_id == "logs" and run_.attempts == 2:
+            agent.fail_actions.clear()
+
+    execution = run(workflow, live(agent), listeners=(heal,))
+
+    assert execution.status == "succeeded", execution.error
+    assert one(execution, "logs").attempts == 2
+    assert one(execution, "logs").error is None
+    assert path(execution) == ["logs", "after"]
+
+
+def test_non_retryable_kind_is_tried_once(agent, load_workflow):
+    agent.fail_actions = {"logs"}
+    workflow = load_workflow({"id": "nonretry", "steps": [command(
+        "logs", "logs", retry={"max_attempts": 4, **NO_JITTER, "non_retryable": ["CommandFailed"]})]})
+
+    execution = run(workflow, live(agent))
+
+    assert execution.status == "failed"
+    assert one(execution, "logs").attempts == 1
+    assert one(execution, "logs").error_kind == "CommandFailed"
+    assert len(bodies(agent, "logs")) == 1
+
+
+def test_not_allowed_is_never_retried(agent, load_workflow):
+    workflow = load_workflow({"id": "refused", "steps": [remediation(
+        "fix", "increase_memory", retry={"max_attempts": 5, **NO_JITTER})]})
+
+    execution = run(workflow, live(agent, allowed_actions=frozenset({"restart_rollout"})))
+
+    assert execution.status == "failed"
+    step = one(execution, "fix")
+    assert step.attempts == 1
+    assert step.error_kind == "NotAllowed"
+    assert agent.requests == []
+
+
+# ----------------------------------------------------------------------------- timeouts
+
+
+def test_step_timeout_fails_the_attempt_and_takes_on_failure(agent, load_workflow):
+    agent.delay = {"logs": 2}
+    workflow = load_workflow({"id": "slow", "steps": [
+        command("logs", "logs", timeout="0.2s", on_success=["ok"], on_failure=["alert"]),
+        note("ok"), note("alert", "logs timed out")]})
+
+    began = time.monotonic()
+    execution = run(workflow, live(agent))
+    elapsed = time.monotonic() - began
+
+    assert execution.status == "failed"
+    step = one(execution, "logs")
+    assert step.status == "failed"
+    assert step.error_kind == "StepTimeout"
+    assert step.error == "step timeout 0.2s"
+    assert path(execution) == ["logs", "alert"]
+    assert one(execution, "alert").status == "succeeded"
+    assert runs(execution, "ok") == []
+    assert elapsed < 1.5
+
+
+def test_workflow_timeout_ends_the_execution_as_timed_out(agent, load_workflow):
+    store = MemoryStore()
+    workflow = load_workflow({"id": "too_long", "timeout": "0.3s",
+                              "steps": [wait("pause", "5s", on_success=["after"]), note("after")]})
+
+    began = time.monotonic()
+    execution = run(workflow, live(agent), store=store)
+    elapsed = time.monotonic() - began
+
+    assert execution.status == "timed_out"
+    assert "timeout" in execution.error
+    assert elapsed < 1.5
+    assert one(execution, "pause").status == "timed_out"
+    assert runs(execution, "after") == []
+    saved = store.executions[execution.id]
+    assert saved.status == "timed_out"
+    assert saved.runs[0].status == "timed_out"
+
+
+# ----------------------------------------------------------------------------- cancel
+
+
+def test_cancel_a_submitted_execution(agent, load_workflow):
+    store = MemoryStore()
+    workflow = load_workflow({"id": "long", "steps": [wait("pause", "10s", on_success=["after"]),
+                                                      note("after")]})
+
+    async def go() -> float:
+        runner = WorkflowRunner(store=store, settings=live(agent))
+        try:
+            task = runner.submit(workflow, incident=INCIDENT, execution_id="exec-cancel-me")
+            await wait_until(lambda: ("start_attempt", "exec-cancel-me", ("pause", 1)) in store.log)
+            assert runner.running() == ["exec-cancel-me"]
+            began = time.monotonic()
+            assert runner.cancel("exec-cancel-me") is True
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            took = time.monotonic() - began
+            assert runner.running() == []
+            assert runner.cancel("exec-cancel-me") is False
+            return took
+        finally:
+            await runner.aclose()
+
+    took = asyncio.run(go())
+
+    assert took < 0.5
+    saved = store.executions["exec-cancel-me"]
+    assert saved.status == "cancelled"
+    assert saved.finished_at is not None
+    assert [(r.step_id, r.status) for r in saved.runs] == [("pause", "cancelled")]
+    assert store.log[-1] == ("finish_execution", "exec-cancel-me", "cancelled")
+
+
+# ----------------------------------------------------------------------------- parallel
+
+
+def parallel(branches: list, join: str = "all", on_branch_failure: str = "fail", **steps: dict):
+    """A workflow: fan (parallel) -> joined / broken, plus the branch steps given."""
+    return {"id": "fan_out", "steps": [
+        {"id": "fan", "type": "parallel",
+         "config": {"branches": branches, "join": join, "on_branch_failure": on_branch_failure},
+         "on_success": ["joined"], "on_failure": ["broken"]},
+        *({"id": sid, **spec} for sid, spec in steps.items()),
+        note("joined"), note("broken")]}
+
+
+LOGS = {"type": "command", "config": {"action": "logs"}}
+DESCRIBE = {"type": "command", "config": {"action": "describe"}}
+GET = {"type": "command", "config": {"action": "get"}}
+SLOW = {"type": "wait", "config": {"duration": "5s"}}
+SHORT = {"type": "wait", "config": {"duration": "50ms"}}
+
+
+def test_parallel_join_all_runs_every_branch(agent, load_workflow):
+    workflow = load_workflow(parallel([["a"], ["b", "c"]], a=LOGS, b=DESCRIBE, c=GET))
+
+    execution = run(workflow, live(agent))
+
+    assert execution.status == "succeeded", execution.error
+    fan = one(execution, "fan")
+    assert fan.status == "succeeded"
+    assert fan.output == {"join": "all", "succeeded": [0, 1], "failed": [], "cancelled": []}
+    for sid in ("a", "b", "c"):
+        assert one(execution, sid).status == "succeeded"
+        assert one(execution, sid).in_branch_of == fan.seq
+    actions = [b["action"] for b in bodies(agent)]
+    assert sorted(actions) == ["describe", "get", "logs"]
+    assert actions.index("describe") < actions.index("get")   # a branch runs in order
+    assert path(execution)[-1] == "joined"
+    assert runs(execution, "broken") == []
+
+
+def test_parallel_join_all_fail_stops_at_the_first_failed_branch(agent, load_workflow):
+    agent.fail_actions = {"logs"}
+    workflow = load_workflow(parallel([["a"], ["slow"]], a=LOGS, slow=SLOW))
+
+    began = time.monotonic()
+    execution = run(workflow, live(agent))
+    elapsed = time.monotonic() - began
+
+    assert elapsed < 1.5
+    assert execution.status == "failed"
+    fan = one(execution, "fan")
+    assert fan.status == "failed"
+    assert fan.output == {"join": "all", "succeeded": [], "failed": [0], "cancelled": [1]}
+    assert one(execution, "a").status == "failed"
+    assert path(execution)[-1] == "broken"
+    assert runs(execution, "joined") == []
+    # Only the parallel step counts as failed: its branch child is judged by the join.
+    assert execution.error == "step(s) failed: fan"
+
+
+def test_parallel_join_all_continue_lets_the_other_branches_finish(agent, load_workflow):
+    agent.fail_actions = {"logs"}
+    workflow = load_workflow(parallel([["a"], ["pause", "b"]], on_branch_failure="continue",
+                                      a=LOGS, pause=SHORT, b=DESCRIBE))
+
+    execution = run(workflow, live(agent))
+
+    assert execution.status == "failed"
+    fan = one(execution, "fan")
+    assert fan.output == {"join": "all", "succeeded": [1], "failed": [0], "cancelled": []}
+    assert fan.status == "failed"
+    assert one(execution, "b").status == "succeeded"
+    assert len(bodies(agent, "describe")) == 1
+    assert path(execution)[-1] == "broken"
+
+
+def test_parallel_join_any_succeeds_with_the_first_branch(agent, load_workflow):
+    workflow = load_workflow(parallel([["a"], ["slow"]], join="any", a=LOGS, slow=SLOW))
+
+    began = time.monotonic()
+    execution = run(workflow, live(agent))
+    elapsed = time.monotonic() - began
+
+    assert elapsed < 1.5
+    assert execution.status == "succeeded", execution.error
+    fan = one(execution, "fan")
+    assert fan.output == {"join": "any", "succeeded": [0], "failed": [], "cancelled": [1]}
+    assert path(execution)[-1] == "joined"
+
+
+def test_parallel_join_any_fail_fails_at_the_first_failed_branch(agent, load_workflow):
+    agent.fail_actions = {"logs"}
+    workflow = load_workflow(parallel([["a"], ["slow"]], join="any", a=LOGS, slow=SLOW))
+
+    execution = run(workflow, live(agent))
+
+    assert execution.status == "failed"
+    assert one(execution, "fan").output == {"join": "any", "succeeded": [], "failed": [0], "cancelled": [1]}
+    assert path(execution)[-1] == "broken"
+
+
+def test_parallel_join_any_continue_tolerates_a_failed_branch(agent, load_workflow):
+    agent.fail_actions = {"logs"}
+    workflow = load_workflow(parallel([["a"], ["pause", "b"]], join="any", on_branch_failure="continue",
+                                      a=LOGS, pause=SHORT, b=DESCRIBE))
+
+    execution = run(workflow, live(agent))
+
+    # The failed branch child does not fail the execution: the join judged it.
+    assert execution.status == "succeeded", execution.error
+    fan = one(execution, "fan")
+    assert fan.output == {"join": "any", "succeeded": [1], "failed": [0], "cancelled": []}
+    assert one(execution, "a").status == "failed"
+    assert path(execution)[-1] == "joined"
+
+
+def test_parallel_join_any_continue_fails_when_no_branch_succeeds(agent, load_workflow):
+    agent.fail_actions = {"logs", "describe"}
+    workflow = load_workflow(parallel([["a"], ["b"]], join="any", on_branch_failure="continue",
+                                      a=LOGS, b=DESCRIBE))
+
+    execution = run(workflow, live(agent))
+
+    assert execution.status == "failed"
+    fan = one(execution, "fan")
+    assert fan.output == {"join": "any", "succeeded": [], "failed": [0, 1], "cancelled": []}
+    assert fan.error == "parallel branches failed: [0, 1]"
+
+
+def test_parallel_cancelled_branch_child_is_recorded_as_cancelled(agent, load_workflow):
+    store = MemoryStore()
+    workflow = load_workflow(parallel([["a"], ["slow"]], join="any", a=LOGS, slow=SLOW))
+
+    execution = run(workflow, live(agent), store=store)
+
+    assert execution.status == "succeeded"
+    assert one(execution, "fan").output["cancelled"] == [1]
+    statuses = {r.step_id: r.status for r in store.executions[execution.id].runs}
+    assert statuses["slow"] == "cancelled"
+    assert one(execution, "slow").status == "cancelled"
+
+
+# ----------------------------------------------------------------------------- remediation safety
+
+
+def test_allowlist_refuses_an_action_not_allowed(agent, load_workflow):
+    workflow = load_workflow({"id": "allow", "steps": [
+        remediation("fix", "increase_memory", on_success=["fixed"], on_failure=["alert"]),
+        note("fixed"), note("alert")]})
+
+    execution = run(workflow, live(agent, allowed_actions=frozenset({"restart_rollout"})))
+
+    assert execution.status == "failed"
+    step = one(execution, "fix")
+    assert step.status == "failed"
+    assert step.error_kind == "NotAllowed"
+    assert "allowed_actions" in step.error
+    assert "increase_memory" in step.error
+    assert bodies(agent, "increase_memory") == []
+    assert agent.requests == []
+    assert path(execution) == ["fix", "alert"]
+
+
+def test_allowlist_lets_an_allowed_action_through(agent, load_workflow):
+    workflow = load_workflow({"id": "allow_ok", "steps": [remediation("fix", "restart_rollout")]})
+
+    execution = run(workflow, live(agent, allowed_actions=frozenset({"restart_rollout"})))
+
+    assert execution.status == "succeeded", execution.error
+    (body,) = bodies(agent, "restart_rollout")
+    assert body["dry_run"] is False
+    assert body["target"]["name"] == "checkout"
+    assert agent.applied == {body["idempotency_key"]: 1}
+
+
+@pytest.mark.parametrize(("action", "params", "message"), [
+    ("increase_memory", {"factor": 3}, "exceeds the cap x2"),
+    ("increase_memory", {"memory_mib": 99999}, "exceeds the maximum 16384 MiB"),
+    ("increase_memory", {"current_memory_mib": 512, "memory_mib": 2048}, "more than x2 of 512 MiB"),
+    ("increase_memory", {"factor": 1}, "would not increase memory"),
+    ("increase_memory", {"factor": 0}, "would not increase memory"),
+    ("scale", {"replicas": 51}, "exceeds the maximum 50"),
+    ("scale", {"replicas": 10, "current_replicas": 3}, "more than doubles"),
+    ("scale", {}, "needs params.replicas"),
+])
+def test_change_caps_refuse_big_changes(agent, load_workflow, action, params, message):
+    workflow = load_workflow({"id": "capped", "steps": [remediation("fix", action, params)]})
+
+    execution = run(workflow, live(agent))
+
+    assert execution.status == "failed"
+    step = one(execution, "fix")
+    assert step.error_kind == "NotAllowed"
+    assert message in step.error
+    assert agent.requests == []
+
+
+def test_change_within_the_caps_is_sent_capped(agent, load_workflow):
+    workflow = load_workflow({"id": "capped_ok", "steps": [
+        remediation("fix", "increase_memory", {"current_memory_mib": 512, "factor": 2})]})
+
+    execution = run(workflow, live(agent, max_memory_mib=4096))
+
+    assert execution.status == "succeeded", execution.error
+    (body,) = bodies(agent, "increase_memory")
+    assert body["params"] == {"current_memory_mib": 512, "factor": 2.0, "max_memory_mib": 4096,
+                              "memory_mib": 1024}
+
+
+def test_idempotency_key_is_the_same_on_every_attempt(agent, load_workflow):
+    agent.delay = {"increase_memory": 0.4}
+    workflow = load_workflow({"id": "idem", "steps": [remediation(
+        "fix", "increase_memory", timeout="0.1s", retry={"max_attempts": 3, **NO_JITTER})]})
+
+    def answer_quickly_from_now_on(what: str, execution, run_) -> None:
+        if what == "step_started" and run_.step_id == "fix" and run_.attempts == 2:
+            agent.delay.clear()
+
+    execution = run(workflow, live(agent), listeners=(answer_quickly_from_now_on,))
+
+    assert execution.status == "succeeded", execution.error
+    step = one(execution, "fix")
+    assert step.attempts == 2
+    sent = bodies(agent, "increase_memory")
+    assert len(sent) == 2
+    key = sent[0]["idempotency_key"]
+    assert key == f"{execution.id}:fix:{step.seq}"
+    assert all(b["idempotency_key"] == key for b in sent)
+    assert all(b["dry_run"] is False for b in sent)
+    # Let the first (timed-out) request finish in the stand-in too: still applied once.
+    deadline = time.monotonic() + 2
+    while agent.calls[key] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.45)
+    assert agent.calls[key] == 2
+    assert agent.applied == {key: 1}
+
+
+# ----------------------------------------------------------------------------- templates
+
+
+def test_templates_are_rendered_before_reaching_agent_manager(agent, load_workflow):
+    workflow = load_workflow({"id": "templated", "steps": [
+        {"id": "logs", "type": "command", "on_success": ["again"], "config": {
+            "action": "logs",
+            "target": {"kind": "Pod", "name": "{{ incident.pod }}", "namespace": "{{ incident.namespace }}"},
+            "args": ["--since={{ context.since }}", "--tail={{ context.tail * 2 }}"]}},
+        {"id": "again", "type": "command", "config": {
+            "action": "get", "args": ["{{ steps.logs.output.stdout }}", "{{ workflow.id }}"]}}]})
+
+    execution = run(workflow, live(agent), context={"since": "5m", "tail": 50})
+
+    assert execution.status == "succeeded", execution.error
+    (logs,) = bodies(agent, "logs")
+    assert logs["target"]["name"] == INCIDENT["pod"]
+    assert logs["target"]["namespace"] == "shop"
+    assert logs["target"]["kind"] == "Pod"
+    assert logs["args"] == ["--since=5m", "--tail=100"]
+    (get,) = bodies(agent, "get")
+    assert get["args"] == ["logs ok", "templated"]
+
+
+# ----------------------------------------------------------------------------- decision
+
+
+DECISION = {"id": "decide_wf", "steps": [
+    {"id": "decide", "type": "decision", "on_success": ["after"], "config": {
+        "conditions": [{"if": "incident.reason == 'OOMKilled'", "then": "jump_here"},
+                       {"if": "incident.reason == 'BackOff' and incident.count > 2", "then": "restart_it"}],
+        "default": "fallback_value"}},
+    note("jump_here", "jumped"),
+    note("after", "decision={{ decision }}")]}
+
+
+def test_decision_jumps_to_a_named_step(agent, load_workflow):
+    execution = run(load_workflow(DECISION), live(agent), incident={**INCIDENT, "reason": "OOMKilled"})
+
+    assert execution.status == "succeeded"
+    assert path(execution) == ["decide", "jump_here"]
+    assert one(execution, "decide").output == {"value": "jump_here", "matched": 0,
+                                               "condition": "incident.reason == 'OOMKilled'",
+                                               "jump": "jump_here"}
+    assert one(execution, "decide").branch == ["jump_here"]
+
+
+def test_decision_value_is_read_by_later_steps(agent, load_workflow):
+    execution = run(load_workflow(DECISION), live(agent))
+
+    assert execution.status == "succeeded"
+    assert path(execution) == ["decide", "after"]
+    out = one(execution, "decide").output
+    assert out["value"] == "restart_it" and out["matched"] == 1 and "jump" not in out
+    assert one(execution, "after").output["text"].splitlines()[1] == "decision=restart_it"
+
+
+def test_decision_default_branch(agent, load_workflow):
+    execution = run(load_workflow(DECISION), live(agent), incident={**INCIDENT, "count": 1})
+
+    assert path(execution) == ["decide", "after"]
+    assert one(execution, "decide").output == {"value": "fallback_value", "matched": None,
+                                               "condition": "default"}
+    assert one(execution, "after").output["text"].splitlines()[1] == "decision=fallback_value"
+
+
+def test_decision_value_steers_a_remediation(agent, load_workflow):
+    workflow = load_workflow({"id": "steer", "steps": [
+        {"id": "decide", "type": "decision", "on_success": ["fix"], "config": {
+            "conditions": [{"if": "incident.reason == 'BackOff'", "then": "restart_rollout"}]}},
+        remediation("fix", "patch_deployment")]})
+
+    execution = run(workflow, live(agent))
+
+    assert execution.status == "succeeded", execution.error
+    (body,) = bodies(agent)
+    assert body["action"] == "restart_rollout"
+
+
+# ----------------------------------------------------------------------------- sandbox at check time
+
+
+ESCAPES = ["__import__('os')", "().__class__", "9**9999999"]
+
+
+@pytest.mark.parametrize("source", ESCAPES)
+def test_check_refuses_an_escaping_decision_expression(tmp_path, capsys, source):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    file = rules / "escape.yaml"
+    file.write_text(
+        "id: escape\n"
+        "steps:\n"
+        "  - id: decide\n"
+        "    type: decision\n"
+        "    config:\n"
+        "      conditions:\n"
+        f"        - if: \"{source}\"\n"
+        "          then: x\n", encoding="utf-8")
+
+    assert main(["check", str(rules)]) == 1
+
+    out = capsys.readouterr().out
+    assert f"{file}:7: steps.0.config.conditions.0.if:" in out
+    assert "not allowed" in out or "exponent" in out
+
+
+@pytest.mark.parametrize("source", ESCAPES)
+def test_check_refuses_an_escaping_template(tmp_path, capsys, source):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    file = rules / "escape.yaml"
+    file.write_text(
+        "id: escape\n"
+        "steps:\n"
+        "  - id: logs\n"
+        "    type: command\n"
+        "    config:\n"
+        "      action: logs\n"
+        "      args:\n"
+        f"        - \"--since={{{{ {source} }}}}\"\n", encoding="utf-8")
+
+    assert main(["check", str(rules)]) == 1
+
+    out = capsys.readouterr().out
+    assert f"{file}:8: steps.0.config.args.0: template:" in out
+
+
+def test_check_accepts_the_same_files_without_the_escape(tmp_path, capsys):
+    file = tmp_path / "fine.yaml"
+    file.write_text(
+        "id: fine\n"
+        "steps:\n"
+        "  - id: logs\n"
+        "    type: command\n"
+        "    config: {action: logs, args: [\"--since={{ context.since }}\"]}\n", encoding="utf-8")
+    assert main(["check", str(file)]) == 0
+    assert capsys.readouterr().out.startswith("OK: 1 file(s)")
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_resume_after_a_crash_reruns_only_the_unfinished_step(agent, load_workflow):
+    store = MemoryStore()
+    agent.delay = {"describe": 0.5}
+    workflow = load_workflow({"id": "resumable", "steps": [
+        command("first", "logs", on_success=["second"]),
+        command("second", "describe", on_success=["third"]),
+        command("third", "get")]})
+    exec_id = "exec-crash"
+
+    async def crash() -> None:
+        runner = WorkflowRunner(store=store, settings=live(agent))
+        try:
+            task = runner.submit(workflow, incident=INCIDENT, execution_id=exec_id)
+            await wait_until(lambda: len(bodies(agent, "describe")) == 1)
+            task.cancel()   # the process dies while "second" runs
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            await runner.aclose()
+
+    asyncio.run(crash())
+
+    # What a crashed process leaves behind: the execution and its current run 'running'.
+    saved = store.executions[exec_id]
+    saved.status, saved.error, saved.finished_at = "running", None, None
+    second = next(r for r in saved.runs if r.step_id == "second")
+    second.status = "running"
+    assert {r.step_id: r.status for r in saved.runs} == {"first": "succeeded", "second": "running"}
+    assert asyncio.run(store.unfinished_executions()) == [exec_id]
+    first_key = bodies(agent, "describe")[0]["idempotency_key"]
+    agent.delay.clear()
+
+    async def resume():
+        runner = WorkflowRunner(store=store, settings=live(agent))
+        try:
+            return await runner.resume(exec_id, workflow)
+        finally:
+            await runner.aclose()
+
+    execution = asyncio.run(resume())
+
+    assert execution is not None
+    assert execution.status == "succeeded", execution.error
+    assert [b["action"] for b in bodies(agent)] == ["logs", "describe", "describe", "get"]
+    assert len(bodies(agent, "logs")) == 1          # finished: not run again
+    keys = [b["idempotency_key"] for b in bodies(agent, "describe")]
+    assert keys == [first_key, first_key]            # unfinished: run again, same key
+    assert store.executions[exec_id].status == "succeeded"
+    assert {r.step_id: r.status for r in store.executions[exec_id].runs} == {
+        "first": "succeeded", "second": "succeeded", "third": "succeeded"}
+    assert asyncio.run(store.unfinished_executions()) == []
+
+
+def test_resume_leaves_a_finished_execution_alone(agent, load_workflow):
+    store = MemoryStore()
+    workflow = load_workflow({"id": "done_already", "steps": [command("first", "logs")]})
+    execution = run(workflow, live(agent), store=store)
+    assert execution.status == "succeeded"
+
+    async def resume():
+        runner = WorkflowRunner(store=store, settings=live(agent))
+        try:
+            return await runner.resume(execution.id, workflow)
+        finally:
+            await runner.aclose()
+
+    again = asyncio.run(resume())
+    assert again is not None and again.status == "succeeded"
+    assert len(agent.requests) == 1
