@@ -1,0 +1,189 @@
+"""The runner's store in PostgreSQL, with group commit.
+
+Every transition is committed before the runner goes on (``await`` returns after COMMIT),
+so a ``kill -9`` loses nothing the runner has acted on. Commits dominate the cost of a
+step, so concurrent transitions from many executions share one transaction: the
+:class:`GroupCommitter` takes whatever is queued, writes it in one transaction (same
+statements pipelined with ``executemany``), commits, and wakes every waiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import asyncpg
+
+from engine.exceptions import StoreError
+from engine.store import RUNNING, Execution, StepRun
+
+log = logging.getLogger(__name__)
+
+# Statements, in the order a batch applies them (an execution row before its step rows).
+INSERT_EXECUTION = (0, """
+    INSERT INTO workflow_executions (id, workflow_id, workflow_version, incident_id, status, dry_run,
+                                     context, started_at, owner)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (id) DO NOTHING""")
+UPSERT_RUN = (1, """
+    INSERT INTO step_executions (execution_id, seq, step_id, step_type, parent, in_branch_of, status,
+                                 attempts, output, error, error_kind, branch, started_at,
+                                 attempt_started_at, finished_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+    ON CONFLICT (execution_id, seq) DO UPDATE SET
+        status = EXCLUDED.status, attempts = EXCLUDED.attempts, output = EXCLUDED.output,
+        error = EXCLUDED.error, error_kind = EXCLUDED.error_kind, branch = EXCLUDED.branch,
+        started_at = EXCLUDED.started_at, attempt_started_at = EXCLUDED.attempt_started_at,
+        finished_at = EXCLUDED.finished_at""")
+FINISH_EXECUTION = (2, """
+    UPDATE workflow_executions SET status = $2, error = $3, finished_at = $4 WHERE id = $1""")
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _run_args(execution_id: str, run: StepRun) -> tuple:
+    return (execution_id, run.seq, run.step_id, run.step_type, run.parent, run.in_branch_of, run.status,
+            run.attempts, run.output, run.error, run.error_kind, run.branch, _ts(run.started_at),
+            _ts(run.attempt_started_at), _ts(run.finished_at))
+
+
+class GroupCommitter:
+    """Writes queued statement groups in shared transactions; one writer task."""
+
+    def __init__(self, pool: asyncpg.Pool, max_batch: int = 500) -> None:
+        self.pool = pool
+        self.max_batch = max_batch
+        self._queue: list[tuple[list[tuple[tuple[int, str], tuple]], asyncio.Future]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.commits = 0
+        self.statements = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="store-group-commit")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            while self._queue:        # the last state writes are never dropped
+                await asyncio.sleep(0.005)
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def write(self, statements: list[tuple[tuple[int, str], tuple]]) -> None:
+        if self._task is None:
+            self.start()
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((statements, future))
+        self._wakeup.set()
+        await future
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+                grouped: dict[tuple[int, str], list[tuple]] = {}
+                for statements, _ in batch:
+                    for key, args in statements:
+                        grouped.setdefault(key, []).append(args)
+                try:
+                    async with self.pool.acquire() as conn, conn.transaction():
+                        for (_, sql), rows in sorted(grouped.items(), key=lambda kv: kv[0][0]):
+                            await conn.executemany(sql, rows)
+                except Exception as exc:  # every waiter learns of the failure
+                    error = StoreError(f"could not record state: {type(exc).__name__}: {exc}")
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                self.commits += 1
+                self.statements += sum(len(rows) for rows in grouped.values())
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+
+class PostgresStore:
+    """:class:`engine.store.Store` in PostgreSQL. ``owner`` names this replica (leases)."""
+
+    def __init__(self, pool: asyncpg.Pool, owner: str, lease_seconds: float = 15.0) -> None:
+        # lease_seconds: how long a silent replica keeps its executions before others take them.
+        self.pool = pool
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.writer = GroupCommitter(pool)
+
+    async def create_execution(self, execution: Execution, first: StepRun) -> None:
+        await self.writer.write([
+            (INSERT_EXECUTION, (execution.id, execution.workflow_id, execution.workflow_version,
+                                execution.incident_id, execution.status, execution.dry_run,
+                                execution.context, _ts(execution.started_at), self.owner)),
+            (UPSERT_RUN, _run_args(execution.id, first)),
+        ])
+
+    async def schedule_runs(self, execution_id: str, runs: list[StepRun]) -> None:
+        await self.writer.write([(UPSERT_RUN, _run_args(execution_id, r)) for r in runs])
+
+    async def start_attempt(self, execution_id: str, run: StepRun) -> None:
+        await self.writer.write([(UPSERT_RUN, _run_args(execution_id, run))])
+
+    async def fail_attempt(self, execution_id: str, run: StepRun, error: str, kind: str) -> None:
+        await self.writer.write([(UPSERT_RUN, _run_args(execution_id, run))])
+
+    async def finish_step(self, execution_id: str, run: StepRun, scheduled: list[StepRun]) -> None:
+        await self.writer.write([(UPSERT_RUN, _run_args(execution_id, r)) for r in (run, *scheduled)])
+
+    async def finish_execution(self, execution: Execution) -> None:
+        await self.writer.write([(FINISH_EXECUTION, (execution.id, execution.status, execution.error,
+                                                     _ts(execution.finished_at)))])
+
+    async def load_execution(self, execution_id: str) -> Execution | None:
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow("SELECT * FROM workflow_executions WHERE id = $1", execution_id)
+            if row is None:
+                return None
+            runs = await conn.fetch("SELECT * FROM step_executions WHERE execution_id = $1 ORDER BY seq",
+                                    execution_id)
+        execution = Execution(
+            id=row["id"], workflow_id=row["workflow_id"], workflow_version=row["workflow_version"],
+            status=row["status"], incident_id=row["incident_id"], context=row["context"] or {},
+            dry_run=row["dry_run"], started_at=_epoch(row["started_at"]) or 0.0,
+            finished_at=_epoch(row["finished_at"]), error=row["error"])
+        execution.runs = [StepRun(
+            seq=r["seq"], step_id=r["step_id"], step_type=r["step_type"], parent=r["parent"],
+            status=r["status"], attempts=r["attempts"], output=r["output"], error=r["error"],
+            error_kind=r["error_kind"], branch=list(r["branch"] or []), started_at=_epoch(r["started_at"]),
+            attempt_started_at=_epoch(r["attempt_started_at"]), finished_at=_epoch(r["finished_at"]),
+            in_branch_of=r["in_branch_of"]) for r in runs]
+        return execution
+
+    async def unfinished_executions(self) -> list[str]:
+        rows = await self.pool.fetch("SELECT id FROM workflow_executions WHERE status = $1", RUNNING)
+        return [r["id"] for r in rows]
+
+    # ------------------------------------------------------------------ ownership
+
+    async def claim_orphans(self, limit: int = 100) -> list[str]:
+        """Take over running executions whose replica stopped its heartbeat (or that were
+        this replica's before it restarted). Each is claimed by exactly one replica."""
+        rows = await self.pool.fetch("""
+            UPDATE workflow_executions SET owner = $1
+            WHERE id IN (
+                SELECT e.id FROM workflow_executions e
+                WHERE e.status = 'running' AND (
+                    e.owner IS NULL OR e.owner = $1 OR NOT EXISTS (
+                        SELECT 1 FROM replicas r WHERE r.id = e.owner
+                        AND r.heartbeat_at > now() - make_interval(secs => $2::float8)))
+                ORDER BY e.started_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+            RETURNING id""", self.owner, self.lease_seconds, limit)
+        return [r["id"] for r in rows]
