@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engine.exceptions import ExpressionError, Problem, RuleError
 from engine.expressions import Expression
+from engine.rulebase import conjuncts
 from engine.spec import Correlation, RuleSet, Strategy, Symptom, Workflow, load_rules
 from engine.templates import placeholders, walk_strings
 from steps import REGISTRY
@@ -168,6 +169,11 @@ def validate(rules: RuleSet) -> list[Problem]:
                 "workflow", strategy.workflow_id) not in rules.invalid:
             rules.problem(origin, ("workflow_id",),
                           f"strategy {strategy.id!r} names missing workflow {strategy.workflow_id!r}")
+        for i, symptom in enumerate(strategy.symptoms):
+            try:
+                conjuncts(symptom.tree)
+            except ValueError as exc:
+                rules.problem(origin, ("symptoms", i), f"symptoms.{i}: {exc}")
         for i, rule in enumerate(strategy.inhibits):
             if strategy.key_fields != rule.equal:
                 rules.problem(origin, ("inhibits", i, "equal"),

@@ -5,6 +5,7 @@
 - ``aetherius replay FILE``    what a recorded event stream turns into, on event time,
                                with each incident's workflow path in dry-run
 - ``aetherius run WORKFLOW --event FILE``  one workflow against one event
+- ``aetherius serve``          the service: NATS intake, PostgreSQL, Redis, HTTP API
 """
 
 from __future__ import annotations
@@ -100,8 +101,10 @@ async def _run_incidents(incidents: list[Incident], workflows: dict, settings, a
             workflow = workflows.get(incident.workflow_id)
             if workflow is None:
                 continue
+            # Named after the incident, so the same input always prints the same output.
             execution = await runner.run(workflow, incident=incident.context(),
-                                         events=incident.events_context())
+                                         events=incident.events_context(),
+                                         execution_id=f"replay-{incident.id}")
             _print_execution(execution, as_json, incident.id)
     finally:
         await runner.aclose()
@@ -205,6 +208,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if execution.status == "succeeded" else 1
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from engine.service import serve
+
+    config = load_config(args.config)
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        return asyncio.run(serve(config))
+    return uvloop.run(serve(config))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aetherius", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="config file (default: config/config.yaml)")
@@ -234,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="call agent-manager, reasoning-service and Slack from the config")
     run.add_argument("--json", action="store_true", help="end with one JSON line for the execution")
     run.set_defaults(func=cmd_run)
+
+    serve = sub.add_parser("serve", help="run the service (NATS intake, PostgreSQL, Redis, HTTP API)")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -244,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Library chatter (one line per HTTP request) drowns the service's own lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except RuleError as exc:

@@ -25,7 +25,6 @@ memoized on those fields, and the memo is dropped whenever a fact changes.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 import logging
@@ -126,7 +125,7 @@ class RuleBase:
         carried = 0
         for key, fact in list(self._facts.items()):
             if self._fact_applies(gen, fact.body):
-                self._host.assert_fact(gen.name, fact.body)
+                self._engine_fact(gen, fact.body)
                 carried += 1
             else:
                 del self._facts[key]
@@ -195,7 +194,11 @@ class RuleBase:
         meta: list[tuple] = []  # per rule, in definition order: what its firing means
 
         def cond(node: Node):
-            return _compile_node(node, rx_index)
+            # Every event carries ev=1 and no fact does, so a fact can never match an event
+            # pattern (a symptom of only negative tests would otherwise match any fact).
+            # The marker goes last: durable's `a & b` flattens only a left-hand $and, and a
+            # nested $and loses the join tests that follow it.
+            return _compile_node(node, rx_index) & (dl.m.ev == 1)
 
         rs = dl.ruleset(name)
         with rs:
@@ -211,11 +214,14 @@ class RuleBase:
                     dl.when_all(dl.pri(base), when)(_action(meta, "hit", s.id, "m"))
                     for inhibitor, rule in targets:
                         eq = rule.equal[0]
-                        dl.when_all(
-                            dl.pri(base - 1),
-                            dl.c.f << ((dl.m.t == "inhibit") & (dl.m.by == inhibitor.id)),
-                            dl.c.e << (cond(symptom.tree) & (getattr(dl.m, eq) == dl.c.f.value)),
-                        )(_action(meta, "inhibited", s.id, "e", inhibitor.id))
+                        # durable-rules drops join tests that follow an $or, so a joined
+                        # pattern is one rule per alternative of the symptom (its DNF).
+                        for conj in conjuncts(symptom.tree):
+                            dl.when_all(
+                                dl.pri(base - 1),
+                                dl.c.f << ((dl.m.t == "inhibit") & (dl.m.by == inhibitor.id)),
+                                dl.c.e << (cond(conj) & (getattr(dl.m, eq) == dl.c.f.value)),
+                            )(_action(meta, "inhibited", s.id, "e", inhibitor.id))
                 for symptom in s.resolve:
                     dl.when_all(dl.pri(base + 5), cond(symptom.tree))(_action(meta, "resolve", s.id, "m"))
         _, definition = rs.define()
@@ -236,11 +242,14 @@ class RuleBase:
                 if k == 0:
                     dl.when_all(dl.pri(0), when)(_action(meta, "stage", s.id, "m", k))
                 else:
-                    dl.when_all(dl.pri(0), _stage_fact(s, k - 1), dl.c.e << (when & _same(s)))(
-                        _action(meta, "stage", s.id, "e", k))
+                    for conj in conjuncts(symptom.tree):   # see the inhibited rules: no $or in joins
+                        joined = cond(conj) & -getattr(dl.m, flag) & _same(s)
+                        dl.when_all(dl.pri(0), _stage_fact(s, k - 1), dl.c.e << joined)(
+                            _action(meta, "stage", s.id, "e", k))
             else:
-                dl.when_all(dl.pri(base), _stage_fact(s, k - 1), dl.c.e << (cond(symptom.tree) & _same(s)))(
-                    _action(meta, "hit", s.id, "e"))
+                for conj in conjuncts(symptom.tree):
+                    dl.when_all(dl.pri(base), _stage_fact(s, k - 1), dl.c.e << (cond(conj) & _same(s)))(
+                        _action(meta, "hit", s.id, "e"))
                 # Consume unmatched final-symptom events so none waits in the engine for a
                 # stage fact that arrives later (order matters: symptom 1 comes first).
                 dl.when_all(dl.pri(1_000_000), cond(symptom.tree))(_action(meta, "drain", s.id, "m"))
@@ -284,7 +293,7 @@ class RuleBase:
         return hits
 
     def _message(self, view: _View, event: Event, flags: dict) -> dict:
-        msg: dict[str, Any] = {"id": f"{event.id}#{next(self._seq_ids)}"}
+        msg: dict[str, Any] = {"id": f"{event.id}#{next(self._seq_ids)}", "ev": 1}
         for name in view.fields:
             value = getattr(event, name)
             if value is not None and value != "":
@@ -319,6 +328,19 @@ class RuleBase:
                 fired.append((kind, sid, fact, *extra))
             payload = durable_rules_engine.complete_and_start_action(handle, state)
         return fired
+
+    def _engine_fact(self, gen: Generation, body: dict, retract: bool = False) -> None:
+        """Assert or retract a fact. No rule fires on a fact alone (every event pattern
+        needs ev=1), but if one ever did, its action is drained here rather than hang."""
+        call = durable_rules_engine.retract_fact if retract else durable_rules_engine.assert_fact
+        code, state = call(gen.handle, orjson.dumps(body).decode())
+        if code in (1, 2):   # nothing matched / already known: both fine for facts
+            return
+        result = durable_rules_engine.start_action_for_state(gen.handle, state)
+        payload = result[1] if result else None
+        while payload:
+            log.warning("a rule fired on a fact alone (ignored): %s", payload[:200])
+            payload = durable_rules_engine.complete_and_start_action(gen.handle, state)
 
     def _post(self, gen: Generation, view: _View, event: Event, now: float) -> tuple[list[tuple], bool]:
         """Post until no stage re-posts; return (outcome, pure). ``pure`` is False when
@@ -362,15 +384,14 @@ class RuleBase:
             self._facts[key].expires = max(self._facts[key].expires, expires)
         else:
             self._facts[key] = _Fact(body, expires)
-            self._host.assert_fact(gen.name, body)
+            self._engine_fact(gen, body)
             gen.memo.clear()
         heapq.heappush(self._expiry, (expires, key))
 
     def _retract(self, key: str) -> None:
         fact = self._facts.pop(key, None)
         if fact is not None:
-            with contextlib.suppress(durable_engine.MessageNotHandledException):
-                self._host.retract_fact(self.generation.name, fact.body)
+            self._engine_fact(self.generation, fact.body, retract=True)
             self.generation.memo.clear()
 
     def _expire(self, now: float) -> None:
@@ -451,6 +472,32 @@ def _same(s: Strategy):
     return expr
 
 
+def conjuncts(node: Node) -> list[Node]:
+    """The symptom as alternatives without any OR (disjunctive normal form); ``in`` is
+    an OR of equalities. Bounded: a symptom with more than 64 alternatives is refused."""
+
+    def expand(n: Node) -> list[list[Test]]:
+        if isinstance(n, Test):
+            if n.op == "in":
+                return [[Test(n.field, "eq", v)] for v in n.value]
+            if n.op == "ne":      # absent, or present and different
+                return [[Test(n.field, "exists", False)], [Test(n.field, "differs", n.value)]]
+            if n.op == "not_in":
+                return [[Test(n.field, "exists", False)],
+                        [Test(n.field, "differs", v) for v in n.value]]
+            return [[n]]
+        if isinstance(n, AnyOf):
+            return [alt for part in n.parts for alt in expand(part)]
+        out: list[list[Test]] = [[]]
+        for part in n.parts:
+            out = [left + right for left in out for right in expand(part)]
+            if len(out) > 64:
+                raise ValueError("symptom too complex to join: more than 64 alternatives")
+        return out
+
+    return [alt[0] if len(alt) == 1 else AllOf(tuple(alt)) for alt in expand(node)]
+
+
 def _compile_node(node: Node, rx_index: dict) -> Any:
     if isinstance(node, AllOf | AnyOf):
         parts = [_compile_node(p, rx_index) for p in node.parts]
@@ -464,6 +511,8 @@ def _compile_node(node: Node, rx_index: dict) -> Any:
         return attr == value
     if op == "ne":
         return (-getattr(dl.m, node.field)) | (attr != value)
+    if op == "differs":   # internal: present and not equal (a branch of ne / not_in)
+        return attr != value
     if op == "in":
         expr = attr == value[0]
         for v in value[1:]:
