@@ -64,6 +64,7 @@ class Incident:
     inhibited: dict[str, int] = field(default_factory=dict)  # covered strategy -> occurrences
     objects: set[str] = field(default_factory=set)
     sample_ids: list[str] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)   # every record of the burst (pending)
     status: str = PENDING
     formed_at: float | None = None
     closed_at: float | None = None
@@ -139,8 +140,11 @@ class _Group:
 class Correlator(Observer[Hit]):
     """Groups hits into incidents. Call from the scheduler's thread only."""
 
-    def __init__(self, scheduler: SchedulerBase, *, ids: itertools.count | None = None) -> None:
+    def __init__(self, scheduler: SchedulerBase, *, ids: itertools.count | None = None,
+                 track_event_ids: bool = False) -> None:
         super().__init__()
+        # The service records which events made each incident; replay has no need.
+        self.track_event_ids = track_event_ids
         self.scheduler = scheduler
         self.formed: Subject[Incident] = Subject()
         self._groups: dict[tuple[str, tuple[str, ...]], _Group] = {}
@@ -179,6 +183,8 @@ class Correlator(Observer[Hit]):
             incident.objects.add(event.object_key)
             if len(incident.sample_ids) < MAX_SAMPLE_EVENTS:
                 incident.sample_ids.append(event.id)
+            if self.track_event_ids:
+                incident.event_ids.append(event.id)
             group.last_hit = now
         elif incident.status == OPEN:
             incident.late += count

@@ -90,7 +90,8 @@ class WorkflowRunner:
 
     def __init__(self, store: Store | None = None, settings: Settings | None = None, *,
                  http: httpx.AsyncClient | None = None, registry: dict[str, type[Step]] | None = None,
-                 rng: random.Random | None = None, measure_overhead: bool = False) -> None:
+                 rng: random.Random | None = None, measure_overhead: bool = False,
+                 limiter: Any = None) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.settings = settings or Settings(live=False)
         self._own_http = http is None
@@ -102,6 +103,11 @@ class WorkflowRunner:
         self.overheads: list[float] = []   # seconds of runner work per step run
         # Called as listener(what, execution, run) for "step_started" / "step_finished".
         self.listeners: list[Any] = []
+        # Shared remediation guard: ``async limiter(action, target) -> bool`` (rate limits).
+        self.limiter = limiter
+        # Draining (service shutdown): start no new step; executions stay "running" in the
+        # store, to be resumed by this or another replica.
+        self.draining = False
 
     async def aclose(self) -> None:
         if self._own_http:
@@ -148,10 +154,29 @@ class WorkflowRunner:
         execution = await self.store.load_execution(execution_id)
         if execution is None or execution.status != RUNNING:
             return execution
+        return await self.resume_loaded(execution, workflow)
+
+    def resume_loaded(self, execution: Execution, workflow: Workflow) -> asyncio.Task:
+        """Resume an execution already loaded from the store, in the background."""
         task = asyncio.create_task(self._continue(execution, workflow), name=f"execution:{execution.id}")
         self._running[execution.id] = task
         task.add_done_callback(lambda _t: self._running.pop(execution.id, None))
-        return await task
+        return task
+
+    async def drain(self, grace: float) -> list[str]:
+        """Let running steps finish (up to ``grace`` seconds) without starting new ones;
+        then detach what is still running. Returns the executions left to resume."""
+        self.draining = True
+        tasks = [t for t in self._running.values() if not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        left = [eid for eid, t in self._running.items() if not t.done()]
+        for eid in left:
+            self._running[eid].cancel()
+        if left:
+            await asyncio.gather(*(self._running[e] for e in left if e in self._running),
+                                 return_exceptions=True)
+        return left
 
     # ----------------------------------------------------------------- driving
 
@@ -197,19 +222,30 @@ class WorkflowRunner:
         try:
             async with asyncio.timeout(max(0.0, execution.started_at + workflow.timeout - time.time())):
                 for run in runs:
-                    self._launch(live, run)
+                    if not self.draining:
+                        self._launch(live, run)
                 while live.tasks:
                     done, _ = await asyncio.wait(list(live.tasks), return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
                         live.tasks.pop(task)
                         for nxt in task.result():
-                            self._launch(live, nxt)
+                            if not self.draining:   # recorded as pending: a resume starts it
+                                self._launch(live, nxt)
+                if self.draining:
+                    log.info("Workflow execution %s paused for shutdown; it will be resumed", execution.id,
+                             extra={"execution_id": execution.id})
+                    return execution
             execution.status = FAILED if live.failed_steps else SUCCEEDED
             if live.failed_steps:
                 execution.error = f"step(s) failed: {', '.join(live.failed_steps)}"
         except TimeoutError:
             execution.status, execution.error = TIMED_OUT, f"workflow timeout {workflow.timeout:g}s"
         except asyncio.CancelledError:
+            if self.draining:
+                # Shutdown past the grace period: the store keeps it running, to resume.
+                for task in live.tasks:
+                    task.cancel()
+                raise
             execution.status, execution.error = CANCELLED, "cancelled"
             await self._stop_tasks(live, CANCELLED)
             await asyncio.shield(self._finish(execution))
@@ -286,7 +322,7 @@ class WorkflowRunner:
         ctx = StepContext(execution_id=execution.id, workflow=workflow, step=spec, run=run,
                           names=live.names, settings=self.settings, http=self.http,
                           dry_run=execution.dry_run, log=logger,
-                          run_branch=lambda ids: self._branch(live, run, ids))
+                          run_branch=lambda ids: self._branch(live, run, ids), limiter=self.limiter)
         step_time = 0.0
         while True:
             run.attempts += 1

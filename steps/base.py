@@ -114,6 +114,8 @@ class StepContext:
     dry_run: bool                      # the workflow's effective dry-run for changes
     log: logging.LoggerAdapter
     run_branch: Callable[[list[str]], Awaitable[bool]] | None = None
+    # ``async limiter(action, target) -> bool``: False refuses a remediation (rate limit).
+    limiter: Callable[[str, str], Awaitable[bool]] | None = None
 
     @property
     def idempotency_key(self) -> str:

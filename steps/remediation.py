@@ -132,6 +132,11 @@ class Remediation(Step):
             raise NotAllowed(f"{action}: the incident names no target object")
         request = agent_request(ctx, config.action_type, action, [], target, None)
         request.update(params=params, dry_run=dry_run)
+        if not dry_run and ctx.limiter is not None:
+            where = f"{target.get('kind')}/{target.get('namespace') or '-'}/{target.get('name')}"
+            if not await ctx.limiter(action, where):
+                raise NotAllowed(f"{action} on {where}: remediation rate limit reached "
+                                 "(remediation.rate_limit); not applied")
         if not ctx.settings.live:
             return StepResult(output={"status": "dry_run", "applied": False, "dry_run": True,
                                       "action": action, "request": request})

@@ -1,0 +1,169 @@
+"""NATS intake: a JetStream stream and durable pull consumer, or a loud plain fallback.
+
+The stream (default ``AETHERIUS_EVENTS``) holds the configured subjects
+(``internal.event.critical``, ``internal.event.anomaly``); it and the durable consumer are
+created if missing, so several replicas share one consumer and each message goes to
+one of them. Messages are fetched in batches and handed to the intake, which records
+them; only then are they acked. A message that is not acked (the service died) is
+redelivered after ``ack_wait``. Without JetStream, a plain subscription still takes
+events in, and the service says loudly that events published while it is down are lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import api
+from nats.js.errors import NotFoundError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Message:
+    """One message from the bus, whatever the delivery mode."""
+
+    data: bytes
+    subject: str
+    msg_id: str | None
+    headers: dict[str, str]
+    raw: Any = None           # the nats Msg, to ack
+
+    async def ack(self) -> None:
+        if self.raw is not None and getattr(self.raw, "_ackd", False) is False and self.raw.reply:
+            await self.raw.ack()
+
+
+Handler = Callable[[list[Message]], Awaitable[None]]
+
+
+class Bus:
+    def __init__(self, url: str, subjects: list[str], *, stream: str = "AETHERIUS_EVENTS",
+                 durable: str = "aetherius", batch: int = 256, ack_wait: float = 30.0,
+                 max_ack_pending: int = 4096, duplicate_window: float = 120.0) -> None:
+        self.url = url
+        self.subjects = subjects
+        self.stream = stream
+        self.durable = durable
+        self.batch = batch
+        self.ack_wait = ack_wait
+        self.max_ack_pending = max_ack_pending
+        self.duplicate_window = duplicate_window
+        self.nc: nats.NATS | None = None
+        self.js = None
+        self.mode = "disconnected"
+        self._stopping = asyncio.Event()
+        self._plain_queue: asyncio.Queue[Message] | None = None
+        self._subs: list[Any] = []
+
+    async def connect(self) -> None:
+        self.nc = await nats.connect(self.url, name="aetherius-orchestrator", max_reconnect_attempts=-1,
+                                     reconnect_time_wait=1)
+        try:
+            self.js = self.nc.jetstream()
+            await self._ensure_stream()
+            self.mode = "jetstream"
+            log.info("NATS intake: JetStream stream %s, durable consumer %s, subjects %s",
+                     self.stream, self.durable, ", ".join(self.subjects))
+        except Exception as exc:
+            self.js = None
+            self.mode = "plain"
+            log.warning("JETSTREAM IS NOT AVAILABLE (%s: %s): falling back to a plain NATS subscription. "
+                        "Events published while this service is down WILL BE LOST, and none are "
+                        "redelivered.", type(exc).__name__, exc)
+
+    async def _ensure_stream(self) -> None:
+        assert self.js is not None
+        try:
+            info = await self.js.stream_info(self.stream)
+            missing = set(self.subjects) - set(info.config.subjects or [])
+            if missing:
+                config = info.config
+                config.subjects = sorted(set(config.subjects or []) | missing)
+                await self.js.update_stream(config)
+        except NotFoundError:
+            await self.js.add_stream(api.StreamConfig(
+                name=self.stream, subjects=self.subjects, storage=api.StorageType.FILE,
+                retention=api.RetentionPolicy.LIMITS, max_age=7 * 86400,
+                duplicate_window=self.duplicate_window))
+        try:
+            await self.js.consumer_info(self.stream, self.durable)
+        except NotFoundError:
+            await self.js.add_consumer(self.stream, api.ConsumerConfig(
+                durable_name=self.durable, ack_policy=api.AckPolicy.EXPLICIT,
+                deliver_policy=api.DeliverPolicy.ALL, ack_wait=self.ack_wait,
+                max_ack_pending=self.max_ack_pending, max_deliver=-1))
+
+    async def run(self, handle: Handler) -> None:
+        """Deliver batches to ``handle`` until :meth:`stop`. ``handle`` acks."""
+        if self.mode == "jetstream":
+            await self._run_jetstream(handle)
+        else:
+            await self._run_plain(handle)
+
+    async def _run_jetstream(self, handle: Handler) -> None:
+        assert self.js is not None
+        sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
+        self._subs.append(sub)
+        while not self._stopping.is_set():
+            try:
+                msgs = await sub.fetch(self.batch, timeout=0.5)
+            except NatsTimeout:
+                continue
+            except Exception as exc:  # a reconnect in progress: wait and go on
+                if self._stopping.is_set():
+                    break
+                log.warning("NATS fetch failed (%s: %s); retrying", type(exc).__name__, exc)
+                await asyncio.sleep(0.5)
+                continue
+            if msgs:
+                # Bounded in-flight work: the next fetch waits until this batch is recorded.
+                await handle([_wrap(m) for m in msgs])
+
+    async def _run_plain(self, handle: Handler) -> None:
+        assert self.nc is not None
+        queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=self.max_ack_pending)
+        self._plain_queue = queue
+
+        async def on_message(msg: Any) -> None:
+            await queue.put(_wrap(msg))
+
+        for subject in self.subjects:
+            self._subs.append(await self.nc.subscribe(subject, cb=on_message))
+        while not self._stopping.is_set():
+            try:
+                first = await asyncio.wait_for(queue.get(), timeout=0.5)
+            except TimeoutError:
+                continue
+            batch = [first]
+            while not queue.empty() and len(batch) < self.batch:
+                batch.append(queue.get_nowait())
+            await handle(batch)
+
+    def stop(self) -> None:
+        """Stop fetching; the batch in hand is finished by ``run``."""
+        self._stopping.set()
+
+    async def close(self) -> None:
+        self.stop()
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:
+                await self.nc.close()
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+
+def _wrap(msg: Any) -> Message:
+    headers = dict(msg.headers or {})
+    return Message(data=msg.data, subject=msg.subject, msg_id=headers.get("Nats-Msg-Id"),
+                   headers=headers, raw=msg)

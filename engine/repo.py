@@ -1,0 +1,179 @@
+"""Service records in PostgreSQL: events, dead letters, incidents, replicas, stored rules.
+
+Queries for the HTTP API live here too, so the SQL of the service is in one place
+(with the runner's transitions in :mod:`engine.pgstore`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from engine.correlation import Incident
+from engine.events import Event
+
+log = logging.getLogger(__name__)
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if not value else datetime.fromtimestamp(value, UTC)
+
+
+class Repository:
+    def __init__(self, pool: asyncpg.Pool, replica: str) -> None:
+        self.pool = pool
+        self.replica = replica
+
+    # ------------------------------------------------------------------ events
+
+    async def record_events(self, events: list[tuple[Event, str | None]]) -> set[str]:
+        """Insert (event, subject) rows as ``received``; return the ids that were new
+        (the others are duplicates: the same id was recorded before, by any replica)."""
+        if not events:
+            return set()
+        rows = await self.pool.fetch("""
+            INSERT INTO events (id, source, subject, kind, namespace, name, reason, state, owner, payload)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                 $7::text[], $8::text[], $9::text[], $10::jsonb[])
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id""",
+            [e.id for e, _ in events], [e.source for e, _ in events], [s for _, s in events],
+            [e.kind for e, _ in events], [e.namespace for e, _ in events], [e.name for e, _ in events],
+            [e.reason for e, _ in events], ["received"] * len(events), [self.replica] * len(events),
+            [{**e.to_dict(), "watch_type": e.watch_type} for e, _ in events])
+        return {r["id"] for r in rows}
+
+    async def set_event_states(self, states: list[tuple[str, str, str | None, str | None]]) -> None:
+        """(event id, state, strategy id, incident id) for each event."""
+        if not states:
+            return
+        await self.pool.execute("""
+            UPDATE events e SET state = s.state, strategy_id = s.strategy_id, incident_id = s.incident_id
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                 AS s(id, state, strategy_id, incident_id)
+            WHERE e.id = s.id""",
+            [s[0] for s in states], [s[1] for s in states], [s[2] for s in states], [s[3] for s in states])
+
+    async def attach_events(self, event_ids: list[str], incident_id: str, state: str = "attached") -> None:
+        if event_ids:
+            await self.pool.execute(
+                "UPDATE events SET state = $3, incident_id = $2 WHERE id = ANY($1::text[])",
+                event_ids, incident_id, state)
+
+    async def claim_pending_events(self, lease_seconds: float) -> list[dict[str, Any]]:
+        """Pending hits whose replica is gone (or is this one, restarted): to correlate again."""
+        rows = await self.pool.fetch("""
+            UPDATE events e SET owner = $1
+            WHERE e.state IN ('pending', 'received') AND (
+                e.owner IS NULL OR e.owner = $1 OR NOT EXISTS (
+                    SELECT 1 FROM replicas r WHERE r.id = e.owner
+                    AND r.heartbeat_at > now() - make_interval(secs => $2::float8)))
+            RETURNING e.id, e.payload, e.received_at""", self.replica, lease_seconds)
+        return sorted(({"id": r["id"], "payload": r["payload"], "received_at": r["received_at"]}
+                       for r in rows), key=lambda r: r["received_at"])
+
+    async def dead_letter(self, source: str, subject: str | None, reason: str, raw: bytes | None,
+                          headers: dict[str, Any] | None = None) -> None:
+        await self.pool.execute(
+            "INSERT INTO dead_letters (source, subject, reason, raw, headers) VALUES ($1, $2, $3, $4, $5)",
+            source, subject, reason, raw, headers or {})
+
+    async def dead_letters_many(self, rows: list[tuple[str, str | None, str, bytes | None, dict]]) -> None:
+        if rows:
+            await self.pool.executemany(
+                "INSERT INTO dead_letters (source, subject, reason, raw, headers)"
+                " VALUES ($1, $2, $3, $4, $5)", rows)
+
+    # ------------------------------------------------------------------ incidents
+
+    async def open_incident(self, incident: Incident) -> str | None:
+        """Insert the incident as open. Returns None if it was inserted, or the id of the
+        incident already open for the same (strategy, key) on another replica."""
+        s = incident.summary()
+        async with self.pool.acquire() as conn:
+            inserted = await conn.fetchval("""
+                INSERT INTO incidents (id, strategy_id, key, status, severity, workflow_id, namespace,
+                                       workload, node, reason, events, inhibited, context, first_seen,
+                                       last_seen)
+                VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                ON CONFLICT (strategy_id, key) WHERE status = 'open' DO NOTHING
+                RETURNING id""",
+                incident.id, incident.strategy.id, incident.key_text, incident.strategy.severity,
+                incident.workflow_id, s["namespace"], s["workload"], s["node"], s["reason"],
+                incident.events, incident.inhibited, incident.context(), _ts(incident.first_seen),
+                _ts(incident.last_seen))
+            if inserted is not None:
+                return None
+            return await conn.fetchval(
+                "SELECT id FROM incidents WHERE strategy_id = $1 AND key = $2 AND status = 'open'",
+                incident.strategy.id, incident.key_text)
+
+    async def in_cooldown(self, strategy_id: str, key: str) -> str | None:
+        """The id of a closed incident whose cooldown still runs for this key, if any."""
+        return await self.pool.fetchval("""
+            SELECT id FROM incidents WHERE strategy_id = $1 AND key = $2 AND status = 'closed'
+            AND cooldown_until > now() ORDER BY cooldown_until DESC LIMIT 1""", strategy_id, key)
+
+    async def add_to_incident(self, incident_id: str, events: int = 0, late: int = 0,
+                              suppressed: int = 0, inhibited: dict[str, int] | None = None) -> None:
+        await self.pool.execute("""
+            UPDATE incidents SET events = events + $2, late = late + $3, suppressed = suppressed + $4,
+                   inhibited = (SELECT coalesce(jsonb_object_agg(k, v), '{}'::jsonb) FROM (
+                       SELECT k, sum(v::int) AS v FROM (
+                           SELECT * FROM jsonb_each_text(inhibited)
+                           UNION ALL SELECT * FROM jsonb_each_text($5::jsonb)) AS both_(k, v)
+                       GROUP BY k) AS summed),
+                   last_seen = now()
+            WHERE id = $1""", incident_id, events, late, suppressed, json.dumps(inhibited or {}))
+
+    async def set_incident_execution(self, incident_id: str, execution_id: str) -> None:
+        await self.pool.execute("UPDATE incidents SET execution_id = $2 WHERE id = $1",
+                                incident_id, execution_id)
+
+    async def close_incident(self, incident: Incident) -> None:
+        await self.pool.execute("""
+            UPDATE incidents SET status = 'closed', closed_at = now(), late = $2, suppressed = $3,
+                   inhibited = $4, last_seen = $5,
+                   cooldown_until = now() + make_interval(secs => $6::float8)
+            WHERE id = $1""", incident.id, incident.late, incident.suppressed, incident.inhibited,
+            _ts(incident.last_seen), incident.strategy.correlation.cooldown)
+
+    # ------------------------------------------------------------------ replicas
+
+    async def heartbeat(self, info: dict[str, Any] | None = None) -> None:
+        await self.pool.execute("""
+            INSERT INTO replicas (id, info) VALUES ($1, $2)
+            ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), info = EXCLUDED.info""",
+            self.replica, info or {})
+
+    async def leave(self) -> None:
+        await self.pool.execute("UPDATE replicas SET heartbeat_at = 'epoch' WHERE id = $1", self.replica)
+
+    # ------------------------------------------------------------------ retention
+
+    async def purge(self, older_than_seconds: float, batch: int = 1000) -> int:
+        """Delete finished executions (their steps cascade), and events and dead letters,
+        older than the given age, in batches so no lock is held for long."""
+        total = 0
+        for sql in (
+            """DELETE FROM workflow_executions WHERE id IN (
+                   SELECT id FROM workflow_executions WHERE status <> 'running'
+                   AND started_at < now() - make_interval(secs => $1::float8) LIMIT $2)""",
+            """DELETE FROM events WHERE id IN (
+                   SELECT id FROM events WHERE state <> 'pending'
+                   AND received_at < now() - make_interval(secs => $1::float8) LIMIT $2)""",
+            """DELETE FROM dead_letters WHERE id IN (
+                   SELECT id FROM dead_letters WHERE received_at < now() - make_interval(secs => $1::float8)
+                   LIMIT $2)""",
+        ):
+            while True:
+                status = await self.pool.execute(sql, older_than_seconds, batch)
+                deleted = int(status.split()[-1])
+                total += deleted
+                if deleted < batch:
+                    break
+        return total

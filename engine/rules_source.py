@@ -1,0 +1,257 @@
+"""The active rule generation: rule files plus rules stored through the API, hot-swapped.
+
+A reload reads every rule file and every workflow/strategy created through the API or
+SQL, validates the whole set, and only if it is valid compiles a new rule-base
+generation and makes it active, atomically between two events. An invalid set leaves
+the previous generation running; every problem is logged as ``path:line: message`` and
+kept for ``GET /api/v1/rules/status``. File rules are mirrored into the ``workflows`` and
+``strategies`` tables (so the seed's SQL shows them) and every workflow version is kept,
+so a running execution always finds the version it pinned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from engine.check import effective_strategies, validate
+from engine.exceptions import Problem
+from engine.rulebase import RuleBase
+from engine.spec import Origin, RuleSet, Strategy, Workflow, _add_strategy, _add_workflow, load_rules
+from engine.yamlsource import LineMap
+
+log = logging.getLogger(__name__)
+
+WORKFLOW_COLUMNS = ("id", "name", "description", "trigger_type", "trigger_config", "status", "priority",
+                    "timeout", "steps")
+STRATEGY_COLUMNS = ("id", "name", "category", "symptoms", "workflow_id", "priority", "enabled")
+
+
+@dataclass
+class Generation:
+    number: int
+    strategies: dict[str, Strategy]
+    workflows: dict[str, Workflow]
+    digest: str
+    loaded_at: float = field(default_factory=time.time)
+    files: int = 0
+
+
+@dataclass
+class ReloadStatus:
+    ok: bool = True
+    generation: int = 0
+    last_attempt: float = 0.0
+    last_success: float = 0.0
+    reason: str = ""
+    problems: list[Problem] = field(default_factory=list)
+    reloads: int = 0
+    failures: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "generation": self.generation, "reason": self.reason,
+                "last_attempt": self.last_attempt, "last_success": self.last_success,
+                "reloads": self.reloads, "failures": self.failures,
+                "problems": [str(p) for p in self.problems]}
+
+
+def workflow_spec(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored workflow row (or version snapshot) back to its spec."""
+    if row.get("definition"):
+        return dict(row["definition"])
+    return {k: row[k] for k in WORKFLOW_COLUMNS if row.get(k) not in (None, "")}
+
+
+def strategy_spec(row: dict[str, Any]) -> dict[str, Any]:
+    if row.get("definition"):
+        return dict(row["definition"])
+    return {k: row[k] for k in STRATEGY_COLUMNS if row.get(k) is not None}
+
+
+def _dump(model: Workflow | Strategy) -> dict[str, Any]:
+    data = model.model_dump(mode="json", by_alias=True, exclude_defaults=False)
+    data.pop("version", None)
+    return data
+
+
+class RulesManager:
+    """Owns the rule base's generations. Reloads are serialized."""
+
+    def __init__(self, directory: str | Path, rulebase: RuleBase, pool: asyncpg.Pool | None = None) -> None:
+        self.directory = Path(directory)
+        self.rulebase = rulebase
+        self.pool = pool
+        self.generation: Generation | None = None
+        self.status = ReloadStatus()
+        self._lock = asyncio.Lock()
+        self._versions: dict[tuple[str, int], Workflow] = {}
+        self.listeners: list[Any] = []   # called with (ok: bool, status) after each reload
+
+    async def reload(self, reason: str = "start") -> bool:
+        async with self._lock:
+            return await self._reload(reason)
+
+    async def reload_stored(self, reason: str) -> bool:
+        """Start from the rules last stored in the database (file rules included, as last
+        mirrored): what a replica runs when its rule files are broken at start-up."""
+        if self.pool is None:
+            return False
+        async with self._lock:
+            rules = RuleSet()
+            for row in await self.pool.fetch("SELECT * FROM workflows ORDER BY id"):
+                _add_workflow(rules, workflow_spec(dict(row)), Origin(f"db:workflows/{row['id']}", LineMap()))
+                if row["id"] in rules.workflows:
+                    rules.workflows[row["id"]].version = row["version"]
+            for row in await self.pool.fetch("SELECT * FROM strategies ORDER BY id"):
+                origin = Origin(f"db:strategies/{row['id']}", LineMap())
+                _add_strategy(rules, strategy_spec(dict(row)), origin)
+            if validate(rules):
+                log.error("The stored rules are invalid too: running with no strategies until the rule "
+                          "files are fixed")
+                return False
+            return self._activate(rules, effective_strategies(rules), reason)
+
+    async def _reload(self, reason: str) -> bool:
+        status = self.status
+        status.last_attempt, status.reason = time.time(), reason
+        rules = await asyncio.to_thread(load_rules, self.directory)
+        file_workflows = set(rules.workflows)
+        file_strategies = set(rules.strategies)
+        if self.pool is not None:
+            await self._add_stored(rules)
+        problems = validate(rules)
+        if problems:
+            status.ok, status.problems = False, problems
+            status.failures += 1
+            for problem in problems:
+                log.error("Rules invalid (%s), keeping generation %d: %s", reason, status.generation, problem)
+            self._notify(False)
+            return False
+        strategies = effective_strategies(rules)
+        if self.pool is not None:
+            versions = await self._mirror(rules, file_workflows, file_strategies)
+            for wf_id, version in versions.items():
+                rules.workflows[wf_id].version = version
+        return self._activate(rules, strategies, reason)
+
+    def _activate(self, rules: RuleSet, strategies: dict[str, Strategy], reason: str) -> bool:
+        status = self.status
+        digest = hashlib.sha256(json.dumps(
+            [sorted(_dump(s).items(), key=str) for s in strategies.values()]
+            + [sorted(_dump(w).items(), key=str) for w in rules.workflows.values()],
+            default=str, sort_keys=True).encode()).hexdigest()[:16]
+        self.rulebase.swap(strategies.values())
+        number = self.rulebase.generation.number if self.rulebase.generation else 0
+        self.generation = Generation(number, strategies, dict(rules.workflows), digest,
+                                     files=len(rules.files))
+        for wf in rules.workflows.values():
+            self._versions[(wf.id, wf.version)] = wf
+        status.ok, status.problems, status.generation = True, [], number
+        status.last_success = time.time()
+        status.reloads += 1
+        log.info("Rules reloaded: generation %d (%d strategies, %d workflows) [%s, digest %s]",
+                 number, len(strategies), len(rules.workflows), reason, digest)
+        self._notify(True)
+        return True
+
+    def _notify(self, ok: bool) -> None:
+        for listener in self.listeners:
+            try:
+                listener(ok, self.status)
+            except Exception:
+                log.exception("rules listener failed")
+
+    async def _add_stored(self, rules: RuleSet) -> None:
+        """Workflows and strategies created through the API or SQL (files win on a clash)."""
+        assert self.pool is not None
+        for row in await self.pool.fetch("SELECT * FROM workflows WHERE source <> 'file' ORDER BY id"):
+            if row["id"] in rules.workflows:
+                log.warning("stored workflow %s is shadowed by a rule file with the same id", row["id"])
+                continue
+            _add_workflow(rules, workflow_spec(dict(row)), Origin(f"db:workflows/{row['id']}", LineMap()))
+        for row in await self.pool.fetch("SELECT * FROM strategies WHERE source <> 'file' ORDER BY id"):
+            if row["id"] in rules.strategies:
+                log.warning("stored strategy %s is shadowed by a rule file with the same id", row["id"])
+                continue
+            _add_strategy(rules, strategy_spec(dict(row)), Origin(f"db:strategies/{row['id']}", LineMap()))
+
+    async def _mirror(self, rules: RuleSet, file_workflows: set[str],
+                      file_strategies: set[str]) -> dict[str, int]:
+        """Write changed file rules to the tables; return every workflow's current version.
+        Nothing is written when nothing changed (a write NOTIFYs every replica)."""
+        assert self.pool is not None
+        async with self.pool.acquire() as conn, conn.transaction():
+            stored = {r["id"]: r for r in await conn.fetch("SELECT id, definition, source FROM workflows")}
+            for wf_id in file_workflows:
+                spec = _dump(rules.workflows[wf_id])
+                row = stored.get(wf_id)
+                if row is not None and row["source"] == "file" and row["definition"] == spec:
+                    continue
+                await conn.execute("""
+                    INSERT INTO workflows (id, name, description, trigger_type, trigger_config, status,
+                                           priority, timeout, steps, definition, source)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'file')
+                    ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name,
+                        description = EXCLUDED.description, trigger_type = EXCLUDED.trigger_type,
+                        trigger_config = EXCLUDED.trigger_config, status = EXCLUDED.status,
+                        priority = EXCLUDED.priority, timeout = EXCLUDED.timeout, steps = EXCLUDED.steps,
+                        definition = EXCLUDED.definition, source = 'file'""",
+                    wf_id, spec["name"], spec["description"], spec["trigger_type"], spec["trigger_config"],
+                    spec["status"], spec["priority"], f"{spec['timeout']:g}s", spec["steps"], spec)
+            gone = [i for i, r in stored.items() if r["source"] == "file" and i not in file_workflows]
+            if gone:
+                await conn.execute("DELETE FROM workflows WHERE id = ANY($1::text[])", gone)
+            stored_s = {r["id"]: r for r in await conn.fetch("SELECT id, definition, source FROM strategies")}
+            for sid in file_strategies:
+                spec = _dump(rules.strategies[sid])
+                row = stored_s.get(sid)
+                if row is not None and row["source"] == "file" and row["definition"] == spec:
+                    continue
+                await conn.execute("""
+                    INSERT INTO strategies (id, name, category, symptoms, workflow_id, priority, enabled,
+                                            definition, source)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'file')
+                    ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, category = EXCLUDED.category,
+                        symptoms = EXCLUDED.symptoms, workflow_id = EXCLUDED.workflow_id,
+                        priority = EXCLUDED.priority, enabled = EXCLUDED.enabled,
+                        definition = EXCLUDED.definition, source = 'file'""",
+                    sid, spec["name"], spec["category"], spec["symptoms"], spec["workflow_id"],
+                    spec["priority"], spec["enabled"], spec)
+            gone_s = [i for i, r in stored_s.items() if r["source"] == "file" and i not in file_strategies]
+            if gone_s:
+                await conn.execute("DELETE FROM strategies WHERE id = ANY($1::text[])", gone_s)
+            return {r["id"]: r["version"] for r in await conn.fetch("SELECT id, version FROM workflows")}
+
+    async def workflow(self, workflow_id: str, version: int | None = None) -> Workflow | None:
+        """The active workflow, or the exact version an execution pinned."""
+        gen = self.generation
+        if gen is not None and workflow_id in gen.workflows:
+            current = gen.workflows[workflow_id]
+            if version is None or current.version == version:
+                return current
+        if version is None:
+            return None
+        cached = self._versions.get((workflow_id, version))
+        if cached is not None or self.pool is None:
+            return cached
+        row = await self.pool.fetchrow(
+            "SELECT definition FROM workflow_versions WHERE workflow_id = $1 AND version = $2",
+            workflow_id, version)
+        if row is None:
+            return None
+        rules = RuleSet()
+        _add_workflow(rules, workflow_spec(dict(row["definition"])),
+                      Origin(f"db:workflow_versions/{workflow_id}@{version}", LineMap()))
+        wf = rules.workflows.get(workflow_id)
+        if wf is not None:
+            wf.version = version
+            self._versions[(workflow_id, version)] = wf
+        return wf

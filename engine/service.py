@@ -1,0 +1,625 @@
+"""The long-lived service: events in from NATS and HTTP, incidents and workflows out.
+
+Wiring, in the order :meth:`Service.start` builds it:
+
+1. servers: the configured NATS / PostgreSQL / Redis, or embedded ones (``engine.infra``);
+2. PostgreSQL: pool, migrations, the runner's store, the service's records;
+3. Redis (optional: degraded without it);
+4. rules: files plus stored rules, compiled into the rule base; hot reload;
+5. correlation on the real clock (``AsyncIOScheduler``), the runner, the NATS intake;
+6. the HTTP API (``engine.api``) on ``http.port``.
+
+Background loops run as named tasks in one ``asyncio.TaskGroup``: if one dies, the service
+stops rather than limp on. Shutdown (SIGTERM/SIGINT) stops taking events, lets running
+steps finish for a grace period, commits their state and exits 0; anything still running
+stays "running" in the store and is resumed by the next replica that starts or notices.
+
+Events are never lost: a batch from NATS is recorded (and deduplicated by id) in one
+statement before it is acked; hits whose burst has not yet formed an incident stay
+``pending`` in the ``events`` table and are correlated again after a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from reactivex.scheduler.eventloop import AsyncIOScheduler
+
+from engine import infra
+from engine.bus import Bus, Message
+from engine.cache import Cache
+from engine.correlation import CLOSED, OPEN, PENDING, Correlator, Incident
+from engine.db import create_pool, migrate
+from engine.durations import parse_duration
+from engine.events import Event, OccurrenceTracker, decode, parse_event
+from engine.exceptions import MalformedEvent
+from engine.metrics import Metrics
+from engine.pgstore import PostgresStore
+from engine.repo import Repository
+from engine.rulebase import RuleBase
+from engine.rules_source import RulesManager
+from engine.runner import WorkflowRunner
+from engine.store import FINAL_EXECUTION, Execution, StepRun
+from engine.transport import make_client
+from steps.base import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _seconds(section: dict[str, Any], key: str, default: float) -> float:
+    return parse_duration(section.get(key, default))
+
+
+class Service:
+    def __init__(self, config: dict[str, Any], *, data_dir: str | Path | None = None) -> None:
+        self.config = config
+        svc = config.get("service") or {}
+        self.replica = str(svc.get("replica_id") or os.environ.get("HOSTNAME") or socket.gethostname())
+        self.data_dir = Path(data_dir or svc.get("data_dir") or "var")
+        self.lease = _seconds(svc, "lease", 15.0)
+        self.grace = _seconds(svc, "shutdown_grace", 20.0)
+        self.retention = _seconds(svc, "retention", 30 * 86400)
+        intake = config.get("intake") or {}
+        self.max_event_bytes = int(intake.get("max_event_bytes", 256 * 1024))
+        self.metrics = Metrics()
+        self.embedded: Any = None
+        self.urls: Any = None
+        self.pool = None
+        self.repo: Repository | None = None
+        self.store: PostgresStore | None = None
+        self.cache: Cache | None = None
+        self.rules: RulesManager | None = None
+        self.rulebase: RuleBase | None = None
+        self.correlator: Correlator | None = None
+        self.runner: WorkflowRunner | None = None
+        self.bus: Bus | None = None
+        self.tracker = OccurrenceTracker()
+        self.started_at = time.time()
+        self.ready = False
+        self._stop = asyncio.Event()
+        self._stopped = False
+        self._tasks: set[asyncio.Task] = set()
+        self._incidents: dict[str, Incident] = {}          # local incident id -> incident
+        self._reload_requested = asyncio.Event()
+        self._reload_reason = ""
+        self.api_server: Any = None
+        self.stats = {"events": 0, "duplicates": 0, "dead_letters": 0, "incidents": 0, "executions": 0}
+
+    # ------------------------------------------------------------------ start
+
+    async def start(self) -> None:
+        resolved = infra.resolve(self.config, self.data_dir)
+        if inspect.isawaitable(resolved):
+            resolved = await resolved
+        self.urls, self.embedded = resolved
+        if self.embedded is not None and hasattr(self.embedded, "start"):
+            started = self.embedded.start()
+            if inspect.isawaitable(started):
+                await started
+            self.urls, _ = infra.resolve(self.config, self.data_dir, servers=self.embedded) \
+                if "servers" in inspect.signature(infra.resolve).parameters else (self.urls, None)
+        log.info("Aetherius Orchestrator %s starting: replica %s; %s", _version(), self.replica,
+                 getattr(self.urls, "describe", lambda: str(self.urls))())
+        self.pool = await create_pool(self.urls.database_dsn, max_size=int(
+            (self.config.get("database") or {}).get("pool_size", 10)))
+        await migrate(self.pool)
+        self.repo = Repository(self.pool, self.replica)
+        self.store = PostgresStore(self.pool, self.replica, self.lease)
+        self.store.writer.start()
+        self.cache = Cache(self.urls.redis_url)
+        await self.cache.ping()
+        self.rulebase = RuleBase([])
+        rules_dir = (self.config.get("rules") or {}).get("dir", "rules")
+        self.rules = RulesManager(rules_dir, self.rulebase, self.pool)
+        self.rules.listeners.append(self._on_reload)
+        if not await self.rules.reload("start"):
+            await self.rules.reload_stored("start: rule files invalid, using the last stored rules")
+        self.correlator = Correlator(AsyncIOScheduler(asyncio.get_running_loop()), track_event_ids=True)
+        self.correlator.formed.subscribe(on_next=self._on_formed)
+        settings = Settings.from_config(self.config, live=True)
+        self.runner = WorkflowRunner(self.store, settings, http=make_client(), limiter=self._limit)
+        self.runner.listeners.append(self._on_step)
+        nats_cfg = self.config.get("nats") or {}
+        self.bus = Bus(self.urls.nats_url, list(nats_cfg.get("subjects") or
+                                                 ["internal.event.critical", "internal.event.anomaly"]),
+                       stream=nats_cfg.get("stream", "AETHERIUS_EVENTS"),
+                       durable=nats_cfg.get("durable", "aetherius"),
+                       batch=int(nats_cfg.get("batch", 256)),
+                       ack_wait=_seconds(nats_cfg, "ack_wait", 30.0))
+        await self.bus.connect()
+        await self.repo.heartbeat(self._info())
+        await self._recover()
+        self.ready = True
+
+    def _info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "nats": self.bus.mode if self.bus else None,
+                "generation": self.rules.status.generation if self.rules else None}
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> None:
+        """Start, serve until stopped (SIGTERM, SIGINT or :meth:`request_stop`), shut down."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, lambda: self.request_reload("SIGHUP"))
+        try:
+            await self.start()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._intake_loop(), name="nats-intake")
+                group.create_task(self._heartbeat_loop(), name="heartbeat")
+                group.create_task(self._reload_loop(), name="rules-reload")
+                group.create_task(self._watch_loop(), name="rules-watcher")
+                group.create_task(self._listen_loop(), name="db-listen")
+                group.create_task(self._retention_loop(), name="retention")
+                group.create_task(self._api_loop(), name="http-api")
+                group.create_task(self._stop_watch(group), name="stop-watch")
+        finally:
+            await self.shutdown()
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("Stop requested: no new events; running steps get %.0fs to finish", self.grace)
+            self._stop.set()
+            if self.bus is not None:
+                self.bus.stop()
+            if self.api_server is not None:
+                self.api_server.should_exit = True
+
+    async def _stop_watch(self, group: asyncio.TaskGroup) -> None:
+        await self._stop.wait()
+        # The intake loop ends after its batch; the others are plain loops: cancel them.
+        for task in list(asyncio.all_tasks()):
+            if task.get_name() in ("heartbeat", "rules-reload", "rules-watcher", "db-listen", "retention"):
+                task.cancel()
+
+    async def shutdown(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.ready = False
+        self._stop.set()
+        if self.bus is not None:
+            self.bus.stop()
+        if self.runner is not None:
+            left = await self.runner.drain(self.grace)
+            if left:
+                log.info("%d execution(s) left running for the next replica to resume", len(left))
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        if self.store is not None:
+            await asyncio.shield(self.store.writer.stop())
+        if self.repo is not None:
+            with contextlib.suppress(Exception):
+                await self.repo.leave()
+        if self.runner is not None:
+            await self.runner.aclose()
+        if self.bus is not None:
+            await self.bus.close()
+        if self.cache is not None:
+            await self.cache.close()
+        if self.rulebase is not None:
+            self.rulebase.close()
+        if self.pool is not None:
+            await self.pool.close()
+        if self.embedded is not None:
+            stopped = self.embedded.stop()
+            if inspect.isawaitable(stopped):
+                await stopped
+        log.info("Aetherius Orchestrator stopped")
+
+    # ------------------------------------------------------------------ intake
+
+    async def _intake_loop(self) -> None:
+        assert self.bus is not None
+        await self.bus.run(self.ingest_messages)
+
+    async def ingest_messages(self, messages: list[Message]) -> None:
+        """Record a batch, then process it, then ack it. Never raises for bad input."""
+        source = "nats"
+        items: list[tuple[bytes | Any, str | None, str | None, dict]] = [
+            (m.data, m.subject, m.msg_id, m.headers) for m in messages]
+        await self.ingest(items, source)
+        for message in messages:
+            with contextlib.suppress(Exception):
+                await message.ack()
+
+    async def ingest(self, items: list[tuple[Any, str | None, str | None, dict]],
+                     source: str) -> dict[str, int]:
+        """(raw bytes or decoded JSON, subject, message id, headers) -> recorded and processed.
+
+        Returns counts: accepted, duplicates, dead_letters, ignored."""
+        assert self.repo is not None
+        good: list[tuple[Event, str | None]] = []
+        dead: list[tuple[str, str | None, str, bytes | None, dict]] = []
+        ignored = 0
+        for raw, subject, msg_id, headers in items:
+            try:
+                if isinstance(raw, bytes | bytearray | str):
+                    size = len(raw.encode() if isinstance(raw, str) else raw)
+                    if size > self.max_event_bytes:
+                        raise MalformedEvent(f"payload of {size} bytes exceeds {self.max_event_bytes}")
+                    obj = decode(raw)
+                else:
+                    obj = raw
+                event = parse_event(obj)
+            except MalformedEvent as exc:
+                data = raw if isinstance(raw, bytes) else (raw.encode() if isinstance(raw, str) else
+                                                           repr(raw).encode())
+                dead.append((source, subject, str(exc), bytes(data), {k: str(v) for k, v in headers.items()}))
+                continue
+            except Exception as exc:  # a parser bug must not stop the intake: dead-letter it
+                log.exception("unexpected error parsing an event")
+                dead.append((source, subject, f"internal error: {type(exc).__name__}: {exc}",
+                             raw if isinstance(raw, bytes) else None, {}))
+                continue
+            if event is None:
+                ignored += 1
+                continue
+            if msg_id:
+                event.id = str(msg_id)
+            good.append((event, subject))
+        if dead:
+            await self.repo.dead_letters_many(dead)
+            self.metrics.dead_letters.labels(source).inc(len(dead))
+            self.stats["dead_letters"] += len(dead)
+            for _, subject, reason, raw, _ in dead:
+                log.warning("Dead letter from %s%s: %s (%d bytes)", source,
+                            f" {subject}" if subject else "", reason, len(raw or b""))
+        new_ids = await self.repo.record_events(good)
+        self.metrics.events_in.labels(source).inc(len(good))
+        states, seen = [], set()
+        duplicates = 0
+        for event, _ in good:
+            if event.id not in new_ids or event.id in seen:
+                duplicates += 1
+                continue
+            seen.add(event.id)
+            states.append(self._process(event))
+        self.metrics.events_dedup.inc(duplicates)
+        self.stats["events"] += len(states)
+        self.stats["duplicates"] += duplicates
+        await self.repo.set_event_states(states)
+        return {"accepted": len(states), "duplicates": duplicates, "dead_letters": len(dead),
+                "ignored": ignored}
+
+    def _process(self, event: Event, *, recovered: bool = False) -> tuple[str, str, str | None, str | None]:
+        """Rule base + correlation for one recorded event; return its state row.
+        Synchronous on purpose: a generation swap cannot happen in the middle of it."""
+        assert self.rulebase is not None and self.correlator is not None
+        if not recovered and not self.tracker.observe(event):
+            return (event.id, "duplicate", None, None)
+        hits = self.rulebase.process(event, now=time.time())
+        if not hits:
+            return (event.id, "unmatched", None, None)
+        hit = hits[0]
+        incident = self.correlator.add(hit)
+        outcome = "inhibited" if hit.inhibited_by else "hit"
+        self.metrics.hits.labels(hit.strategy.id, outcome).inc()
+        if incident is None:
+            return (event.id, "inhibited" if hit.inhibited_by else "unmatched", hit.strategy.id, None)
+        self._incidents.setdefault(incident.id, incident)
+        db_id = getattr(incident, "db_id", None)
+        if hit.inhibited_by:
+            self._spawn(self._add_counts(db_id or incident.id, inhibited={hit.strategy.id: event.count}))
+            return (event.id, "inhibited", hit.strategy.id, db_id or incident.id)
+        if incident.status == PENDING:
+            return (event.id, "pending", hit.strategy.id, None)
+        if incident.status == OPEN:
+            if db_id:
+                self._spawn(self._add_counts(db_id, late=event.count))
+            return (event.id, "attached", hit.strategy.id, db_id)
+        if db_id:
+            self._spawn(self._add_counts(db_id, suppressed=event.count))
+        return (event.id, "suppressed", hit.strategy.id, db_id)
+
+    async def _add_counts(self, incident_id: str, **counts: Any) -> None:
+        assert self.repo is not None
+        await self.repo.add_to_incident(incident_id, **counts)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed: %s", task.exception(), exc_info=task.exception())
+
+    async def _recover(self) -> None:
+        """Correlate again the hits that were pending when a replica stopped."""
+        assert self.repo is not None
+        rows = await self.repo.claim_pending_events(self.lease)
+        for row in rows:
+            payload = dict(row["payload"])
+            fields = {k: payload.get(k) for k in Event.__dataclass_fields__ if k in payload}
+            fields.setdefault("labels", {})
+            try:
+                event = Event(**fields)
+            except TypeError:
+                continue
+            self._process(event, recovered=True)
+        if rows:
+            log.info("Recovered %d pending event(s) into correlation", len(rows))
+
+    # ------------------------------------------------------------------ incidents
+
+    def _on_formed(self, incident: Incident) -> None:
+        self._spawn(self._open(incident))
+
+    async def _open(self, incident: Incident) -> None:
+        assert self.repo is not None and self.cache is not None and self.correlator is not None
+        sid, key = incident.strategy.id, incident.key_text
+        known, cooling = await self.cache.cooldown(sid, key)
+        if not known:
+            cooling = await self.repo.in_cooldown(sid, key)
+        if cooling:
+            incident.db_id = cooling  # type: ignore[attr-defined]
+            await self.repo.attach_events(incident.event_ids, cooling, "suppressed")
+            await self.repo.add_to_incident(cooling, suppressed=incident.events)
+            self.correlator.close(incident)
+            return
+        existing = await self.repo.open_incident(incident)
+        if existing is not None:
+            # Another replica holds this (strategy, key) open: its workflow covers these too.
+            incident.db_id = existing  # type: ignore[attr-defined]
+            await self.repo.attach_events(incident.event_ids, existing)
+            await self.repo.add_to_incident(existing, late=incident.events)
+            self.correlator.close(incident)
+            return
+        incident.db_id = incident.id  # type: ignore[attr-defined]
+        await self.repo.attach_events(incident.event_ids, incident.id)
+        incident.event_ids = []
+        self.metrics.incidents.labels(sid).inc()
+        self.stats["incidents"] += 1
+        await self._start_workflow(incident)
+
+    async def _start_workflow(self, incident: Incident) -> None:
+        assert self.rules is not None and self.runner is not None and self.repo is not None
+        workflow = await self.rules.workflow(incident.workflow_id)
+        if workflow is None or workflow.status != "active":
+            log.error("Incident %s: workflow %s is missing or not active; closing the incident",
+                      incident.id, incident.workflow_id, extra={"incident_id": incident.id})
+            await self._close(incident, None)
+            return
+        execution_id = f"exec-{uuid.uuid4().hex[:16]}"
+        await self.repo.set_incident_execution(incident.id, execution_id)
+        self.metrics.publish_to_start.observe(max(0.0, time.time() - incident.first_seen))
+        task = self.runner.submit(workflow, incident=incident.context(), events=incident.events_context(),
+                                  execution_id=execution_id, incident_id=incident.id)
+        self.metrics.executions_running.inc()
+        self.stats["executions"] += 1
+        task.add_done_callback(lambda t: self._spawn(self._execution_done(incident, t)))
+
+    async def _execution_done(self, incident: Incident | None, task: asyncio.Task,
+                              incident_id: str | None = None) -> None:
+        self.metrics.executions_running.dec()
+        if task.cancelled():
+            return       # shutdown: the execution stays running in the store, to resume
+        exc = task.exception()
+        execution: Execution | None = None if exc else task.result()
+        if execution is None or execution.status not in FINAL_EXECUTION:
+            return
+        self.metrics.executions.labels(execution.workflow_id, execution.status).inc()
+        await self._close(incident, execution, incident_id)
+
+    async def _close(self, incident: Incident | None, execution: Execution | None,
+                     incident_id: str | None = None) -> None:
+        assert self.repo is not None and self.cache is not None
+        if incident is not None:
+            await self.repo.close_incident(incident)
+            await self.cache.set_cooldown(incident.strategy.id, incident.key_text,
+                                          incident.strategy.correlation.cooldown, incident.id)
+            if self.correlator is not None:
+                self.correlator.close(incident)
+            self._incidents.pop(incident.id, None)
+        elif incident_id:
+            await self.repo.pool.execute("""
+                UPDATE incidents SET status = 'closed', closed_at = now(),
+                       cooldown_until = now() + make_interval(secs => 600)
+                WHERE id = $1 AND status = 'open'""", incident_id)
+
+    # ------------------------------------------------------------------ heartbeat, resume
+
+    async def _heartbeat_loop(self) -> None:
+        assert self.repo is not None and self.store is not None
+        while True:
+            try:
+                await self.repo.heartbeat(self._info())
+                await self._resume_orphans()
+                rows = await self.repo.claim_pending_events(self.lease)
+                if rows:
+                    await self._recover_rows(rows)
+                await self.cache.ping()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(max(0.5, self.lease / 3))
+
+    async def _recover_rows(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            fields = {k: row["payload"].get(k) for k in Event.__dataclass_fields__ if k in row["payload"]}
+            fields.setdefault("labels", {})
+            with contextlib.suppress(TypeError):
+                self._process(Event(**fields), recovered=True)
+
+    async def _resume_orphans(self) -> None:
+        assert self.store is not None and self.runner is not None and self.rules is not None
+        running = set(self.runner.running())
+        for execution_id in await self.store.claim_orphans():
+            if execution_id in running:
+                continue
+            execution = await self.store.load_execution(execution_id)
+            if execution is None or execution.status != "running":
+                continue
+            workflow = await self.rules.workflow(execution.workflow_id, execution.workflow_version)
+            if workflow is None:
+                log.error("Cannot resume execution %s: workflow %s version %d is gone", execution_id,
+                          execution.workflow_id, execution.workflow_version)
+                continue
+            log.info("Resuming workflow execution %s (workflow %s version %d)", execution_id,
+                     execution.workflow_id, execution.workflow_version, extra={"execution_id": execution_id})
+            task = self.runner.resume_loaded(execution, workflow)
+            self.metrics.executions_running.inc()
+            task.add_done_callback(
+                lambda t, iid=execution.incident_id: self._spawn(self._execution_done(
+                    self._incidents.get(iid or ""), t, iid)))
+
+    # ------------------------------------------------------------------ reloads
+
+    def request_reload(self, reason: str) -> None:
+        self._reload_reason = reason
+        self._reload_requested.set()
+
+    async def reload(self, reason: str = "api") -> bool:
+        assert self.rules is not None
+        return await self.rules.reload(reason)
+
+    def _on_reload(self, ok: bool, status: Any) -> None:
+        self.metrics.reloads.labels("ok" if ok else "invalid").inc()
+        self.metrics.rules_ok.set(1 if ok else 0)
+        self.metrics.rules_generation.set(status.generation)
+        if ok and self.cache is not None and self.rules is not None and self.rules.generation is not None:
+            gen = self.rules.generation
+            self._spawn(self.cache.publish_generation({
+                "generation": gen.number, "digest": gen.digest, "strategies": len(gen.strategies),
+                "workflows": len(gen.workflows), "replica": self.replica, "loaded_at": gen.loaded_at}))
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            await asyncio.sleep(0.05)      # coalesce a burst of triggers into one reload
+            self._reload_requested.clear()
+            try:
+                await self.reload(self._reload_reason or "request")
+            except Exception:
+                log.exception("rule reload failed")
+
+    async def _watch_loop(self) -> None:
+        assert self.rules is not None
+        from watchfiles import awatch
+
+        directory = self.rules.directory
+        if not directory.exists():
+            log.warning("rules directory %s does not exist: not watching it", directory)
+            await self._stop.wait()
+            return
+        async for _changes in awatch(directory, debounce=100, step=20, stop_event=self._stop,
+                                     recursive=True):
+            self.request_reload("file change")
+
+    async def _listen_loop(self) -> None:
+        """Rules changed through the API (any replica) reach every replica: LISTEN/NOTIFY,
+        with a poll as the fallback if the notification connection is lost."""
+        assert self.pool is not None
+        last = await self._rules_fingerprint()
+        conn = None
+        try:
+            while True:
+                if conn is None or conn.is_closed():
+                    try:
+                        conn = await self.pool.acquire()
+                        await conn.add_listener("aetherius_rules",
+                                                lambda *_: self.request_reload("database change"))
+                    except Exception as exc:
+                        log.warning("LISTEN aetherius_rules failed (%s); polling", exc)
+                        conn = None
+                await asyncio.sleep(10)
+                current = await self._rules_fingerprint()
+                if current != last:
+                    last = current
+                    self.request_reload("database change (poll)")
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await self.pool.release(conn)
+
+    async def _rules_fingerprint(self) -> tuple:
+        assert self.pool is not None
+        row = await self.pool.fetchrow("""
+            SELECT (SELECT count(*) FROM workflows) AS w, (SELECT max(updated_at) FROM workflows) AS wu,
+                   (SELECT count(*) FROM strategies) AS s, (SELECT max(updated_at) FROM strategies) AS su""")
+        return tuple(row.values())
+
+    async def _retention_loop(self) -> None:
+        assert self.repo is not None
+        while True:
+            await asyncio.sleep(3600)
+            try:
+                deleted = await self.repo.purge(self.retention)
+                if deleted:
+                    log.info("Retention: deleted %d old record(s)", deleted)
+            except Exception as exc:
+                log.warning("retention failed: %s", exc)
+
+    # ------------------------------------------------------------------ API
+
+    async def _api_loop(self) -> None:
+        import uvicorn
+
+        from engine.api import create_app
+
+        http = self.config.get("http") or {}
+        config = uvicorn.Config(create_app(self), host=http.get("host", "0.0.0.0"),
+                                port=int(http.get("port", 8081)), log_level="warning", access_log=False,
+                                lifespan="off")
+        server = uvicorn.Server(config)
+        server.capture_signals = contextlib.nullcontext   # the service owns SIGTERM/SIGINT
+        self.api_server = server
+        log.info("HTTP API on http://%s:%s/api/v1 (OpenAPI at /docs)", config.host, config.port)
+        await server.serve()
+
+    # ------------------------------------------------------------------ hooks
+
+    def _on_step(self, what: str, execution: Execution, run: StepRun) -> None:
+        if what == "step_finished" and run.started_at and run.finished_at:
+            self.metrics.step_seconds.labels(run.step_type, run.status).observe(
+                max(0.0, run.finished_at - run.started_at))
+
+    async def _limit(self, action: str, target: str) -> bool:
+        assert self.cache is not None
+        rem = self.config.get("remediation") or {}
+        limit = rem.get("rate_limit") or {}
+        return await self.cache.allow(f"{action}:{target}", int(limit.get("max", 3)),
+                                      parse_duration(limit.get("per", "1h")))
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "replica": self.replica, "ready": self.ready, "uptime_s": round(time.time() - self.started_at, 1),
+            "nats": {"mode": self.bus.mode if self.bus else None,
+                     "connected": bool(self.bus and self.bus.connected)},
+            "redis": "ok" if self.cache and self.cache.healthy else "degraded",
+            "rules": self.rules.status.as_dict() if self.rules else None,
+            "running_executions": len(self.runner.running()) if self.runner else 0,
+            "open_incidents": sum(1 for i in self._incidents.values() if i.status != CLOSED),
+            "stats": dict(self.stats),
+        }
+
+
+def _version() -> str:
+    from engine import __version__
+
+    return __version__
+
+
+async def serve(config: dict[str, Any]) -> int:
+    service = Service(config)
+    await service.run()
+    return 0
+
+
+__all__ = ["Service", "serve"]
