@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import signal
@@ -98,18 +97,11 @@ class Service:
     # ------------------------------------------------------------------ start
 
     async def start(self) -> None:
-        resolved = infra.resolve(self.config, self.data_dir)
-        if inspect.isawaitable(resolved):
-            resolved = await resolved
-        self.urls, self.embedded = resolved
-        if self.embedded is not None and hasattr(self.embedded, "start"):
-            started = self.embedded.start()
-            if inspect.isawaitable(started):
-                await started
-            self.urls, _ = infra.resolve(self.config, self.data_dir, servers=self.embedded) \
-                if "servers" in inspect.signature(infra.resolve).parameters else (self.urls, None)
-        log.info("Aetherius Orchestrator %s starting: replica %s; %s", _version(), self.replica,
-                 getattr(self.urls, "describe", lambda: str(self.urls))())
+        # Configured servers, or embedded ones started in the data directory (blocking: ~1 s).
+        self.urls, self.embedded = await asyncio.to_thread(infra.resolve, self.config, self.data_dir)
+        mode = "embedded" if self.embedded is not None else "external"
+        log.info("Aetherius Orchestrator %s starting (%s mode): replica %s; %s", _version(), mode,
+                 self.replica, self.urls.description)
         self.pool = await create_pool(self.urls.database_dsn, max_size=int(
             (self.config.get("database") or {}).get("pool_size", 10)))
         await migrate(self.pool)
@@ -215,9 +207,7 @@ class Service:
         if self.pool is not None:
             await self.pool.close()
         if self.embedded is not None:
-            stopped = self.embedded.stop()
-            if inspect.isawaitable(stopped):
-                await stopped
+            await asyncio.to_thread(self.embedded.stop)
         log.info("Aetherius Orchestrator stopped")
 
     # ------------------------------------------------------------------ intake
