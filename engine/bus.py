@@ -12,6 +12,7 @@ events in, and the service says loudly that events published while it is down ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -151,12 +152,16 @@ class Bus:
         self._stopping.set()
 
     async def close(self) -> None:
+        """Close the connection. What was fetched was recorded and acked by then; anything
+        else is redelivered (JetStream) to whichever replica asks next."""
         self.stop()
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
         if self.nc is not None and not self.nc.is_closed:
-            try:
-                await self.nc.drain()
-            except Exception:
-                await self.nc.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.flush(), 2)
+            await self.nc.close()
 
     @property
     def connected(self) -> bool:

@@ -49,8 +49,13 @@ class Cache:
 
     def _up(self) -> None:
         if not self.healthy:
-            log.info("Redis is available again")
+            log.info("Redis is available at %s", self._where())
         self.healthy = True
+
+    def _where(self) -> str:
+        from engine.infra import redact
+
+        return redact(self.url)
 
     async def ping(self) -> bool:
         if self.client is None:

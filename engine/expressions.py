@@ -198,7 +198,9 @@ class Expression:
         self._evaluator = evaluator
 
     def evaluate(self, names: Mapping[str, Any]) -> Any:
-        view = {k: _attribute_view(v) for k, v in names.items()}
+        # A name with no value yet (``analysis`` before any analysis ran) reads as missing,
+        # so ``analysis.summary`` is empty rather than an error.
+        view = {k: MISSING if v is None else _attribute_view(v) for k, v in names.items()}
         view.update(true=True, false=False, null=None)
         self._evaluator.names = view
         try:

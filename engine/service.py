@@ -119,6 +119,12 @@ class Service:
         self.correlator = Correlator(AsyncIOScheduler(asyncio.get_running_loop()), track_event_ids=True)
         self.correlator.formed.subscribe(on_next=self._on_formed)
         settings = Settings.from_config(self.config, live=True)
+        if not settings.agent_manager_url:
+            log.warning("agent_manager.url is not configured: command and remediation steps answer "
+                        "dry-run (set AETHERIUS_AGENT_MANAGER__URL)")
+        if settings.dry_run:
+            log.info("Remediation is in dry-run mode (remediation.dry_run: true): no change reaches "
+                     "the cluster")
         self.runner = WorkflowRunner(self.store, settings, http=make_client(), limiter=self._limit)
         self.runner.listeners.append(self._on_step)
         nats_cfg = self.config.get("nats") or {}
@@ -518,13 +524,16 @@ class Service:
         assert self.pool is not None
         last = await self._rules_fingerprint()
         conn = None
+
+        def notified(*_: Any) -> None:
+            self.request_reload("database change")
+
         try:
             while True:
                 if conn is None or conn.is_closed():
                     try:
                         conn = await self.pool.acquire()
-                        await conn.add_listener("aetherius_rules",
-                                                lambda *_: self.request_reload("database change"))
+                        await conn.add_listener("aetherius_rules", notified)
                     except Exception as exc:
                         log.warning("LISTEN aetherius_rules failed (%s); polling", exc)
                         conn = None
@@ -536,6 +545,7 @@ class Service:
         finally:
             if conn is not None:
                 with contextlib.suppress(Exception):
+                    await conn.remove_listener("aetherius_rules", notified)
                     await self.pool.release(conn)
 
     async def _rules_fingerprint(self) -> tuple:

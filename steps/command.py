@@ -95,7 +95,9 @@ class Command(Step):
             target.update({k: v for k, v in ctx.render(config.target.model_dump()).items() if v is not None})
         request = agent_request(ctx, config.tool, config.action, [str(a) for a in ctx.render(config.args)],
                                 target, config.cluster)
-        if not ctx.settings.live:
+        if not ctx.settings.live or not ctx.settings.agent_manager_url:
+            # Offline (replay, run without --live) or no agent-manager configured: say what
+            # would have run.
             return StepResult(output={"status": "dry_run", "exit_code": 0, "stdout": "", "stderr": "",
                                       "request": request})
         return StepResult(output=await call_agent_manager(ctx, request))

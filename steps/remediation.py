@@ -137,7 +137,7 @@ class Remediation(Step):
             if not await ctx.limiter(action, where):
                 raise NotAllowed(f"{action} on {where}: remediation rate limit reached "
                                  "(remediation.rate_limit); not applied")
-        if not ctx.settings.live:
+        if not ctx.settings.live or not ctx.settings.agent_manager_url:
             return StepResult(output={"status": "dry_run", "applied": False, "dry_run": True,
                                       "action": action, "request": request})
         ctx.log.info("Remediation %s on %s/%s (dry_run=%s, key=%s)", action, target.get("kind"),

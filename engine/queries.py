@@ -1,0 +1,257 @@
+"""The SQL behind the HTTP API (:mod:`engine.api`): reads of executions and incidents,
+and writes of workflows and strategies made through the API.
+
+The service's own records are in :mod:`engine.repo` and the runner's in
+:mod:`engine.pgstore`; this module only holds what the API alone needs. Lists are newest
+first and paginate by ``limit`` + ``offset`` or by a keyset cursor (``(time, id)`` of the
+last row of the previous page), which stays stable while new rows arrive.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+WORKFLOW_FIELDS = ("name", "description", "trigger_type", "trigger_config", "status", "priority", "timeout",
+                   "steps", "definition")
+STRATEGY_FIELDS = ("name", "category", "symptoms", "workflow_id", "priority", "enabled", "definition")
+
+EXECUTION_COLUMNS = """
+    id, workflow_id, workflow_version, incident_id, status, dry_run, error, started_at, finished_at,
+    (extract(epoch FROM duration) * 1000)::float8 AS duration_ms, owner"""
+STEP_COLUMNS = """
+    seq, step_id, step_type, parent, in_branch_of, status, attempts, output, error, error_kind, branch,
+    started_at, attempt_started_at, finished_at,
+    (extract(epoch FROM finished_at - started_at) * 1000)::float8 AS duration_ms"""
+INCIDENT_COLUMNS = """
+    id, strategy_id, key, status, severity, workflow_id, execution_id, namespace, workload, node, reason,
+    events, late, suppressed, inhibited, first_seen, last_seen, opened_at, closed_at, cooldown_until"""
+
+
+class BadCursor(ValueError):
+    """A pagination cursor that this API did not hand out."""
+
+
+def encode_cursor(at: datetime, ident: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([at.isoformat(), ident])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        at, ident = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(at), str(ident)
+    except (ValueError, TypeError) as exc:
+        raise BadCursor(f"invalid cursor: {exc}") from None
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """Query times without a zone are UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+@dataclass
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class _Where:
+    """Builds ``WHERE a = $1 AND ...`` with numbered arguments."""
+
+    def __init__(self) -> None:
+        self.clauses: list[str] = []
+        self.args: list[Any] = []
+
+    def add(self, template: str, *values: Any) -> None:
+        names = []
+        for value in values:
+            self.args.append(value)
+            names.append(f"${len(self.args)}")
+        self.clauses.append(template.format(*names))
+
+    def arg(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    @property
+    def sql(self) -> str:
+        return f"WHERE {' AND '.join(self.clauses)}" if self.clauses else ""
+
+
+class Queries:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("SELECT 1")
+
+    # ------------------------------------------------------------------ workflows
+
+    async def list_workflows(self, status: str | None = None, source: str | None = None) -> list[dict]:
+        where = _Where()
+        if status:
+            where.add("status = {}", status)
+        if source:
+            where.add("source = {}", source)
+        rows = await self.pool.fetch(f"""
+            SELECT id, name, description, status, trigger_type, priority, version, source, created_at,
+                   updated_at FROM workflows {where.sql} ORDER BY id""", *where.args)
+        return [dict(r) for r in rows]
+
+    async def get_workflow(self, workflow_id: str) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow("SELECT * FROM workflows WHERE id = $1", workflow_id)
+        return None if row is None else dict(row)
+
+    async def insert_workflow(self, workflow_id: str, values: dict[str, Any]) -> dict[str, Any] | None:
+        """Insert as ``source = 'api'``; None if the id is taken."""
+        row = await self.pool.fetchrow(f"""
+            INSERT INTO workflows (id, {", ".join(WORKFLOW_FIELDS)}, source)
+            VALUES ($1, {", ".join(f"${i}" for i in range(2, len(WORKFLOW_FIELDS) + 2))}, 'api')
+            ON CONFLICT (id) DO NOTHING RETURNING *""",
+            workflow_id, *(values[k] for k in WORKFLOW_FIELDS))
+        return None if row is None else dict(row)
+
+    async def update_workflow(self, workflow_id: str, values: dict[str, Any]) -> dict[str, Any] | None:
+        """Replace a workflow not defined in a rule file (its version is bumped by the
+        trigger when anything changed); None if there is no such row."""
+        sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(WORKFLOW_FIELDS, start=2))
+        row = await self.pool.fetchrow(
+            f"UPDATE workflows SET {sets} WHERE id = $1 AND source <> 'file' RETURNING *",
+            workflow_id, *(values[k] for k in WORKFLOW_FIELDS))
+        return None if row is None else dict(row)
+
+    async def delete_workflow(self, workflow_id: str) -> bool:
+        """Delete a workflow not defined in a rule file. Its versions stay in
+        ``workflow_versions``, so executions that pinned one still resume."""
+        deleted = await self.pool.fetchval(
+            "DELETE FROM workflows WHERE id = $1 AND source <> 'file' RETURNING id", workflow_id)
+        return deleted is not None
+
+    # ------------------------------------------------------------------ strategies
+
+    async def list_strategies(self, enabled: bool | None = None, source: str | None = None) -> list[dict]:
+        where = _Where()
+        if enabled is not None:
+            where.add("enabled = {}", enabled)
+        if source:
+            where.add("source = {}", source)
+        rows = await self.pool.fetch(f"""
+            SELECT id, name, category, workflow_id, priority, enabled, version, source, created_at,
+                   updated_at FROM strategies {where.sql} ORDER BY id""", *where.args)
+        return [dict(r) for r in rows]
+
+    async def get_strategy(self, strategy_id: str) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow("SELECT * FROM strategies WHERE id = $1", strategy_id)
+        return None if row is None else dict(row)
+
+    async def strategies_except(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Stored strategies whose id is not in ``ids`` (disabled ones, mostly)."""
+        rows = await self.pool.fetch("SELECT * FROM strategies WHERE NOT (id = ANY($1::text[])) ORDER BY id",
+                                     ids)
+        return [dict(r) for r in rows]
+
+    async def insert_strategy(self, strategy_id: str, values: dict[str, Any]) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(f"""
+            INSERT INTO strategies (id, {", ".join(STRATEGY_FIELDS)}, source)
+            VALUES ($1, {", ".join(f"${i}" for i in range(2, len(STRATEGY_FIELDS) + 2))}, 'api')
+            ON CONFLICT (id) DO NOTHING RETURNING *""",
+            strategy_id, *(values[k] for k in STRATEGY_FIELDS))
+        return None if row is None else dict(row)
+
+    async def update_strategy(self, strategy_id: str, values: dict[str, Any]) -> dict[str, Any] | None:
+        sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(STRATEGY_FIELDS, start=2))
+        row = await self.pool.fetchrow(
+            f"UPDATE strategies SET {sets} WHERE id = $1 AND source <> 'file' RETURNING *",
+            strategy_id, *(values[k] for k in STRATEGY_FIELDS))
+        return None if row is None else dict(row)
+
+    async def delete_strategy(self, strategy_id: str) -> bool:
+        deleted = await self.pool.fetchval(
+            "DELETE FROM strategies WHERE id = $1 AND source <> 'file' RETURNING id", strategy_id)
+        return deleted is not None
+
+    # ------------------------------------------------------------------ executions
+
+    async def list_executions(self, *, workflow_id: str | None = None, status: str | None = None,
+                              incident_id: str | None = None, since: datetime | None = None,
+                              until: datetime | None = None, limit: int = 50, offset: int = 0,
+                              cursor: str | None = None) -> Page:
+        where = _Where()
+        for column, value in (("workflow_id", workflow_id), ("status", status), ("incident_id", incident_id)):
+            if value is not None:
+                where.add(f"{column} = {{}}", value)
+        if since is not None:
+            where.add("started_at >= {}", aware(since))
+        if until is not None:
+            where.add("started_at < {}", aware(until))
+        if cursor:
+            at, ident = decode_cursor(cursor)
+            where.add("(started_at, id) < ({}, {})", at, ident)
+            offset = 0
+        rows = await self.pool.fetch(f"""
+            SELECT {EXECUTION_COLUMNS} FROM workflow_executions {where.sql}
+            ORDER BY started_at DESC, id DESC LIMIT {where.arg(limit + 1)} OFFSET {where.arg(offset)}""",
+            *where.args)
+        items = [dict(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return Page(items, encode_cursor(items[-1]["started_at"], items[-1]["id"]) if more else None)
+
+    async def get_execution(self, execution_id: str) -> dict[str, Any] | None:
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(f"SELECT {EXECUTION_COLUMNS}, context FROM workflow_executions "
+                                      "WHERE id = $1", execution_id)
+            if row is None:
+                return None
+            steps = await conn.fetch(f"SELECT {STEP_COLUMNS} FROM step_executions WHERE execution_id = $1 "
+                                     "ORDER BY seq", execution_id)
+        return {**dict(row), "steps": [dict(s) for s in steps]}
+
+    async def execution_status(self, execution_id: str) -> dict[str, Any] | None:
+        """{status, owner (the replica), dry_run}, or None if there is no such execution."""
+        row = await self.pool.fetchrow("SELECT status, owner, dry_run FROM workflow_executions WHERE id = $1",
+                                       execution_id)
+        return None if row is None else dict(row)
+
+    # ------------------------------------------------------------------ incidents
+
+    async def list_incidents(self, *, strategy_id: str | None = None, status: str | None = None,
+                             namespace: str | None = None, workflow_id: str | None = None,
+                             since: datetime | None = None, limit: int = 50, offset: int = 0,
+                             cursor: str | None = None) -> Page:
+        where = _Where()
+        for column, value in (("strategy_id", strategy_id), ("status", status), ("namespace", namespace),
+                              ("workflow_id", workflow_id)):
+            if value is not None:
+                where.add(f"{column} = {{}}", value)
+        if since is not None:
+            where.add("opened_at >= {}", aware(since))
+        if cursor:
+            at, ident = decode_cursor(cursor)
+            where.add("(opened_at, id) < ({}, {})", at, ident)
+            offset = 0
+        rows = await self.pool.fetch(f"""
+            SELECT {INCIDENT_COLUMNS} FROM incidents {where.sql}
+            ORDER BY opened_at DESC, id DESC LIMIT {where.arg(limit + 1)} OFFSET {where.arg(offset)}""",
+            *where.args)
+        items = [dict(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return Page(items, encode_cursor(items[-1]["opened_at"], items[-1]["id"]) if more else None)
+
+    async def get_incident(self, incident_id: str) -> dict[str, Any] | None:
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(f"SELECT {INCIDENT_COLUMNS}, context FROM incidents WHERE id = $1",
+                                      incident_id)
+            if row is None:
+                return None
+            counts = await conn.fetch(
+                "SELECT state, count(*) AS n FROM events WHERE incident_id = $1 GROUP BY state"
+                " ORDER BY state",
+                incident_id)
+        return {**dict(row), "event_states": {r["state"]: r["n"] for r in counts}}
