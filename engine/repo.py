@@ -64,17 +64,19 @@ class Repository:
                 "UPDATE events SET state = $3, incident_id = $2 WHERE id = ANY($1::text[])",
                 event_ids, incident_id, state)
 
-    async def claim_pending_events(self, lease_seconds: float) -> list[dict[str, Any]]:
-        """Pending hits whose replica is gone (or is this one, restarted): to correlate again."""
+    async def claim_pending_events(self, lease_seconds: float, *, own: bool) -> list[dict[str, Any]]:
+        """Events to correlate again: hits still pending, and events recorded but never
+        processed ('received'), of replicas that are gone; with ``own``, also this
+        replica's from before it restarted (call that only at start-up)."""
         rows = await self.pool.fetch("""
             UPDATE events e SET owner = $1
             WHERE e.state IN ('pending', 'received') AND (
-                e.owner IS NULL OR e.owner = $1 OR NOT EXISTS (
+                ($3 AND (e.owner IS NULL OR e.owner = $1)) OR (e.owner <> $1 AND NOT EXISTS (
                     SELECT 1 FROM replicas r WHERE r.id = e.owner
-                    AND r.heartbeat_at > now() - make_interval(secs => $2::float8)))
-            RETURNING e.id, e.payload, e.received_at""", self.replica, lease_seconds)
-        return sorted(({"id": r["id"], "payload": r["payload"], "received_at": r["received_at"]}
-                       for r in rows), key=lambda r: r["received_at"])
+                    AND r.heartbeat_at > now() - make_interval(secs => $2::float8))))
+            RETURNING e.id, e.payload, e.received_at, e.state""", self.replica, lease_seconds, own)
+        return sorted(({"id": r["id"], "payload": r["payload"], "received_at": r["received_at"],
+                        "state": r["state"]} for r in rows), key=lambda r: r["received_at"])
 
     async def dead_letter(self, source: str, subject: str | None, reason: str, raw: bytes | None,
                           headers: dict[str, Any] | None = None) -> None:

@@ -108,7 +108,8 @@ class Service:
         self.repo = Repository(self.pool, self.replica)
         self.store = PostgresStore(self.pool, self.replica, self.lease)
         self.store.writer.start()
-        self.cache = Cache(self.urls.redis_url)
+        redis_prefix = (self.config.get("redis") or {}).get("prefix", "aetherius:")
+        self.cache = Cache(self.urls.redis_url, prefix=redis_prefix)
         await self.cache.ping()
         self.rulebase = RuleBase([])
         rules_dir = (self.config.get("rules") or {}).get("dir", "rules")
@@ -336,20 +337,28 @@ class Service:
             log.error("background task failed: %s", task.exception(), exc_info=task.exception())
 
     async def _recover(self) -> None:
-        """Correlate again the hits that were pending when a replica stopped."""
+        """Correlate again what this replica held when it stopped (start-up only)."""
         assert self.repo is not None
-        rows = await self.repo.claim_pending_events(self.lease)
+        rows = await self.repo.claim_pending_events(self.lease, own=True)
+        await self._recover_rows(rows)
+        if rows:
+            log.info("Recovered %d event(s) recorded before a stop into correlation", len(rows))
+
+    async def _recover_rows(self, rows: list[dict[str, Any]]) -> None:
+        assert self.repo is not None
+        states = []
         for row in rows:
-            payload = dict(row["payload"])
+            payload = row["payload"]
             fields = {k: payload.get(k) for k in Event.__dataclass_fields__ if k in payload}
             fields.setdefault("labels", {})
             try:
                 event = Event(**fields)
             except TypeError:
+                states.append((row["id"], "unmatched", None, None))
                 continue
-            self._process(event, recovered=True)
-        if rows:
-            log.info("Recovered %d pending event(s) into correlation", len(rows))
+            # Recorded but never processed: its occurrences count as the tracker would have.
+            states.append(self._process(event, recovered=row.get("state") == "pending"))
+        await self.repo.set_event_states(states)
 
     # ------------------------------------------------------------------ incidents
 
@@ -436,8 +445,9 @@ class Service:
             try:
                 await self.repo.heartbeat(self._info())
                 await self._resume_orphans()
-                rows = await self.repo.claim_pending_events(self.lease)
+                rows = await self.repo.claim_pending_events(self.lease, own=False)
                 if rows:
+                    log.info("Taking over %d event(s) of a replica that stopped", len(rows))
                     await self._recover_rows(rows)
                 await self.cache.ping()
             except asyncio.CancelledError:
@@ -445,13 +455,6 @@ class Service:
             except Exception as exc:
                 log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
             await asyncio.sleep(max(0.5, self.lease / 3))
-
-    async def _recover_rows(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            fields = {k: row["payload"].get(k) for k in Event.__dataclass_fields__ if k in row["payload"]}
-            fields.setdefault("labels", {})
-            with contextlib.suppress(TypeError):
-                self._process(Event(**fields), recovered=True)
 
     async def _resume_orphans(self) -> None:
         assert self.store is not None and self.runner is not None and self.rules is not None

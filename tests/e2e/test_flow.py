@@ -1,0 +1,121 @@
+"""The whole path, with the service as a process: NATS -> incident -> workflow -> Slack -> API."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.e2e.harness import ServiceProcess
+from tests.standins import AgentManager, ReasoningService, Slack
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+@pytest.fixture
+def standins():
+    agent, reasoning, slack = AgentManager().start(), ReasoningService("OOM").start(), Slack().start()
+    yield agent, reasoning, slack
+    for s in (agent, reasoning, slack):
+        s.stop()
+
+
+@pytest.fixture
+def service(tmp_path, pg_dsn, redis_url, redis_prefix, nats_url, nats_prefix, standins):
+    agent, reasoning, slack = standins
+    proc = ServiceProcess(tmp_path, pg_dsn=pg_dsn, redis_url=redis_url, redis_prefix=redis_prefix,
+                          nats_url=nats_url, nats_prefix=nats_prefix, agent_manager=agent.url,
+                          reasoning=reasoning.url, slack=f"{slack.url}/services/T000/B000/secret")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def _sql(dsn: str, query: str, *args):
+    import asyncio
+
+    async def go():
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [dict(r) for r in await conn.fetch(query, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def test_sample_events_become_incidents_workflows_and_slack_messages(service, standins, pg_dsn):
+    agent, _reasoning, slack = standins
+    lines = (FIXTURES / "watch-stream.jsonl").read_bytes().splitlines()
+    envelope = (FIXTURES / "agent-manager-envelope.json").read_bytes()
+    acks = service.publish([*lines, envelope])
+    assert not [a for a in acks if isinstance(a, Exception)]
+
+    # Four incidents: the crash loop in blog, the node, the PVC, and agent-manager's envelope.
+    # Three close when their workflows end; the node's waits two minutes before rechecking.
+    service.wait_for(lambda: len(_sql(pg_dsn, "SELECT id FROM incidents WHERE status = 'closed'")) >= 3)
+    incidents = _sql(pg_dsn, "SELECT * FROM incidents")
+    assert len(incidents) == 4, [(i["strategy_id"], i["key"], i["events"], i["status"]) for i in incidents]
+    keys = {(i["strategy_id"], i["key"]) for i in incidents}
+    assert ("pod_crashloop", "blog/web") in keys
+    assert ("pod_crashloop", "shop/checkout") in keys
+    assert ("node_not_ready", "node-3") in keys
+    assert ("pvc_pending", "data/data-db-0") in keys
+    crash = next(i for i in incidents if i["key"] == "blog/web")
+    assert crash["events"] == 4          # 1 + 1 + (3 - 1); the exact duplicate counts once
+
+    # The seed's queries, as written.
+    executions = _sql(pg_dsn, "SELECT id, workflow_id, status, started_at, duration FROM workflow_executions "
+                              "ORDER BY started_at DESC LIMIT 10;")
+    assert len(executions) == 4
+    by_workflow = {e["workflow_id"]: e for e in executions}
+    assert by_workflow["diagnose_node_not_ready"]["status"] == "running"   # in its wait step
+    finished = [e for e in executions if e["workflow_id"] != "diagnose_node_not_ready"]
+    assert all(e["status"] in ("succeeded", "failed") and e["duration"] is not None for e in finished)
+    # Only the OOM answer led to a change, applied once per idempotency key.
+    assert sum(agent.applied.values()) == 2 and set(agent.applied.values()) == {1}
+    assert _sql(pg_dsn, "SELECT id, name, category, priority FROM strategies WHERE enabled = true;")
+
+    # Slack heard about each incident, with a link back to the execution.
+    messages = service.wait_for(lambda: len(slack.messages) >= 3 and slack.messages)
+    assert any("Pod 问题已自动修复" in m and "OOM" in m for m in messages)
+    assert all("/api/v1/executions/exec-" in m for m in messages)
+    # The webhook URL is a secret: never in the log.
+    assert "secret" not in service.log()
+
+    # The API shows it all.
+    crash_exec = crash["execution_id"]
+    detail = service.get(f"/api/v1/executions/{crash_exec}")
+    assert [s["step_id"] if "step_id" in s else s["id"] for s in detail["steps"]][:2] == [
+        "collect_logs", "check_resources"]
+    listed = service.get("/api/v1/incidents")
+    items = listed["items"] if isinstance(listed, dict) else listed
+    assert {i["id"] for i in items} >= {i["id"] for i in incidents}
+    metrics = service.get("/metrics")
+    assert "aetherius_incidents_opened_total" in metrics
+
+    # The seed's log words, with ids to follow one incident with grep.
+    log = service.log()
+    assert "Strategy matched" in log and "Workflow execution" in log and "Executing command step" in log
+    assert f"incident={crash['id']}" in log or f"incident_id={crash['id']}" in log
+
+
+def test_sigterm_exits_zero_and_leaves_nothing_unrecorded(service, pg_dsn):
+    lines = (FIXTURES / "watch-stream.jsonl").read_bytes().splitlines()
+    service.publish(lines)
+    service.wait_for(lambda: len(_sql(pg_dsn, "SELECT id FROM events")) >= 6)
+    assert service.stop(signal.SIGTERM) == 0
+    events = _sql(pg_dsn, "SELECT id, state FROM events")
+    assert len(events) == 6
+    assert all(e["state"] != "received" for e in events), events
+    assert "Aetherius Orchestrator stopped" in Path(service.log_path).read_text()
+
+
+def test_http_events_go_the_same_way(service, pg_dsn):
+    body = json.loads((FIXTURES / "core-v1-backoff.json").read_text())
+    response = service.post("/api/v1/events", body)
+    assert response.status_code == 202, response.text
+    service.wait_for(lambda: _sql(pg_dsn, "SELECT id FROM incidents WHERE key = 'shop/checkout'"))
