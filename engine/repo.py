@@ -30,22 +30,31 @@ class Repository:
 
     # ------------------------------------------------------------------ events
 
-    async def record_events(self, events: list[tuple[Event, str | None]]) -> set[str]:
-        """Insert (event, subject) rows as ``received``; return the ids that were new
-        (the others are duplicates: the same id was recorded before, by any replica)."""
-        if not events:
+    async def record_events(self, rows: list[tuple[Event, str | None, tuple]]) -> set[str]:
+        """Insert (event, subject, (state, strategy id, incident id)) rows; return the ids
+        that were new (the others were recorded before, by any replica)."""
+        if not rows:
             return set()
-        rows = await self.pool.fetch("""
-            INSERT INTO events (id, source, subject, kind, namespace, name, reason, state, owner, payload)
+        cols: list[list[Any]] = [[] for _ in range(12)]
+        for event, subject, (state, strategy_id, incident_id) in rows:
+            for i, value in enumerate((
+                    event.id, event.source, subject, event.kind, event.namespace, event.name, event.reason,
+                    state, self.replica, strategy_id, incident_id,
+                    {**event.to_dict(), "watch_type": event.watch_type})):
+                cols[i].append(value)
+        inserted = await self.pool.fetch("""
+            INSERT INTO events (id, source, subject, kind, namespace, name, reason, state, owner,
+                                strategy_id, incident_id, payload)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                 $7::text[], $8::text[], $9::text[], $10::jsonb[])
+                                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::jsonb[])
             ON CONFLICT (id) DO NOTHING
-            RETURNING id""",
-            [e.id for e, _ in events], [e.source for e, _ in events], [s for _, s in events],
-            [e.kind for e, _ in events], [e.namespace for e, _ in events], [e.name for e, _ in events],
-            [e.reason for e, _ in events], ["received"] * len(events), [self.replica] * len(events),
-            [{**e.to_dict(), "watch_type": e.watch_type} for e, _ in events])
-        return {r["id"] for r in rows}
+            RETURNING id""", *cols)
+        return {r["id"] for r in inserted}
+
+    async def recent_event_ids(self, seconds: float) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT id FROM events WHERE received_at > now() - make_interval(secs => $1::float8)", seconds)
+        return [r["id"] for r in rows]
 
     async def set_event_states(self, states: list[tuple[str, str, str | None, str | None]]) -> None:
         """(event id, state, strategy id, incident id) for each event."""
@@ -92,22 +101,29 @@ class Repository:
 
     # ------------------------------------------------------------------ incidents
 
-    async def open_incident(self, incident: Incident) -> str | None:
-        """Insert the incident as open. Returns None if it was inserted, or the id of the
-        incident already open for the same (strategy, key) on another replica."""
+    async def open_incident(self, incident: Incident, execution_id: str | None = None,
+                            event_ids: list[str] | None = None) -> str | None:
+        """Insert the incident as open and attach its events, in one statement. Returns
+        None if it was inserted, or the id of the incident already open for the same
+        (strategy, key) on another replica (then nothing is attached)."""
         s = incident.summary()
         async with self.pool.acquire() as conn:
             inserted = await conn.fetchval("""
-                INSERT INTO incidents (id, strategy_id, key, status, severity, workflow_id, namespace,
-                                       workload, node, reason, events, inhibited, context, first_seen,
-                                       last_seen)
-                VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-                ON CONFLICT (strategy_id, key) WHERE status = 'open' DO NOTHING
-                RETURNING id""",
+                WITH opened AS (
+                    INSERT INTO incidents (id, strategy_id, key, status, severity, workflow_id, namespace,
+                                           workload, node, reason, events, inhibited, context, first_seen,
+                                           last_seen, execution_id)
+                    VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                    ON CONFLICT (strategy_id, key) WHERE status = 'open' DO NOTHING
+                    RETURNING id),
+                attached AS (
+                    UPDATE events SET state = 'attached', incident_id = (SELECT id FROM opened)
+                    WHERE id = ANY($16::text[]) AND EXISTS (SELECT 1 FROM opened))
+                SELECT id FROM opened""",
                 incident.id, incident.strategy.id, incident.key_text, incident.strategy.severity,
                 incident.workflow_id, s["namespace"], s["workload"], s["node"], s["reason"],
                 incident.events, incident.inhibited, incident.context(), _ts(incident.first_seen),
-                _ts(incident.last_seen))
+                _ts(incident.last_seen), execution_id, event_ids or [])
             if inserted is not None:
                 return None
             return await conn.fetchval(

@@ -29,6 +29,7 @@ import signal
 import socket
 import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,8 @@ class Service:
         self._stopped = False
         self._tasks: set[asyncio.Task] = set()
         self._incidents: dict[str, Incident] = {}          # local incident id -> incident
+        self._recent: OrderedDict[str, None] = OrderedDict()  # ids seen lately (dedup)
+        self._record_lock = asyncio.Lock()   # incidents attach events only once recorded
         self._reload_requested = asyncio.Event()
         self._reload_reason = ""
         self.api_server: Any = None
@@ -136,6 +139,9 @@ class Service:
                        batch=int(nats_cfg.get("batch", 256)),
                        ack_wait=_seconds(nats_cfg, "ack_wait", 30.0))
         await self.bus.connect()
+        # Messages recorded just before a stop may be redelivered: know their ids.
+        for event_id in await self.repo.recent_event_ids(max(120.0, 4 * self.bus.ack_wait)):
+            self._remember_id(event_id)
         await self.repo.heartbeat(self._info())
         await self._recover()
         self.ready = True
@@ -235,9 +241,12 @@ class Service:
 
     async def ingest(self, items: list[tuple[Any, str | None, str | None, dict]],
                      source: str) -> dict[str, int]:
-        """(raw bytes or decoded JSON, subject, message id, headers) -> recorded and processed.
+        """(raw bytes or decoded JSON, subject, message id, headers) -> processed and recorded.
 
-        Returns counts: accepted, duplicates, dead_letters, ignored."""
+        Duplicates are dropped by id (in memory for recent ids, and by the table's primary
+        key across replicas and restarts); each new event goes through the rule base and
+        the correlator, and the batch is recorded, with where each event went, in one
+        statement. Returns counts: accepted, duplicates, dead_letters, ignored."""
         assert self.repo is not None
         good: list[tuple[Event, str | None]] = []
         dead: list[tuple[str, str | None, str, bytes | None, dict]] = []
@@ -275,56 +284,73 @@ class Service:
             for _, subject, reason, raw, _ in dead:
                 log.warning("Dead letter from %s%s: %s (%d bytes)", source,
                             f" {subject}" if subject else "", reason, len(raw or b""))
-        new_ids = await self.repo.record_events(good)
         self.metrics.events_in.labels(source).inc(len(good))
-        states, seen = [], set()
+        rows: list[tuple[Event, str | None, tuple]] = []
+        counts: dict[str, dict[str, Any]] = {}
         duplicates = 0
-        for event, _ in good:
-            if event.id not in new_ids or event.id in seen:
+        for event, subject in good:
+            if event.id in self._recent:
                 duplicates += 1
                 continue
-            seen.add(event.id)
-            states.append(self._process(event))
+            self._remember_id(event.id)
+            state = self._process(event, counts)
+            rows.append((event, subject, state))
+        async with self._record_lock:
+            recorded = await self.repo.record_events(rows)
+        # Recorded before by another replica (or before a restart): not counted again here.
+        duplicates += len(rows) - len(recorded)
+        for incident_id, delta in counts.items():
+            self._spawn(self.repo.add_to_incident(incident_id, **delta))
         self.metrics.events_dedup.inc(duplicates)
-        self.stats["events"] += len(states)
+        self.stats["events"] += len(recorded)
         self.stats["duplicates"] += duplicates
-        await self.repo.set_event_states(states)
-        return {"accepted": len(states), "duplicates": duplicates, "dead_letters": len(dead),
+        return {"accepted": len(recorded), "duplicates": duplicates, "dead_letters": len(dead),
                 "ignored": ignored}
 
-    def _process(self, event: Event, *, recovered: bool = False) -> tuple[str, str, str | None, str | None]:
-        """Rule base + correlation for one recorded event; return its state row.
-        Synchronous on purpose: a generation swap cannot happen in the middle of it."""
+    def _remember_id(self, event_id: str) -> None:
+        self._recent[event_id] = None
+        if len(self._recent) > 200_000:
+            self._recent.popitem(last=False)
+
+    def _process(self, event: Event, counts: dict[str, dict[str, Any]] | None = None, *,
+                 recovered: bool = False) -> tuple[str, str | None, str | None]:
+        """Rule base + correlation for one event; return (state, strategy id, incident id).
+        Synchronous on purpose: a generation swap cannot happen in the middle of it.
+        Counts for incidents already in the database are added to ``counts``."""
         assert self.rulebase is not None and self.correlator is not None
         if not recovered and not self.tracker.observe(event):
-            return (event.id, "duplicate", None, None)
+            return ("duplicate", None, None)
         hits = self.rulebase.process(event, now=time.time())
         if not hits:
-            return (event.id, "unmatched", None, None)
+            return ("unmatched", None, None)
         hit = hits[0]
         incident = self.correlator.add(hit)
-        outcome = "inhibited" if hit.inhibited_by else "hit"
-        self.metrics.hits.labels(hit.strategy.id, outcome).inc()
+        self.metrics.hits.labels(hit.strategy.id, "inhibited" if hit.inhibited_by else "hit").inc()
         if incident is None:
-            return (event.id, "inhibited" if hit.inhibited_by else "unmatched", hit.strategy.id, None)
+            return ("inhibited" if hit.inhibited_by else "unmatched", hit.strategy.id, None)
         self._incidents.setdefault(incident.id, incident)
         db_id = getattr(incident, "db_id", None)
-        if hit.inhibited_by:
-            self._spawn(self._add_counts(db_id or incident.id, inhibited={hit.strategy.id: event.count}))
-            return (event.id, "inhibited", hit.strategy.id, db_id or incident.id)
-        if incident.status == PENDING:
-            return (event.id, "pending", hit.strategy.id, None)
-        if incident.status == OPEN:
-            if db_id:
-                self._spawn(self._add_counts(db_id, late=event.count))
-            return (event.id, "attached", hit.strategy.id, db_id)
-        if db_id:
-            self._spawn(self._add_counts(db_id, suppressed=event.count))
-        return (event.id, "suppressed", hit.strategy.id, db_id)
 
-    async def _add_counts(self, incident_id: str, **counts: Any) -> None:
-        assert self.repo is not None
-        await self.repo.add_to_incident(incident_id, **counts)
+        def add(field: str, value: Any) -> None:
+            if db_id is None or counts is None:
+                return
+            delta = counts.setdefault(db_id, {})
+            if field == "inhibited":
+                covered = delta.setdefault("inhibited", {})
+                covered[hit.strategy.id] = covered.get(hit.strategy.id, 0) + value
+            else:
+                delta[field] = delta.get(field, 0) + value
+
+        if hit.inhibited_by:
+            add("inhibited", event.count)
+            return ("inhibited", hit.strategy.id, db_id or incident.id)
+        if incident.status == PENDING:
+            return ("pending", hit.strategy.id, None)
+        if incident.status == OPEN:
+            add("late", event.count)
+            return ("attached", hit.strategy.id, db_id)
+        add("suppressed", event.count)
+        return ("suppressed", hit.strategy.id, db_id)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -356,8 +382,10 @@ class Service:
             except TypeError:
                 states.append((row["id"], "unmatched", None, None))
                 continue
+            self._remember_id(event.id)
             # Recorded but never processed: its occurrences count as the tracker would have.
-            states.append(self._process(event, recovered=row.get("state") == "pending"))
+            state = self._process(event, recovered=row.get("state") == "pending")
+            states.append((row["id"], *state))
         await self.repo.set_event_states(states)
 
     # ------------------------------------------------------------------ incidents
@@ -367,6 +395,7 @@ class Service:
 
     async def _open(self, incident: Incident) -> None:
         assert self.repo is not None and self.cache is not None and self.correlator is not None
+        assert self.rules is not None
         sid, key = incident.strategy.id, incident.key_text
         known, cooling = await self.cache.cooldown(sid, key)
         if not known:
@@ -377,7 +406,11 @@ class Service:
             await self.repo.add_to_incident(cooling, suppressed=incident.events)
             self.correlator.close(incident)
             return
-        existing = await self.repo.open_incident(incident)
+        workflow = await self.rules.workflow(incident.workflow_id)
+        runnable = workflow is not None and workflow.status == "active"
+        execution_id = f"exec-{uuid.uuid4().hex[:16]}" if runnable else None
+        async with self._record_lock:   # the batch holding its last events is recorded
+            existing = await self.repo.open_incident(incident, execution_id, incident.event_ids)
         if existing is not None:
             # Another replica holds this (strategy, key) open: its workflow covers these too.
             incident.db_id = existing  # type: ignore[attr-defined]
@@ -386,22 +419,18 @@ class Service:
             self.correlator.close(incident)
             return
         incident.db_id = incident.id  # type: ignore[attr-defined]
-        await self.repo.attach_events(incident.event_ids, incident.id)
         incident.event_ids = []
         self.metrics.incidents.labels(sid).inc()
         self.stats["incidents"] += 1
-        await self._start_workflow(incident)
-
-    async def _start_workflow(self, incident: Incident) -> None:
-        assert self.rules is not None and self.runner is not None and self.repo is not None
-        workflow = await self.rules.workflow(incident.workflow_id)
-        if workflow is None or workflow.status != "active":
+        if workflow is None or execution_id is None:
             log.error("Incident %s: workflow %s is missing or not active; closing the incident",
                       incident.id, incident.workflow_id, extra={"incident_id": incident.id})
             await self._close(incident, None)
             return
-        execution_id = f"exec-{uuid.uuid4().hex[:16]}"
-        await self.repo.set_incident_execution(incident.id, execution_id)
+        self._start_workflow(incident, workflow, execution_id)
+
+    def _start_workflow(self, incident: Incident, workflow: Any, execution_id: str) -> None:
+        assert self.runner is not None
         self.metrics.publish_to_start.observe(max(0.0, time.time() - incident.first_seen))
         task = self.runner.submit(workflow, incident=incident.context(), events=incident.events_context(),
                                   execution_id=execution_id, incident_id=incident.id)
