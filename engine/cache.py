@@ -128,12 +128,11 @@ class Cache:
         key = f"{self.prefix}rate:{name}"
         if self.client is not None:
             try:
-                pipe = self.client.pipeline()
-                pipe.incr(key)
-                pipe.pexpire(key, int(window * 1000), nx=True)
-                count, _ = await pipe.execute()
+                count = int(await self.client.incr(key))
+                if count == 1:   # the window starts with its first use (works on Redis 6 too)
+                    await self.client.pexpire(key, int(window * 1000))
                 self._up()
-                return int(count) <= limit
+                return count <= limit
             except (RedisError, OSError) as exc:
                 self._down(exc, "remediation rate limits")
         now = time.time()

@@ -173,17 +173,18 @@ class PostgresStore:
 
     # ------------------------------------------------------------------ ownership
 
-    async def claim_orphans(self, limit: int = 100) -> list[str]:
+    async def claim_orphans(self, running_here: list[str], limit: int = 100) -> list[str]:
         """Take over running executions whose replica stopped its heartbeat (or that were
-        this replica's before it restarted). Each is claimed by exactly one replica."""
+        this replica's before it restarted), except those this process is running. Each
+        is claimed by exactly one replica."""
         rows = await self.pool.fetch("""
             UPDATE workflow_executions SET owner = $1
             WHERE id IN (
                 SELECT e.id FROM workflow_executions e
-                WHERE e.status = 'running' AND (
+                WHERE e.status = 'running' AND NOT (e.id = ANY($4::text[])) AND (
                     e.owner IS NULL OR e.owner = $1 OR NOT EXISTS (
                         SELECT 1 FROM replicas r WHERE r.id = e.owner
                         AND r.heartbeat_at > now() - make_interval(secs => $2::float8)))
                 ORDER BY e.started_at LIMIT $3 FOR UPDATE SKIP LOCKED)
-            RETURNING id""", self.owner, self.lease_seconds, limit)
+            RETURNING id""", self.owner, self.lease_seconds, limit, running_here)
         return [r["id"] for r in rows]

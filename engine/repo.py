@@ -6,7 +6,6 @@ Queries for the HTTP API live here too, so the SQL of the service is in one plac
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -130,6 +129,31 @@ class Repository:
                 "SELECT id FROM incidents WHERE strategy_id = $1 AND key = $2 AND status = 'open'",
                 incident.strategy.id, incident.key_text)
 
+    async def claim_incidents_without_execution(self, lease_seconds: float) -> list[dict[str, Any]]:
+        """Open incidents whose execution was never recorded (the replica that opened them
+        died in between), older than the lease: each is claimed by one replica, with a new
+        execution id, to start its workflow."""
+        rows = await self.pool.fetch("""
+            UPDATE incidents i SET execution_id = 'exec-' || substr(md5(random()::text), 1, 16)
+            WHERE i.id IN (
+                SELECT c.id FROM incidents c
+                WHERE c.status = 'open' AND c.opened_at < now() - make_interval(secs => $1::float8)
+                AND NOT EXISTS (SELECT 1 FROM workflow_executions e WHERE e.id = c.execution_id)
+                ORDER BY c.opened_at LIMIT 100 FOR UPDATE SKIP LOCKED)
+            RETURNING i.id, i.strategy_id, i.key, i.workflow_id, i.execution_id, i.context""",
+            lease_seconds)
+        return [dict(r) for r in rows]
+
+    async def close_incident_by_id(self, incident_id: str, cooldown: float) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow("""
+            UPDATE incidents SET status = 'closed', closed_at = now(),
+                   cooldown_until = now() + make_interval(secs => $2::float8)
+            WHERE id = $1 AND status = 'open' RETURNING strategy_id, key""", incident_id, cooldown)
+        return dict(row) if row else None
+
+    async def incident_strategy(self, incident_id: str) -> str | None:
+        return await self.pool.fetchval("SELECT strategy_id FROM incidents WHERE id = $1", incident_id)
+
     async def in_cooldown(self, strategy_id: str, key: str) -> str | None:
         """The id of a closed incident whose cooldown still runs for this key, if any."""
         return await self.pool.fetchval("""
@@ -146,7 +170,7 @@ class Repository:
                            UNION ALL SELECT * FROM jsonb_each_text($5::jsonb)) AS both_(k, v)
                        GROUP BY k) AS summed),
                    last_seen = now()
-            WHERE id = $1""", incident_id, events, late, suppressed, json.dumps(inhibited or {}))
+            WHERE id = $1""", incident_id, events, late, suppressed, inhibited or {})
 
     async def set_incident_execution(self, incident_id: str, execution_id: str) -> None:
         await self.pool.execute("UPDATE incidents SET execution_id = $2 WHERE id = $1",

@@ -178,6 +178,8 @@ class Service:
         if not self._stop.is_set():
             log.info("Stop requested: no new events; running steps get %.0fs to finish", self.grace)
             self._stop.set()
+            if self.runner is not None:
+                self.runner.draining = True   # from now on no new step starts
             if self.bus is not None:
                 self.bus.stop()
             if self.api_server is not None:
@@ -211,6 +213,7 @@ class Service:
                 await self.repo.leave()
         if self.runner is not None:
             await self.runner.aclose()
+            await self.runner.http.aclose()   # the service made it, the service closes it
         if self.bus is not None:
             await self.bus.close()
         if self.cache is not None:
@@ -461,10 +464,14 @@ class Service:
                 self.correlator.close(incident)
             self._incidents.pop(incident.id, None)
         elif incident_id:
-            await self.repo.pool.execute("""
-                UPDATE incidents SET status = 'closed', closed_at = now(),
-                       cooldown_until = now() + make_interval(secs => 600)
-                WHERE id = $1 AND status = 'open'""", incident_id)
+            # Resumed after a restart: the incident is known only by its id.
+            strategy_id = await self.repo.incident_strategy(incident_id)
+            strategy = self.rules.generation.strategies.get(strategy_id or "") if (
+                self.rules is not None and self.rules.generation is not None) else None
+            cooldown = strategy.correlation.cooldown if strategy is not None else 600.0
+            closed = await self.repo.close_incident_by_id(incident_id, cooldown)
+            if closed is not None:
+                await self.cache.set_cooldown(closed["strategy_id"], closed["key"], cooldown, incident_id)
 
     # ------------------------------------------------------------------ heartbeat, resume
 
@@ -474,6 +481,7 @@ class Service:
             try:
                 await self.repo.heartbeat(self._info())
                 await self._resume_orphans()
+                await self._start_missing_executions()
                 rows = await self.repo.claim_pending_events(self.lease, own=False)
                 if rows:
                     log.info("Taking over %d event(s) of a replica that stopped", len(rows))
@@ -485,14 +493,30 @@ class Service:
                 log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
             await asyncio.sleep(max(0.5, self.lease / 3))
 
+    async def _start_missing_executions(self) -> None:
+        """An incident opened by a replica that died before recording its execution
+        would stay open for ever: start its workflow here."""
+        assert self.repo is not None and self.rules is not None and self.runner is not None
+        for row in await self.repo.claim_incidents_without_execution(self.lease):
+            workflow = await self.rules.workflow(row["workflow_id"])
+            if workflow is None or workflow.status != "active":
+                await self.repo.close_incident_by_id(row["id"], 0)
+                continue
+            log.info("Starting the missing execution %s of incident %s", row["execution_id"], row["id"],
+                     extra={"incident_id": row["id"], "execution_id": row["execution_id"]})
+            context = row["context"] or {}
+            task = self.runner.submit(workflow, incident=context, events=[], execution_id=row["execution_id"],
+                                      incident_id=row["id"])
+            self.metrics.executions_running.inc()
+            task.add_done_callback(
+                lambda t, iid=row["id"]: self._spawn(self._execution_done(None, t, iid)))
+
     async def _resume_orphans(self) -> None:
         assert self.store is not None and self.runner is not None and self.rules is not None
-        running = set(self.runner.running())
-        for execution_id in await self.store.claim_orphans():
-            if execution_id in running:
-                continue
+        for execution_id in await self.store.claim_orphans(self.runner.running()):
             execution = await self.store.load_execution(execution_id)
-            if execution is None or execution.status != "running":
+            # Checked again here: an execution may have started while we claimed.
+            if execution is None or execution.status != "running" or execution_id in self.runner.running():
                 continue
             workflow = await self.rules.workflow(execution.workflow_id, execution.workflow_version)
             if workflow is None:
