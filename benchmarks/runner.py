@@ -85,7 +85,8 @@ async def _baseline(url: str, total: int, concurrency: int) -> float:
 
         async def one() -> None:
             async with sem:
-                (await client.post(f"{url}/api/v1/commands", json={"action": "logs"})).raise_for_status()
+                response = await client.post_json(f"{url}/api/v1/commands", {"action": "logs"}, 10.0)
+                response.raise_for_status()
 
         start = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(total)))

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 
 from engine.exceptions import ServiceRejected, ServiceUnavailable, StepError
+from engine.transport import Client
 
 
 async def post_json(client: httpx.AsyncClient, url: str, payload: Any, *, timeout: float,
@@ -18,7 +19,10 @@ async def post_json(client: httpx.AsyncClient, url: str, payload: Any, *, timeou
     webhook URLs are secrets.
     """
     try:
-        response = await client.post(url, json=payload, timeout=timeout)
+        if isinstance(client, Client):
+            response = await client.post_json(url, payload, timeout)
+        else:
+            response = await client.post(url, json=payload, timeout=timeout)
     except httpx.TimeoutException:
         raise ServiceUnavailable(f"{service} did not answer within {timeout:g}s") from None
     except httpx.HTTPError as exc:
