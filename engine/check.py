@@ -70,15 +70,14 @@ def _check_workflow(rules: RuleSet, wf: Workflow) -> None:
                 targets.append(target)
         step_type = REGISTRY.get(step.type)
         if step_type is not None and step._parsed is not None:
+            branch_steps = step_type.branch_steps(step.parsed)
             for target in step_type.targets(step.parsed):
                 if target in index:
                     targets.append(target)
-                elif step.type == "parallel":
+                elif target in branch_steps:   # a decision's then may be a value; a branch may not
                     rules.problem(origin, ("steps", i, "config", "branches"),
                                   f"steps.{i}.config.branches: no step {target!r} in workflow {wf.id!r}")
-            if step.type == "parallel":
-                for branch in step.parsed.branches:
-                    in_branch.update(branch)
+            in_branch.update(branch_steps)
             for sub, source in step_type.expressions(step.parsed):
                 try:
                     Expression(source)

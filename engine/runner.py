@@ -91,7 +91,7 @@ class WorkflowRunner:
     def __init__(self, store: Store | None = None, settings: Settings | None = None, *,
                  http: httpx.AsyncClient | None = None, registry: dict[str, type[Step]] | None = None,
                  rng: random.Random | None = None, measure_overhead: bool = False,
-                 limiter: Any = None) -> None:
+                 limiter: Any = None, lock: Any = None) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.settings = settings or Settings(live=False)
         self._own_http = http is None
@@ -105,6 +105,8 @@ class WorkflowRunner:
         self.listeners: list[Any] = []
         # Shared remediation guard: ``async limiter(action, target) -> bool`` (rate limits).
         self.limiter = limiter
+        # Shared per-key lock: ``lock(name)`` -> async context manager (one remediation per target).
+        self.lock = lock
         # Draining (service shutdown): start no new step; executions stay "running" in the
         # store, to be resumed by this or another replica.
         self.draining = False
@@ -322,7 +324,8 @@ class WorkflowRunner:
         ctx = StepContext(execution_id=execution.id, workflow=workflow, step=spec, run=run,
                           names=live.names, settings=self.settings, http=self.http,
                           dry_run=execution.dry_run, log=logger,
-                          run_branch=lambda ids: self._branch(live, run, ids), limiter=self.limiter)
+                          run_branch=lambda ids: self._branch(live, run, ids), limiter=self.limiter,
+                          lock=self.lock)
         step_time = 0.0
         while True:
             run.attempts += 1
@@ -388,12 +391,9 @@ class WorkflowRunner:
         }
         if result is not None:
             live.names.update(result.context)
-        elif run.status in (SUCCEEDED, SKIPPED) and isinstance(run.output, dict):
-            # Resuming: rebuild what the step had put in the context.
-            if run.step_type == "ai_analysis":
-                live.names["analysis"] = run.output
-            elif run.step_type == "decision":
-                live.names["decision"] = run.output.get("jump") or run.output.get("value")
+        elif run.status in (SUCCEEDED, SKIPPED) and run.step_type in self.steps:
+            # Resuming: rebuild what the step had put in the context from its output.
+            live.names.update(self.steps[run.step_type].context_from_output(run.output))
 
     async def _branch(self, live: _Live, parent: StepRun, step_ids: list[str]) -> bool:
         """Run a parallel branch: its steps in order, as child runs of ``parent``."""

@@ -129,7 +129,8 @@ class Service:
         if settings.dry_run:
             log.info("Remediation is in dry-run mode (remediation.dry_run: true): no change reaches "
                      "the cluster")
-        self.runner = WorkflowRunner(self.store, settings, http=make_client(), limiter=self._limit)
+        self.runner = WorkflowRunner(self.store, settings, http=make_client(), limiter=self._limit,
+                                     lock=lambda name: self.cache.lock(name, ttl=120.0))
         self.runner.listeners.append(self._on_step)
         nats_cfg = self.config.get("nats") or {}
         self.bus = Bus(self.urls.nats_url, list(nats_cfg.get("subjects") or

@@ -107,6 +107,10 @@ class AIAnalysis(Step):
     type_name = "ai_analysis"
     Config = AIAnalysisConfig
 
+    @classmethod
+    def context_from_output(cls, output: Any) -> dict[str, Any]:
+        return {"analysis": output} if isinstance(output, dict) else {}
+
     async def run(self, ctx: StepContext, config: AIAnalysisConfig) -> StepResult:
         steps = ctx.names.get("steps") or {}
         wanted = config.evidence or list(steps)

@@ -116,6 +116,8 @@ class StepContext:
     run_branch: Callable[[list[str]], Awaitable[bool]] | None = None
     # ``async limiter(action, target) -> bool``: False refuses a remediation (rate limit).
     limiter: Callable[[str, str], Awaitable[bool]] | None = None
+    # ``lock(name)``: an async context manager held by one replica at a time.
+    lock: Callable[[str], Any] | None = None
 
     @property
     def idempotency_key(self) -> str:
@@ -145,6 +147,17 @@ class Step:
 
     async def run(self, ctx: StepContext, config: Any) -> StepResult:
         raise NotImplementedError(f"step type {self.type_name!r} does not implement run()")
+
+    @classmethod
+    def context_from_output(cls, output: Any) -> dict[str, Any]:
+        """What a finished run of this type adds to the context (``StepResult.context``),
+        rebuilt from its recorded output when an execution resumes."""
+        return {}
+
+    @classmethod
+    def branch_steps(cls, config: StepConfig) -> list[str]:
+        """Step ids this step runs itself, inside it (a parallel step's branches)."""
+        return []
 
     @classmethod
     def targets(cls, config: StepConfig) -> list[str]:

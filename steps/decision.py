@@ -9,6 +9,7 @@ Expressions are parsed and vetted once, when rules load.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from pydantic import Field
 
@@ -52,6 +53,12 @@ class Decision(Step):
             return StepResult(output={**output, "jump": chosen}, next=[chosen],
                               context={"decision": chosen})
         return StepResult(output=output, context={"decision": chosen})
+
+    @classmethod
+    def context_from_output(cls, output: Any) -> dict[str, Any]:
+        if not isinstance(output, dict):
+            return {}
+        return {"decision": output.get("jump") or output.get("value")}
 
     @classmethod
     def targets(cls, config: DecisionConfig) -> list[str]:

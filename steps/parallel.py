@@ -65,5 +65,9 @@ class Parallel(Step):
                         output=output)
 
     @classmethod
+    def branch_steps(cls, config: ParallelConfig) -> list[str]:
+        return [step for branch in config.branches for step in branch]
+
+    @classmethod
     def targets(cls, config: ParallelConfig) -> list[str]:
         return [step for branch in config.branches for step in branch]

@@ -132,16 +132,20 @@ class Remediation(Step):
             raise NotAllowed(f"{action}: the incident names no target object")
         request = agent_request(ctx, config.action_type, action, [], target, None)
         request.update(params=params, dry_run=dry_run)
-        if not dry_run and ctx.limiter is not None:
-            where = f"{target.get('kind')}/{target.get('namespace') or '-'}/{target.get('name')}"
-            if not await ctx.limiter(action, where):
-                raise NotAllowed(f"{action} on {where}: remediation rate limit reached "
-                                 "(remediation.rate_limit); not applied")
+        where = f"{target.get('kind')}/{target.get('namespace') or '-'}/{target.get('name')}"
+        if not dry_run and ctx.limiter is not None and not await ctx.limiter(action, where):
+            raise NotAllowed(f"{action} on {where}: remediation rate limit reached "
+                             "(remediation.rate_limit); not applied")
         if not ctx.settings.live or not ctx.settings.agent_manager_url:
             return StepResult(output={"status": "dry_run", "applied": False, "dry_run": True,
                                       "action": action, "request": request})
         ctx.log.info("Remediation %s on %s/%s (dry_run=%s, key=%s)", action, target.get("kind"),
                      target.get("name"), dry_run, request["idempotency_key"])
-        answer = await call_agent_manager(ctx, request)
+        if ctx.lock is not None:
+            # One change to a given object at a time, across every replica.
+            async with ctx.lock(f"remediation:{where}"):
+                answer = await call_agent_manager(ctx, request)
+        else:
+            answer = await call_agent_manager(ctx, request)
         return StepResult(output={**answer, "applied": not dry_run, "dry_run": dry_run,
                                   "action": action, "target": target})
