@@ -125,7 +125,13 @@ class Bus:
                 continue
             if msgs:
                 # Bounded in-flight work: the next fetch waits until this batch is recorded.
-                await handle([_wrap(m) for m in msgs])
+                try:
+                    await handle([_wrap(m) for m in msgs])
+                except Exception:
+                    # Not acked: JetStream redelivers after ack_wait. The intake must not die.
+                    log.exception("handling a batch of %d messages failed; they will be redelivered",
+                                  len(msgs))
+                    await asyncio.sleep(1.0)
 
     async def _run_plain(self, handle: Handler) -> None:
         assert self.nc is not None
@@ -145,7 +151,11 @@ class Bus:
             batch = [first]
             while not queue.empty() and len(batch) < self.batch:
                 batch.append(queue.get_nowait())
-            await handle(batch)
+            try:
+                await handle(batch)
+            except Exception:
+                log.exception("handling a batch of %d messages failed (plain NATS: they are lost)",
+                              len(batch))
 
     def stop(self) -> None:
         """Stop fetching; the batch in hand is finished by ``run``."""

@@ -35,7 +35,11 @@ class Cache:
     def __init__(self, url: str | None, prefix: str = PREFIX) -> None:
         self.url = url
         self.prefix = prefix
-        self.client = aioredis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0) if url else None
+        # A blocking pool: a burst of incidents waits for a connection instead of failing
+        # (which would look like Redis being down).
+        self.client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=50, timeout=5.0, socket_timeout=1.0,
+            socket_connect_timeout=1.0)) if url else None
         self.healthy = False
         self._local_counts: dict[str, list[float]] = {}
         self._local_locks: dict[str, asyncio.Lock] = {}

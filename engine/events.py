@@ -116,6 +116,8 @@ def parse_time(value: Any, where: str) -> float:
         _TIME_CACHE[value] = parsed
         return parsed
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not 0 <= value <= MAX_TIME:
+            raise MalformedEvent(f"{where}: time out of range: {value!r}")
         return float(value)
     raise MalformedEvent(f"{where}: expected an RFC 3339 time, got {type(value).__name__}")
 
@@ -289,6 +291,31 @@ def _from_envelope(obj: dict) -> Event:
     )
 
 
+_TEXT_FIELDS = ("id", "source", "kind", "name", "reason", "namespace", "uid", "message", "type", "severity",
+                "node", "pod", "workload", "workload_kind", "container", "component", "cluster", "event_uid")
+MAX_TIME = 253402300799.0   # 9999-12-31: anything later is not a time a cluster reports
+
+
+def _checked(event: Event) -> Event:
+    """Every text field is text without NUL (PostgreSQL refuses it), times are in range."""
+    for name in _TEXT_FIELDS:
+        value = getattr(event, name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise MalformedEvent(f"{name} must be a string, got {type(value).__name__}")
+        if "\x00" in value:
+            raise MalformedEvent(f"{name} contains a NUL character")
+    for name in ("first_seen", "last_seen"):
+        value = getattr(event, name)
+        if not 0 <= value <= MAX_TIME:
+            raise MalformedEvent(f"{name} is out of range: {value!r}")
+    if not all(isinstance(k, str) and isinstance(v, str) and "\x00" not in k + v
+               for k, v in event.labels.items()):
+        raise MalformedEvent("labels must map strings to strings")
+    return event
+
+
 def parse_event(obj: Any) -> Event | None:
     """One decoded JSON value to an Event. ``None`` for watch lines that carry no event
     (BOOKMARK, DELETED). Raises MalformedEvent for anything it cannot read."""
@@ -304,9 +331,9 @@ def parse_event(obj: Any) -> Event | None:
         obj = obj["object"]
     kind = obj.get("kind")
     if kind == "Event" or "involvedObject" in obj or "regarding" in obj:
-        return _from_k8s(obj, watch_type)
+        return _checked(_from_k8s(obj, watch_type))
     if "reason" in obj and "name" in obj:
-        return _from_envelope(obj)
+        return _checked(_from_envelope(obj))
     if kind is not None:
         raise MalformedEvent(
             f"unknown kind {kind!r}: expected Event, a watch line or an agent-manager envelope")

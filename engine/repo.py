@@ -72,6 +72,10 @@ class Repository:
                 "UPDATE events SET state = $3, incident_id = $2 WHERE id = ANY($1::text[])",
                 event_ids, incident_id, state)
 
+    async def repoint_events(self, from_incident: str, to_incident: str) -> None:
+        await self.pool.execute("UPDATE events SET incident_id = $2 WHERE incident_id = $1",
+                                from_incident, to_incident)
+
     async def claim_pending_events(self, lease_seconds: float, *, own: bool) -> list[dict[str, Any]]:
         """Events to correlate again: hits still pending, and events recorded but never
         processed ('received'), of replicas that are gone; with ``own``, also this
@@ -111,8 +115,8 @@ class Repository:
                 WITH opened AS (
                     INSERT INTO incidents (id, strategy_id, key, status, severity, workflow_id, namespace,
                                            workload, node, reason, events, inhibited, context, first_seen,
-                                           last_seen, execution_id)
-                    VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                                           last_seen, execution_id, late)
+                    VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $17)
                     ON CONFLICT (strategy_id, key) WHERE status = 'open' DO NOTHING
                     RETURNING id),
                 attached AS (
@@ -122,7 +126,7 @@ class Repository:
                 incident.id, incident.strategy.id, incident.key_text, incident.strategy.severity,
                 incident.workflow_id, s["namespace"], s["workload"], s["node"], s["reason"],
                 incident.events, incident.inhibited, incident.context(), _ts(incident.first_seen),
-                _ts(incident.last_seen), execution_id, event_ids or [])
+                _ts(incident.last_seen), execution_id, event_ids or [], incident.late)
             if inserted is not None:
                 return None
             return await conn.fetchval(
@@ -177,12 +181,12 @@ class Repository:
                                 incident_id, execution_id)
 
     async def close_incident(self, incident: Incident) -> None:
+        # Counts are not written here: the intake adds them as events arrive.
         await self.pool.execute("""
-            UPDATE incidents SET status = 'closed', closed_at = now(), late = $2, suppressed = $3,
-                   inhibited = $4, last_seen = $5,
-                   cooldown_until = now() + make_interval(secs => $6::float8)
-            WHERE id = $1""", incident.id, incident.late, incident.suppressed, incident.inhibited,
-            _ts(incident.last_seen), incident.strategy.correlation.cooldown)
+            UPDATE incidents SET status = 'closed', closed_at = now(),
+                   last_seen = greatest(last_seen, $2),
+                   cooldown_until = now() + make_interval(secs => $3::float8)
+            WHERE id = $1""", incident.id, _ts(incident.last_seen), incident.strategy.correlation.cooldown)
 
     # ------------------------------------------------------------------ replicas
 

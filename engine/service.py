@@ -33,6 +33,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import orjson
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from engine import infra
@@ -257,18 +258,19 @@ class Service:
         ignored = 0
         for raw, subject, msg_id, headers in items:
             try:
-                if isinstance(raw, bytes | bytearray | str):
-                    size = len(raw.encode() if isinstance(raw, str) else raw)
-                    if size > self.max_event_bytes:
-                        raise MalformedEvent(f"payload of {size} bytes exceeds {self.max_event_bytes}")
-                    obj = decode(raw)
-                else:
+                if isinstance(raw, bytes | bytearray):      # raw bytes off the wire
+                    if len(raw) > self.max_event_bytes:
+                        raise MalformedEvent(f"payload of {len(raw)} bytes exceeds {self.max_event_bytes}")
+                    obj = decode(bytes(raw))
+                else:                                       # a JSON value decoded already (HTTP)
                     obj = raw
+                    size = len(orjson.dumps(raw, default=str))
+                    if size > self.max_event_bytes:
+                        raise MalformedEvent(f"event of {size} bytes exceeds {self.max_event_bytes}")
                 event = parse_event(obj)
             except MalformedEvent as exc:
-                data = raw if isinstance(raw, bytes) else (raw.encode() if isinstance(raw, str) else
-                                                           repr(raw).encode())
-                dead.append((source, subject, str(exc), bytes(data), {k: str(v) for k, v in headers.items()}))
+                data = bytes(raw) if isinstance(raw, bytes | bytearray) else orjson.dumps(raw, default=str)
+                dead.append((source, subject, str(exc), data, {k: str(v) for k, v in headers.items()}))
                 continue
             except Exception as exc:  # a parser bug must not stop the intake: dead-letter it
                 log.exception("unexpected error parsing an event")
@@ -300,7 +302,21 @@ class Service:
             state = self._process(event, counts)
             rows.append((event, subject, state))
         async with self._record_lock:
-            recorded = await self.repo.record_events(rows)
+            try:
+                recorded = await self.repo.record_events(rows)
+            except Exception as exc:  # one row the database refuses must not sink the batch
+                log.warning("recording a batch of %d failed (%s: %s); recording one by one",
+                            len(rows), type(exc).__name__, exc)
+                recorded = set()
+                for row in rows:
+                    try:
+                        recorded |= await self.repo.record_events([row])
+                    except Exception as row_exc:
+                        reason = f"cannot be recorded: {type(row_exc).__name__}: {row_exc}"
+                        await self.repo.dead_letters_many([(source, row[1], reason,
+                                                            orjson.dumps(row[0].to_dict(), default=str), {})])
+                        self.metrics.dead_letters.labels(source).inc()
+                        recorded.add(row[0].id)   # accounted for, as a dead letter
         # Recorded before by another replica (or before a restart): not counted again here.
         duplicates += len(rows) - len(recorded)
         for incident_id, delta in counts.items():
@@ -336,7 +352,8 @@ class Service:
         db_id = getattr(incident, "db_id", None)
 
         def add(field: str, value: Any) -> None:
-            if db_id is None or counts is None:
+            # Until the incident's row exists its counts travel with the INSERT instead.
+            if db_id is None or counts is None or not getattr(incident, "recorded", False):
                 return
             delta = counts.setdefault(db_id, {})
             if field == "inhibited":
@@ -395,6 +412,9 @@ class Service:
     # ------------------------------------------------------------------ incidents
 
     def _on_formed(self, incident: Incident) -> None:
+        # Events that arrive while it is being opened attach to this id (re-pointed if another
+        # replica turns out to hold the incident).
+        incident.db_id = incident.id  # type: ignore[attr-defined]
         self._spawn(self._open(incident))
 
     async def _open(self, incident: Incident) -> None:
@@ -406,8 +426,10 @@ class Service:
             cooling = await self.repo.in_cooldown(sid, key)
         if cooling:
             incident.db_id = cooling  # type: ignore[attr-defined]
+            incident.recorded = True  # type: ignore[attr-defined]
             await self.repo.attach_events(incident.event_ids, cooling, "suppressed")
-            await self.repo.add_to_incident(cooling, suppressed=incident.events)
+            await self.repo.repoint_events(incident.id, cooling)
+            await self.repo.add_to_incident(cooling, suppressed=incident.events + incident.late)
             self.correlator.close(incident)
             return
         workflow = await self.rules.workflow(incident.workflow_id)
@@ -415,11 +437,13 @@ class Service:
         execution_id = f"exec-{uuid.uuid4().hex[:16]}" if runnable else None
         async with self._record_lock:   # the batch holding its last events is recorded
             existing = await self.repo.open_incident(incident, execution_id, incident.event_ids)
+        incident.recorded = True  # type: ignore[attr-defined]
         if existing is not None:
             # Another replica holds this (strategy, key) open: its workflow covers these too.
             incident.db_id = existing  # type: ignore[attr-defined]
             await self.repo.attach_events(incident.event_ids, existing)
-            await self.repo.add_to_incident(existing, late=incident.events)
+            await self.repo.repoint_events(incident.id, existing)
+            await self.repo.add_to_incident(existing, late=incident.events + incident.late)
             self.correlator.close(incident)
             return
         incident.db_id = incident.id  # type: ignore[attr-defined]
