@@ -94,6 +94,7 @@ class RulesManager:
         self._lock = asyncio.Lock()
         self._versions: dict[tuple[str, int], Workflow] = {}
         self.listeners: list[Any] = []   # called with (ok: bool, status) after each reload
+        self.last_write = 0.0             # when a reload last wrote to the rule tables
 
     async def reload(self, reason: str = "start") -> bool:
         async with self._lock:
@@ -195,6 +196,7 @@ class RulesManager:
                 row = stored.get(wf_id)
                 if row is not None and row["source"] == "file" and row["definition"] == spec:
                     continue
+                self.last_write = time.time()
                 await conn.execute("""
                     INSERT INTO workflows (id, name, description, trigger_type, trigger_config, status,
                                            priority, timeout, steps, definition, source)
@@ -208,6 +210,7 @@ class RulesManager:
                     spec["status"], spec["priority"], f"{spec['timeout']:g}s", spec["steps"], spec)
             gone = [i for i, r in stored.items() if r["source"] == "file" and i not in file_workflows]
             if gone:
+                self.last_write = time.time()
                 await conn.execute("DELETE FROM workflows WHERE id = ANY($1::text[])", gone)
             stored_s = {r["id"]: r for r in await conn.fetch("SELECT id, definition, source FROM strategies")}
             for sid in file_strategies:
@@ -215,6 +218,7 @@ class RulesManager:
                 row = stored_s.get(sid)
                 if row is not None and row["source"] == "file" and row["definition"] == spec:
                     continue
+                self.last_write = time.time()
                 await conn.execute("""
                     INSERT INTO strategies (id, name, category, symptoms, workflow_id, priority, enabled,
                                             definition, source)
@@ -227,6 +231,7 @@ class RulesManager:
                     spec["priority"], spec["enabled"], spec)
             gone_s = [i for i, r in stored_s.items() if r["source"] == "file" and i not in file_strategies]
             if gone_s:
+                self.last_write = time.time()
                 await conn.execute("DELETE FROM strategies WHERE id = ANY($1::text[])", gone_s)
             return {r["id"]: r["version"] for r in await conn.fetch("SELECT id, version FROM workflows")}
 

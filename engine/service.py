@@ -94,6 +94,7 @@ class Service:
         self._recent: OrderedDict[str, None] = OrderedDict()  # ids seen lately (dedup)
         self._record_lock = asyncio.Lock()   # incidents attach events only once recorded
         self._reload_requested = asyncio.Event()
+        self._fingerprint_stale = False
         self._reload_reason = ""
         self.api_server: Any = None
         self.stats = {"events": 0, "duplicates": 0, "dead_letters": 0, "incidents": 0, "executions": 0}
@@ -567,6 +568,7 @@ class Service:
         return await self.rules.reload(reason)
 
     def _on_reload(self, ok: bool, status: Any) -> None:
+        self._fingerprint_stale = True
         self.metrics.reloads.labels("ok" if ok else "invalid").inc()
         self.metrics.rules_ok.set(1 if ok else 0)
         self.metrics.rules_generation.set(status.generation)
@@ -607,6 +609,9 @@ class Service:
         conn = None
 
         def notified(*_: Any) -> None:
+            # Our own mirroring of rule files notifies us too: that is no news.
+            if self.rules is not None and time.time() - self.rules.last_write < 2.0:
+                return
             self.request_reload("database change")
 
         try:
@@ -620,7 +625,9 @@ class Service:
                         conn = None
                 await asyncio.sleep(10)
                 current = await self._rules_fingerprint()
-                if current != last:
+                if self._fingerprint_stale:     # a reload since: what it read is the baseline
+                    self._fingerprint_stale, last = False, current
+                elif current != last:
                     last = current
                     self.request_reload("database change (poll)")
         finally:
