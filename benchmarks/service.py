@@ -1,19 +1,26 @@
 """Service benchmark: events published to NATS -> incidents in PostgreSQL -> 5-step workflows.
 
-    python -m benchmarks.service [--groups 3000] [--events-per-group 30] [--rate 10000] [--quiet 1s]
+    python -m benchmarks.service [--ingest-events 90000] [--executions 3000]
+                                 [--latency-rate 2000] [--saturate] [--quiet 1s]
 
 One replica of ``aetherius serve`` runs as a process, with the instant stub
 (benchmarks/stub.py) as agent-manager and reasoning-service, against the servers named by
 AETHERIUS_TEST_NATS_URL / AETHERIUS_TEST_DATABASE_DSN / AETHERIUS_TEST_REDIS_URL (else
-embedded ones). Every group (one workload) gets ``--events-per-group`` BackOff events;
-groups are published one after another at ``--rate`` events/s (default 10,000: with 30 events a group, 333 new
-incidents a second); each group is one incident and one execution of a five-step workflow
-(three HTTP calls, every step committed to PostgreSQL).
+embedded ones). Every burst is one workload's BackOff events: one incident, one execution of
+a five-step workflow (three HTTP calls, every step committed to PostgreSQL). The publisher,
+the stub, PostgreSQL and NATS share this machine's cores with the service.
 
-Printed: events/s ingested (publish start -> every event recorded in PostgreSQL), executions/s
-completed (first execution start -> last finish), and the latency from a group's last
-publish to its execution's start (median, p99), to compare with the quiet period. As a
-baseline measured in the same go: JetStream publish alone (events/s the publisher manages).
+Three phases, each measuring one thing with the others out of its way:
+
+1. latency: a steady load (2,000 events/s in bursts of 20: 100 incidents/s), and the time
+   from a burst's last publish to its execution's start (median, p99) against the quiet;
+2. ingest: 90,000 events in 100 bursts, published as fast as JetStream acks: events/s from
+   publish start until every event is recorded with where it went;
+3. executions: 3,000 one-event incidents at once: executions/s from the first start to the
+   last finish.
+
+``--saturate`` adds 10,000 events/s in bursts of 30 (333 incidents/s) for 9 s, more than one
+replica on this machine can take, to show what happens past capacity.
 """
 
 from __future__ import annotations
@@ -66,13 +73,14 @@ workflows:
 """
 
 
-def _event(run: str, group: int, i: int, t: float) -> bytes:
+def _event(run: str, group: int, i: int, t: float, namespace: str = "bench") -> bytes:
     pod = f"app-{group:05d}-7d9f8c6b5-x{i % 5:04d}"
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
     return json.dumps({"apiVersion": "v1", "kind": "Event",
-                       "metadata": {"name": f"{pod}.{i}", "namespace": "bench", "uid": f"{run}-{group}-{i}"},
-                       "involvedObject": {"kind": "Pod", "namespace": "bench", "name": pod,
-                                          "uid": f"{run}-pod-{group}-{i % 5}"},
+                       "metadata": {"name": f"{pod}.{i}", "namespace": namespace,
+                                    "uid": f"{run}-{namespace}-{group}-{i}"},
+                       "involvedObject": {"kind": "Pod", "namespace": namespace, "name": pod,
+                                          "uid": f"{run}-{namespace}-pod-{group}-{i % 5}"},
                        "reason": "BackOff", "message": "Back-off restarting failed container app",
                        "source": {"component": "kubelet", "host": "node-1"}, "type": "Warning",
                        "count": 1, "firstTimestamp": stamp, "lastTimestamp": stamp},
@@ -107,12 +115,12 @@ async def _publish(url: str, subject: str, payloads: list[tuple[int, bytes, str]
     return last
 
 
-async def _wait_recorded(dsn: str, total: int, timeout: float) -> float:
+async def _wait_recorded(dsn: str, total: int, timeout: float, namespace: str = "bench") -> float:
     conn = await asyncpg.connect(dsn)
     try:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            n = await conn.fetchval("SELECT count(*) FROM events WHERE state <> 'received'")
+            n = await conn.fetchval("SELECT count(*) FROM events WHERE namespace = $1", namespace)
             if n >= total:
                 return time.time()
             await asyncio.sleep(0.05)
@@ -121,20 +129,22 @@ async def _wait_recorded(dsn: str, total: int, timeout: float) -> float:
         await conn.close()
 
 
-async def _wait_executions(dsn: str, groups: int, timeout: float) -> list[asyncpg.Record]:
+async def _wait_executions(dsn: str, groups: int, timeout: float,
+                           namespace: str = "bench") -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn)
+    query = """
+        SELECT e.id, e.status, e.started_at, e.finished_at, i.key,
+               (SELECT count(*) FROM step_executions s WHERE s.execution_id = e.id) AS steps
+        FROM workflow_executions e JOIN incidents i ON i.id = e.incident_id
+        WHERE i.namespace = $1"""
     try:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            done = await conn.fetchval(
-                "SELECT count(*) FROM workflow_executions WHERE status IN ('succeeded', 'failed')")
-            if done >= groups:
-                break
-            await asyncio.sleep(0.1)
-        return await conn.fetch("""
-            SELECT e.id, e.status, e.started_at, e.finished_at, i.key,
-                   (SELECT count(*) FROM step_executions s WHERE s.execution_id = e.id) AS steps
-            FROM workflow_executions e JOIN incidents i ON i.id = e.incident_id""")
+            rows = await conn.fetch(query, namespace)
+            if sum(1 for r in rows if r["status"] in ("succeeded", "failed")) >= groups:
+                return rows
+            await asyncio.sleep(0.2)
+        return await conn.fetch(query, namespace)
     finally:
         await conn.close()
 
@@ -144,13 +154,47 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _phase(dsn: str, nats_url: str, subject: str, run: str, namespace: str, groups: int, per_group: int,
+           rate: int) -> dict[str, float]:
+    """Publish ``groups`` bursts of ``per_group`` events; wait for every event to be recorded
+    and every execution to end; return the figures."""
+    now = time.time()
+    # Group by group: a workload's burst arrives together, bursts follow each other.
+    payloads = [(g, _event(run, g, i, now, namespace), f"{run}-{namespace}-{g}-{i}")
+                for g in range(groups) for i in range(per_group)]
+    total = len(payloads)
+    start = time.time()
+    last_publish = asyncio.run(_publish(nats_url, subject, payloads, rate=rate))
+    published = time.time()
+    recorded = asyncio.run(_wait_recorded(dsn, total, 600, namespace))
+    rows = asyncio.run(_wait_executions(dsn, groups, 600, namespace))
+    finished = [r for r in rows if r["finished_at"] is not None]
+    first_start = min(r["started_at"] for r in rows).timestamp()
+    last_finish = max(r["finished_at"] for r in finished).timestamp()
+    latencies = [r["started_at"].timestamp() - last_publish[int(r["key"].split("/")[1].split("-")[1])]
+                 for r in rows]
+    return {
+        "events": total, "groups": groups, "publish_rate": total / max(published - start, 1e-9),
+        "ingest_rate": total / (recorded - start),
+        "executions": len(finished),
+        "succeeded": sum(1 for r in finished if r["status"] == "succeeded" and r["steps"] == 5),
+        "exec_rate": len(finished) / max(last_finish - first_start, 1e-9),
+        "p50": statistics.median(latencies), "p99": _pct(latencies, 0.99),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--groups", type=int, default=3000)
-    parser.add_argument("--events-per-group", type=int, default=30)
+    parser.add_argument("--ingest-events", type=int, default=90_000,
+                        help="phase 1: events in 100 bursts, published as fast as JetStream acks")
+    parser.add_argument("--executions", type=int, default=3000,
+                        help="phase 2: this many one-event incidents published at once")
+    parser.add_argument("--latency-rate", type=int, default=2000,
+                        help="phase 3: events/s offered, in bursts of 20 (100 incidents/s at 2,000)")
+    parser.add_argument("--latency-seconds", type=int, default=15)
+    parser.add_argument("--saturate", action="store_true",
+                        help="also offer 10,000 events/s in bursts of 30 (333 incidents/s) for 9 s")
     parser.add_argument("--quiet", default="1s")
-    parser.add_argument("--rate", type=int, default=10_000,
-                        help="events/s offered (0: as fast as JetStream acks)")
     parser.add_argument("--stub-port", type=int, default=18398)
     args = parser.parse_args(argv)
     quiet = parse_duration(args.quiet)
@@ -165,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     service = None
     admin = None
     try:
-        # A database of its own for this run.
         database = f"aetherius_bench_{run}"
         admin_dsn = urls.database_dsn
 
@@ -173,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             conn = await asyncpg.connect(admin_dsn)
             await conn.execute(f'CREATE DATABASE "{database}"')
             await conn.close()
-            return re.sub(r"/[^/?]*(\?|$)", f"/{database}\\1", admin_dsn, count=1) \
-                if "://" in admin_dsn else admin_dsn
+            return re.sub(r"/[^/?]*(\?|$)", f"/{database}\\1", admin_dsn, count=1)
 
         dsn = asyncio.run(create_db())
         admin = (admin_dsn, database)
@@ -198,9 +240,6 @@ def main(argv: list[str] | None = None) -> int:
         (work / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
         log = open(work / "service.log", "wb")  # noqa: SIM115
         command = [sys.executable, "-m", "engine", "--config", str(work / "config.yaml"), "serve"]
-        if os.environ.get("AETHERIUS_BENCH_PROFILE"):
-            command = ["py-spy", "record", "-o", os.environ["AETHERIUS_BENCH_PROFILE"], "-f", "raw",
-                       "--", *command]
         service = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while True:
@@ -214,53 +253,30 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             time.sleep(0.2)
 
-        total = args.groups * args.events_per_group
-        now = time.time()
-        # Group by group: a workload's burst arrives together, bursts follow each other.
-        payloads = [(g, _event(run, g, i, now), f"{run}-{g}-{i}")
-                    for g in range(args.groups) for i in range(args.events_per_group)]
-        # Baseline: JetStream publish alone, to a stream nobody consumes.
-        base_subject = f"benchbase{run}.x"
-
-        async def baseline() -> float:
-            nc = await nats.connect(urls.nats_url)
-            js = nc.jetstream()
-            await js.add_stream(name=f"BASE_{run.upper()}", subjects=[base_subject])
-            await nc.close()
-            start = time.perf_counter()
-            await _publish(urls.nats_url, base_subject, [(g, d, f"b{m}") for g, d, m in payloads])
-            rate = total / (time.perf_counter() - start)
-            nc = await nats.connect(urls.nats_url)
-            await nc.jetstream().delete_stream(f"BASE_{run.upper()}")
-            await nc.close()
-            return rate
-
-        base_rate = asyncio.run(baseline())
-        start = time.time()
-        last_publish = asyncio.run(_publish(urls.nats_url, subject, payloads, rate=args.rate))
-        published = time.time()
-        recorded = asyncio.run(_wait_recorded(dsn, total, timeout=600))
-        rows = asyncio.run(_wait_executions(dsn, args.groups, timeout=600))
-        ingest_rate = total / (recorded - start)
-        finished = [r for r in rows if r["finished_at"] is not None]
-        first_start = min(r["started_at"] for r in rows).timestamp()
-        last_finish = max(r["finished_at"] for r in finished).timestamp()
-        exec_rate = len(finished) / (last_finish - first_start)
-        latencies = []
-        for r in rows:
-            group = int(r["key"].split("/")[1].split("-")[1])
-            latencies.append(r["started_at"].timestamp() - last_publish[group])
-        ok = sum(1 for r in finished if r["status"] == "succeeded" and r["steps"] == 5)
-        print(f"{total:,} events in {args.groups:,} groups; quiet {args.quiet}; one replica; "
-              f"servers: {', '.join(f'{k} {v}' for k, v in urls.modes.items())}")
-        print(f"publish:   {total / (published - start):,.0f} events/s (baseline, nobody consuming: "
-              f"{base_rate:,.0f}/s)")
-        print(f"ingested:  {ingest_rate:,.0f} events/s (publish start -> all recorded and correlated)")
-        print(f"completed: {len(finished):,} executions ({ok:,} succeeded with 5 committed steps) at "
-              f"{exec_rate:,.0f} executions/s")
-        print(f"last publish -> execution start: median {statistics.median(latencies) * 1000:,.0f} ms, "
-              f"p99 {_pct(latencies, 0.99) * 1000:,.0f} ms (quiet {quiet * 1000:,.0f} ms)")
-        return 0 if ok == args.groups else 1
+        print(f"one replica; quiet {args.quiet}; servers: "
+              f"{', '.join(f'{k} {v}' for k, v in urls.modes.items())}")
+        ok = True
+        lat_groups = args.latency_rate * args.latency_seconds // 20
+        phases = [
+            ("latency", "lat", lat_groups, 20, args.latency_rate),
+            ("ingest", "ing", 100, args.ingest_events // 100, 0),
+            ("executions", "exe", args.executions, 1, 0),
+        ]
+        if args.saturate:
+            phases.append(("saturated", "sat", 3000, 30, 10_000))
+        for name, namespace, groups, per_group, rate in phases:
+            f = _phase(dsn, urls.nats_url, subject, run, namespace, groups, per_group, rate)
+            ok = ok and f["succeeded"] == groups
+            offered = f"{rate:,} events/s offered" if rate else "as fast as JetStream acks"
+            print(f"\n[{name}] {f['events']:,} events in {groups:,} bursts of {per_group}, {offered} "
+                  f"(published at {f['publish_rate']:,.0f}/s)")
+            print(f"  ingested:  {f['ingest_rate']:,.0f} events/s "
+                  "(publish start -> all recorded and correlated)")
+            print(f"  completed: {f['executions']:,} executions ({f['succeeded']:,} succeeded, 5 committed "
+                  f"steps each) at {f['exec_rate']:,.0f} executions/s")
+            print(f"  last publish -> execution start: median {f['p50'] * 1000:,.0f} ms, "
+                  f"p99 {f['p99'] * 1000:,.0f} ms (quiet {quiet * 1000:,.0f} ms)")
+        return 0 if ok else 1
     finally:
         if service is not None:
             service.terminate()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,9 +43,21 @@ MAX_SAMPLE_EVENTS = 20
 PENDING, OPEN, CLOSED = "pending", "open", "closed"
 
 
+_KEY_GETTERS: dict[tuple[str, ...], Any] = {}
+
+
 def correlation_key(strategy: Strategy, event: Event) -> tuple[str, ...]:
-    return tuple(str(v) if (v := getattr(event, f)) not in (None, "") else "-"
-                 for f in strategy.key_fields)
+    fields = tuple(strategy.key_fields)
+    getter = _KEY_GETTERS.get(fields)
+    if getter is None:
+        getter = _KEY_GETTERS[fields] = operator.attrgetter(*fields)
+    values = getter(event)
+    if len(fields) == 1:
+        values = (values,)
+    for v in values:
+        if type(v) is not str or not v:
+            return tuple("-" if v in (None, "") else str(v) for v in values)
+    return values
 
 
 @dataclass

@@ -16,6 +16,7 @@ Anything else raises :class:`~engine.exceptions.MalformedEvent` saying what is w
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -85,10 +86,13 @@ class Event:
         return self.uid or f"{self.kind}/{self.namespace or ''}/{self.name}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in FIELDS}
+        return dict(zip(FIELDS, _FIELD_GETTER(self), strict=True))
 
 
 _TIME_CACHE: dict[str, float] = {}
+
+
+_FIELD_GETTER = operator.attrgetter(*FIELDS)
 
 
 def parse_time(value: Any, where: str) -> float:
