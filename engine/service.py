@@ -30,6 +30,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,18 @@ from engine.transport import make_client
 from steps.base import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Batch:
+    """A batch of input, processed and waiting to be recorded."""
+
+    source: str
+    rows: list[tuple[Event, str | None, tuple]] = field(default_factory=list)
+    dead: list[tuple[str, str | None, str, bytes | None, dict]] = field(default_factory=list)
+    counts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    duplicates: int = 0
+    ignored: int = 0
 
 
 def _seconds(section: dict[str, Any], key: str, default: float) -> float:
@@ -93,6 +106,7 @@ class Service:
         self._incidents: dict[str, Incident] = {}          # local incident id -> incident
         self._recent: OrderedDict[str, None] = OrderedDict()  # ids seen lately (dedup)
         self._record_lock = asyncio.Lock()   # incidents attach events only once recorded
+        self._in_flight = asyncio.Semaphore(2)  # batches processed but not yet recorded
         self._reload_requested = asyncio.Event()
         self._fingerprint_stale = False
         self._reload_reason = ""
@@ -236,11 +250,31 @@ class Service:
         await self.bus.run(self.ingest_messages)
 
     async def ingest_messages(self, messages: list[Message]) -> None:
-        """Record a batch, then process it, then ack it. Never raises for bad input."""
-        source = "nats"
-        items: list[tuple[bytes | Any, str | None, str | None, dict]] = [
-            (m.data, m.subject, m.msg_id, m.headers) for m in messages]
-        await self.ingest(items, source)
+        """Process a batch now; record it, then ack it, in the background.
+
+        Processing is sequential (the rule base and the correlator see events in order);
+        recording batch N overlaps with processing batch N+1, at most two batches in flight
+        (backpressure: the next fetch waits). A message is acked only once recorded."""
+        items = [(m.data, m.subject, m.msg_id, m.headers) for m in messages]
+        await self._in_flight.acquire()
+        try:
+            batch = self._prepare(items, "nats")
+        except BaseException:
+            self._in_flight.release()
+            raise
+        self._spawn(self._record_and_ack(batch, messages))
+
+    async def _record_and_ack(self, batch: _Batch, messages: list[Message]) -> None:
+        try:
+            await self._persist(batch)
+        except Exception:
+            # Not acked, so redelivered: let the redelivery be processed, not dropped as seen.
+            for event, _, _ in batch.rows:
+                self._recent.pop(event.id, None)
+            log.exception("recording a batch of %d events failed; it will be redelivered", len(messages))
+            return
+        finally:
+            self._in_flight.release()
         for message in messages:
             with contextlib.suppress(Exception):
                 await message.ack()
@@ -248,15 +282,17 @@ class Service:
     async def ingest(self, items: list[tuple[Any, str | None, str | None, dict]],
                      source: str) -> dict[str, int]:
         """(raw bytes or decoded JSON, subject, message id, headers) -> processed and recorded.
+        Returns counts: accepted, duplicates, dead_letters, ignored."""
+        return await self._persist(self._prepare(items, source))
 
-        Duplicates are dropped by id (in memory for recent ids, and by the table's primary
-        key across replicas and restarts); each new event goes through the rule base and
-        the correlator, and the batch is recorded, with where each event went, in one
-        statement. Returns counts: accepted, duplicates, dead_letters, ignored."""
-        assert self.repo is not None
+    def _prepare(self, items: list[tuple[Any, str | None, str | None, dict]], source: str) -> _Batch:
+        """Parse, deduplicate and process a batch (synchronous: no reload can cut into it).
+
+        Duplicates are dropped by id (in memory for recent ids here, and by the table's
+        primary key across replicas and restarts when the batch is recorded); each new
+        event goes through the rule base and the correlator."""
+        batch = _Batch(source)
         good: list[tuple[Event, str | None]] = []
-        dead: list[tuple[str, str | None, str, bytes | None, dict]] = []
-        ignored = 0
         for raw, subject, msg_id, headers in items:
             try:
                 if isinstance(raw, bytes | bytearray):      # raw bytes off the wire
@@ -271,19 +307,33 @@ class Service:
                 event = parse_event(obj)
             except MalformedEvent as exc:
                 data = bytes(raw) if isinstance(raw, bytes | bytearray) else orjson.dumps(raw, default=str)
-                dead.append((source, subject, str(exc), data, {k: str(v) for k, v in headers.items()}))
+                batch.dead.append((source, subject, str(exc), data, {k: str(v) for k, v in headers.items()}))
                 continue
             except Exception as exc:  # a parser bug must not stop the intake: dead-letter it
                 log.exception("unexpected error parsing an event")
-                dead.append((source, subject, f"internal error: {type(exc).__name__}: {exc}",
-                             raw if isinstance(raw, bytes) else None, {}))
+                batch.dead.append((source, subject, f"internal error: {type(exc).__name__}: {exc}",
+                                   raw if isinstance(raw, bytes) else None, {}))
                 continue
             if event is None:
-                ignored += 1
+                batch.ignored += 1
                 continue
             if msg_id:
                 event.id = str(msg_id)
             good.append((event, subject))
+        self.metrics.events_in.labels(source).inc(len(good))
+        for event, subject in good:
+            if event.id in self._recent:
+                batch.duplicates += 1
+                continue
+            self._remember_id(event.id)
+            state = self._process(event, batch.counts)
+            batch.rows.append((event, subject, state))
+        return batch
+
+    async def _persist(self, batch: _Batch) -> dict[str, int]:
+        """Record a prepared batch: dead letters, then every event with where it went."""
+        assert self.repo is not None
+        source, dead, rows = batch.source, batch.dead, batch.rows
         if dead:
             await self.repo.dead_letters_many(dead)
             self.metrics.dead_letters.labels(source).inc(len(dead))
@@ -291,17 +341,6 @@ class Service:
             for _, subject, reason, raw, _ in dead:
                 log.warning("Dead letter from %s%s: %s (%d bytes)", source,
                             f" {subject}" if subject else "", reason, len(raw or b""))
-        self.metrics.events_in.labels(source).inc(len(good))
-        rows: list[tuple[Event, str | None, tuple]] = []
-        counts: dict[str, dict[str, Any]] = {}
-        duplicates = 0
-        for event, subject in good:
-            if event.id in self._recent:
-                duplicates += 1
-                continue
-            self._remember_id(event.id)
-            state = self._process(event, counts)
-            rows.append((event, subject, state))
         async with self._record_lock:
             try:
                 recorded = await self.repo.record_events(rows)
@@ -319,14 +358,14 @@ class Service:
                         self.metrics.dead_letters.labels(source).inc()
                         recorded.add(row[0].id)   # accounted for, as a dead letter
         # Recorded before by another replica (or before a restart): not counted again here.
-        duplicates += len(rows) - len(recorded)
-        for incident_id, delta in counts.items():
+        duplicates = batch.duplicates + len(rows) - len(recorded)
+        for incident_id, delta in batch.counts.items():
             self._spawn(self.repo.add_to_incident(incident_id, **delta))
         self.metrics.events_dedup.inc(duplicates)
         self.stats["events"] += len(recorded)
         self.stats["duplicates"] += duplicates
         return {"accepted": len(recorded), "duplicates": duplicates, "dead_letters": len(dead),
-                "ignored": ignored}
+                "ignored": batch.ignored}
 
     def _remember_id(self, event_id: str) -> None:
         self._recent[event_id] = None
