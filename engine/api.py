@@ -489,6 +489,74 @@ def create_app(service: Service) -> FastAPI:
         return HTTPException(409, f"{kind} {ident!r} is defined in a rule file (source 'file'): edit it "
                                   f"under {service.rules.directory if service.rules else 'rules/'}")
 
+    # ------------------------------------------------------------------ workflows and strategies
+
+    def store_for(kind: str) -> dict[str, Any]:
+        """The queries and shapes of one kind of rule: the handlers below serve both kinds."""
+        q = queries()
+        if kind == "workflow":
+            return {"plural": "workflows", "get": q.get_workflow, "insert": q.insert_workflow,
+                    "update": q.update_workflow, "delete": q.delete_workflow, "values": workflow_values,
+                    "out": workflow_out, "active": lambda gen: gen.workflows}
+        return {"plural": "strategies", "get": q.get_strategy, "insert": q.insert_strategy,
+                "update": q.update_strategy, "delete": q.delete_strategy, "values": strategy_values,
+                "out": strategy_out, "active": lambda gen: gen.strategies}
+
+    async def create_rule(kind: str, request: Request, response: Response) -> Any:
+        ops = store_for(kind)
+        raw = await json_body(request)
+        ident = raw.get("id") if isinstance(raw, dict) else None
+        if isinstance(ident, str):
+            existing = await ops["get"](ident)
+            gen = service.rules.generation if service.rules is not None else None
+            if (existing is not None and existing["source"] == "file") or (
+                    existing is None and gen is not None and ident in ops["active"](gen)):
+                raise file_conflict(kind, ident)
+            if existing is not None:
+                raise HTTPException(409, f"{kind} {ident!r} exists (source {existing['source']!r}): "
+                                         f"PUT {PREFIX}/{ops['plural']}/{ident} replaces it")
+        spec, errors = await check(kind, raw, None)
+        if errors:
+            return JSONResponse(status_code=422, content={"detail": errors})
+        row = await ops["insert"](spec.id, ops["values"](raw, spec))
+        if row is None:
+            raise HTTPException(409, f"{kind} {spec.id!r} was created meanwhile")
+        return ops["out"](row, await reload(response))
+
+    async def replace_rule(kind: str, ident: str, request: Request, response: Response) -> Any:
+        ops = store_for(kind)
+        raw = with_id(await json_body(request), ident)
+        existing = await ops["get"](ident)
+        if existing is None:
+            raise HTTPException(404, f"no {kind} {ident!r} (POST {PREFIX}/{ops['plural']} creates one)")
+        if existing["source"] == "file":
+            raise file_conflict(kind, ident)
+        if (mismatch := id_mismatch(raw, ident)) is not None:
+            return mismatch
+        spec, errors = await check(kind, raw, (kind, ident))
+        if errors:
+            return JSONResponse(status_code=422, content={"detail": errors})
+        row = await ops["update"](ident, ops["values"](raw, spec))
+        if row is None:
+            raise HTTPException(409, f"{kind} {ident!r} was deleted or taken over by a rule file meanwhile")
+        return ops["out"](row, await reload(response))
+
+    async def delete_rule(kind: str, ident: str) -> Response:
+        ops = store_for(kind)
+        existing = await ops["get"](ident)
+        if existing is None:
+            raise HTTPException(404, f"no {kind} {ident!r}")
+        if existing["source"] == "file":
+            raise file_conflict(kind, ident)
+        broken = await check_delete(kind, ident)
+        if broken:
+            raise HTTPException(409, f"deleting {kind} {ident!r} would break: {'; '.join(broken)}")
+        if not await ops["delete"](ident):
+            raise HTTPException(404, f"no {kind} {ident!r}")
+        response = Response(status_code=204)
+        await reload(response)
+        return response
+
     # ------------------------------------------------------------------ workflows
 
     @api.get("/workflows", response_model=WorkflowList, tags=["workflows"], responses=UNAVAILABLE,
@@ -520,68 +588,21 @@ def create_app(service: Service) -> FastAPI:
               responses={**BAD_JSON, **CONFLICT, **INVALID, **UNAVAILABLE}, summary="Create a workflow",
               openapi_extra=_spec_body("Workflow", "A workflow exactly as in a rule file, as JSON"))
     async def create_workflow(request: Request, response: Response) -> Any:
-        q = queries()
-        raw = await json_body(request)
-        ident = raw.get("id") if isinstance(raw, dict) else None
-        if isinstance(ident, str):
-            existing = await q.get_workflow(ident)
-            gen = service.rules.generation if service.rules is not None else None
-            if (existing is not None and existing["source"] == "file") or (
-                    existing is None and gen is not None and ident in gen.workflows):
-                raise file_conflict("workflow", ident)
-            if existing is not None:
-                raise HTTPException(409, f"workflow {ident!r} exists (source {existing['source']!r}): "
-                                         f"PUT {PREFIX}/workflows/{ident} replaces it")
-        wf, errors = await check("workflow", raw, None)
-        if errors:
-            return JSONResponse(status_code=422, content={"detail": errors})
-        row = await q.insert_workflow(wf.id, workflow_values(raw, wf))
-        if row is None:
-            raise HTTPException(409, f"workflow {wf.id!r} was created meanwhile")
-        return workflow_out(row, await reload(response))
+        return await create_rule("workflow", request, response)
 
     @api.put("/workflows/{workflow_id}", response_model=WorkflowRecord, tags=["workflows"],
              responses={**BAD_JSON, **NOT_FOUND, **CONFLICT, **INVALID, **UNAVAILABLE},
              summary="Replace a workflow (its version is bumped)",
              openapi_extra=_spec_body("Workflow", "The whole workflow; 'id' may be omitted"))
     async def replace_workflow(workflow_id: str, request: Request, response: Response) -> Any:
-        q = queries()
-        raw = with_id(await json_body(request), workflow_id)
-        existing = await q.get_workflow(workflow_id)
-        if existing is None:
-            raise HTTPException(404, f"no workflow {workflow_id!r} (POST {PREFIX}/workflows creates one)")
-        if existing["source"] == "file":
-            raise file_conflict("workflow", workflow_id)
-        if (mismatch := id_mismatch(raw, workflow_id)) is not None:
-            return mismatch
-        wf, errors = await check("workflow", raw, ("workflow", workflow_id))
-        if errors:
-            return JSONResponse(status_code=422, content={"detail": errors})
-        row = await q.update_workflow(workflow_id, workflow_values(raw, wf))
-        if row is None:
-            raise HTTPException(409, f"workflow {workflow_id!r} was deleted or taken over by a rule file "
-                                     "meanwhile")
-        return workflow_out(row, await reload(response))
+        return await replace_rule("workflow", workflow_id, request, response)
 
     @api.delete("/workflows/{workflow_id}", status_code=204, tags=["workflows"], response_class=Response,
                 responses={204: {"description": "Deleted; the reload's outcome is in the "
                                                 f"{RELOAD_HEADER} header"},
                            **NOT_FOUND, **CONFLICT, **UNAVAILABLE}, summary="Delete a workflow")
     async def delete_workflow(workflow_id: str) -> Response:
-        q = queries()
-        existing = await q.get_workflow(workflow_id)
-        if existing is None:
-            raise HTTPException(404, f"no workflow {workflow_id!r}")
-        if existing["source"] == "file":
-            raise file_conflict("workflow", workflow_id)
-        broken = await check_delete("workflow", workflow_id)
-        if broken:
-            raise HTTPException(409, f"deleting workflow {workflow_id!r} would break: {'; '.join(broken)}")
-        if not await q.delete_workflow(workflow_id):
-            raise HTTPException(404, f"no workflow {workflow_id!r}")
-        response = Response(status_code=204)
-        await reload(response)
-        return response
+        return await delete_rule("workflow", workflow_id)
 
     # ------------------------------------------------------------------ strategies
 
@@ -609,68 +630,21 @@ def create_app(service: Service) -> FastAPI:
               responses={**BAD_JSON, **CONFLICT, **INVALID, **UNAVAILABLE}, summary="Create a strategy",
               openapi_extra=_spec_body("Strategy", "A strategy exactly as in a rule file, as JSON"))
     async def create_strategy(request: Request, response: Response) -> Any:
-        q = queries()
-        raw = await json_body(request)
-        ident = raw.get("id") if isinstance(raw, dict) else None
-        if isinstance(ident, str):
-            existing = await q.get_strategy(ident)
-            gen = service.rules.generation if service.rules is not None else None
-            if (existing is not None and existing["source"] == "file") or (
-                    existing is None and gen is not None and ident in gen.strategies):
-                raise file_conflict("strategy", ident)
-            if existing is not None:
-                raise HTTPException(409, f"strategy {ident!r} exists (source {existing['source']!r}): "
-                                         f"PUT {PREFIX}/strategies/{ident} replaces it")
-        strategy, errors = await check("strategy", raw, None)
-        if errors:
-            return JSONResponse(status_code=422, content={"detail": errors})
-        row = await q.insert_strategy(strategy.id, strategy_values(raw, strategy))
-        if row is None:
-            raise HTTPException(409, f"strategy {strategy.id!r} was created meanwhile")
-        return strategy_out(row, await reload(response))
+        return await create_rule("strategy", request, response)
 
     @api.put("/strategies/{strategy_id}", response_model=StrategyRecord, tags=["strategies"],
              responses={**BAD_JSON, **NOT_FOUND, **CONFLICT, **INVALID, **UNAVAILABLE},
              summary="Replace a strategy (its version is bumped)",
              openapi_extra=_spec_body("Strategy", "The whole strategy; 'id' may be omitted"))
     async def replace_strategy(strategy_id: str, request: Request, response: Response) -> Any:
-        q = queries()
-        raw = with_id(await json_body(request), strategy_id)
-        existing = await q.get_strategy(strategy_id)
-        if existing is None:
-            raise HTTPException(404, f"no strategy {strategy_id!r} (POST {PREFIX}/strategies creates one)")
-        if existing["source"] == "file":
-            raise file_conflict("strategy", strategy_id)
-        if (mismatch := id_mismatch(raw, strategy_id)) is not None:
-            return mismatch
-        strategy, errors = await check("strategy", raw, ("strategy", strategy_id))
-        if errors:
-            return JSONResponse(status_code=422, content={"detail": errors})
-        row = await q.update_strategy(strategy_id, strategy_values(raw, strategy))
-        if row is None:
-            raise HTTPException(409, f"strategy {strategy_id!r} was deleted or taken over by a rule file "
-                                     "meanwhile")
-        return strategy_out(row, await reload(response))
+        return await replace_rule("strategy", strategy_id, request, response)
 
     @api.delete("/strategies/{strategy_id}", status_code=204, tags=["strategies"], response_class=Response,
                 responses={204: {"description": "Deleted; the reload's outcome is in the "
                                                 f"{RELOAD_HEADER} header"},
                            **NOT_FOUND, **CONFLICT, **UNAVAILABLE}, summary="Delete a strategy")
     async def delete_strategy(strategy_id: str) -> Response:
-        q = queries()
-        existing = await q.get_strategy(strategy_id)
-        if existing is None:
-            raise HTTPException(404, f"no strategy {strategy_id!r}")
-        if existing["source"] == "file":
-            raise file_conflict("strategy", strategy_id)
-        broken = await check_delete("strategy", strategy_id)
-        if broken:
-            raise HTTPException(409, f"deleting strategy {strategy_id!r} would break: {'; '.join(broken)}")
-        if not await q.delete_strategy(strategy_id):
-            raise HTTPException(404, f"no strategy {strategy_id!r}")
-        response = Response(status_code=204)
-        await reload(response)
-        return response
+        return await delete_rule("strategy", strategy_id)
 
     # ------------------------------------------------------------------ executions
 

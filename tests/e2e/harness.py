@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import nats
 import yaml
@@ -36,6 +37,19 @@ def shorten_quiet(rules_dir: Path, quiet: str, max_window: str = "30s", cooldown
         if cooldown is not None:
             text = re.sub(r"cooldown: \w+", f"cooldown: {cooldown}", text)
         file.write_text(text, encoding="utf-8")
+
+
+def sql(dsn: str, query: str, *args: Any) -> list[dict[str, Any]]:
+    """Run one query on the test's database and return its rows as dicts."""
+
+    async def go() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [dict(r) for r in await conn.fetch(query, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
 
 
 class ServiceProcess:

@@ -45,7 +45,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import nats
 import orjson
@@ -53,6 +52,7 @@ import pytest
 from nats.errors import MaxPayloadError
 
 from tests.e2e.harness import ServiceProcess
+from tests.e2e.harness import sql as _sql
 
 FINAL_STATES = {"attached", "suppressed", "inhibited", "unmatched", "duplicate"}
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -60,15 +60,6 @@ JSON = {"content-type": "application/json"}
 TWO_MB = 2 * 1024 * 1024
 
 
-def _sql(dsn: str, query: str, *args):
-    async def go():
-        conn = await asyncpg.connect(dsn)
-        try:
-            return [dict(r) for r in await conn.fetch(query, *args)]
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def _now() -> str:

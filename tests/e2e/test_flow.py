@@ -6,10 +6,10 @@ import json
 import signal
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from tests.e2e.harness import ServiceProcess
+from tests.e2e.harness import sql as _sql
 from tests.standins import AgentManager, ReasoningService, Slack
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -34,17 +34,6 @@ def service(tmp_path, pg_dsn, redis_url, redis_prefix, nats_url, nats_prefix, st
     proc.stop()
 
 
-def _sql(dsn: str, query: str, *args):
-    import asyncio
-
-    async def go():
-        conn = await asyncpg.connect(dsn)
-        try:
-            return [dict(r) for r in await conn.fetch(query, *args)]
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def test_sample_events_become_incidents_workflows_and_slack_messages(service, standins, pg_dsn):

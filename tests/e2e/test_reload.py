@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import httpx
 import nats
 import orjson
 import pytest
 
 from tests.e2e.harness import ServiceProcess
+from tests.e2e.harness import sql as _sql
 
 STREAM_EVENTS = 10_000
 STREAM_WORKLOADS = 200
@@ -188,15 +188,6 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _sql(dsn: str, query: str, *args):
-    async def go():
-        conn = await asyncpg.connect(dsn)
-        try:
-            return [dict(r) for r in await conn.fetch(query, *args)]
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def backoff(event_id: str, namespace: str, workload: str, reason: str = "BackOff",
