@@ -1,0 +1,286 @@
+"""PostgreSQL: migrations under concurrency, retention (Repository.purge), and the seed's SQL.
+
+Each test has a fresh database of its own (``pg_dsn``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+
+from engine.db import create_pool, migrate, migrations
+from engine.repo import Repository
+from engine.rulebase import RuleBase
+from engine.rules_source import RulesManager
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+WF = "diagnose_pod_crashloop"
+
+# The seed's examples (orchestrator-README.zh.md, "数据库直接插入" and "添加新策略"), as written.
+# The strategy example there reads ``VALUES (...);``: its values are filled in here from the
+# seed's first built-in strategy (Pod CrashLoopBackOff, diagnose_pod_crashloop, priority 10).
+SEED_INSERT_WORKFLOW = """
+INSERT INTO workflows (id, name, description, trigger_type, status, steps, created_at, updated_at)
+VALUES (
+  'diagnose_pod_crashloop',
+  '诊断 Pod CrashLoopBackOff',
+  '自动诊断和修复 Pod 崩溃循环问题',
+  'event',
+  'active',
+  '[]'::jsonb,  -- 步骤定义
+  NOW(),
+  NOW()
+);
+"""
+SEED_INSERT_STRATEGY = """
+INSERT INTO strategies (id, name, category, symptoms, workflow_id, priority, enabled)
+VALUES ('pod_crashloop', 'Pod CrashLoopBackOff', 'pod_failure',
+        '[{"type": "event", "conditions": {"kind": "Pod", "reason": "CrashLoopBackOff"}}]'::jsonb,
+        'diagnose_pod_crashloop', 10, true);
+"""
+SEED_SELECTS = (
+    "SELECT id, name, status, created_at FROM workflows;",
+    "SELECT id, workflow_id, status, started_at, duration FROM workflow_executions "
+    "ORDER BY started_at DESC LIMIT 10;",
+    "SELECT id, name, category, priority FROM strategies WHERE enabled = true;",
+)
+STEPS = [
+    {"id": "collect_logs", "type": "command",
+     "config": {"action": "logs", "args": ["--tail=100", "--previous"]}, "on_success": ["notify"]},
+    {"id": "notify", "type": "notification", "config": {"channel": "log", "message": "crash loop"}},
+]
+
+
+async def _with_pool(dsn: str, body: Callable[[asyncpg.Pool], Awaitable[T]], *, migrated: bool = True) -> T:
+    pool = await create_pool(dsn, min_size=1, max_size=4)
+    try:
+        if migrated:
+            await migrate(pool)
+        return await body(pool)
+    finally:
+        await pool.close()
+
+
+# ---------------------------------------------------------------------------- migrations
+
+
+def test_concurrent_migrations_apply_each_version_exactly_once(pg_dsn):
+    latest = [version for version, _, _ in migrations()]
+    assert latest and latest[0] == 1
+
+    async def go() -> None:
+        pools = [await create_pool(pg_dsn, min_size=1, max_size=2) for _ in range(3)]
+        try:
+            results = await asyncio.gather(*(migrate(pool) for pool in pools))
+            # One call applied everything; the others waited on the lock and found it done.
+            assert sorted(results, key=len) == [[], [], latest], results
+            rows = await pools[0].fetch("SELECT version, name FROM schema_migrations ORDER BY version")
+            assert [r["version"] for r in rows] == latest
+            assert rows[0]["name"] == "init"
+            # Again: a no-op, from any pool.
+            assert await migrate(pools[1]) == []
+            assert await pools[2].fetchval("SELECT count(*) FROM schema_migrations") == len(latest)
+            # The schema is there once (a second CREATE TABLE would have failed the migration).
+            tables = {r["tablename"] for r in await pools[0].fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+            assert {"workflows", "workflow_versions", "strategies", "incidents", "workflow_executions",
+                    "step_executions", "events", "dead_letters", "replicas", "schema_migrations"} <= tables
+            # And the advisory lock was released by every caller.
+            assert await pools[0].fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+        finally:
+            for pool in pools:
+                await pool.close()
+
+    asyncio.run(go())
+
+
+# ---------------------------------------------------------------------------- retention
+
+
+class _Recording:
+    """A pool stand-in for Repository that records each statement's status line."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.statuses: list[tuple[str, str]] = []
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        status = await self.pool.execute(sql, *args)
+        table = sql.split("DELETE FROM", 1)[1].split()[0] if "DELETE FROM" in sql else "?"
+        self.statuses.append((table, status))
+        return status
+
+
+OLD = "now() - interval '2 days'"
+NEW = "now() - interval '10 minutes'"
+
+
+async def _seed_retention(pool: asyncpg.Pool) -> None:
+    async def execution(ident: str, status: str, started: str, steps: int = 2) -> None:
+        await pool.execute(f"""
+            INSERT INTO workflow_executions
+                   (id, workflow_id, workflow_version, status, started_at, finished_at)
+            VALUES ($1, 'wf', 1, $2, {started}, CASE WHEN $2 = 'running' THEN NULL ELSE {started} END)""",
+            ident, status)
+        for seq in range(steps):
+            await pool.execute("""
+                INSERT INTO step_executions (execution_id, seq, step_id, step_type, status)
+                VALUES ($1, $2, $3, 'command', 'succeeded')""", ident, seq, f"s{seq}")
+
+    for i, status in enumerate(("succeeded", "failed", "cancelled", "timed_out", "succeeded")):
+        await execution(f"old-done-{i}", status, OLD)
+    await execution("old-running", "running", OLD)
+    await execution("new-done", "succeeded", NEW)
+    await execution("new-running", "running", NEW)
+
+    async def event(ident: str, state: str, received: str) -> None:
+        await pool.execute(f"""
+            INSERT INTO events (id, received_at, state, payload) VALUES ($1, {received}, $2, $3)""",
+            ident, state, {"id": ident})
+
+    for i, state in enumerate(("attached", "unmatched", "suppressed", "inhibited", "duplicate", "attached")):
+        await event(f"old-{state}-{i}", state, OLD)
+    await event("old-pending", "pending", OLD)
+    await event("new-attached", "attached", NEW)
+    await event("new-pending", "pending", NEW)
+
+    for i in range(5):
+        await pool.execute(f"""
+            INSERT INTO dead_letters (received_at, source, reason, raw) VALUES ({OLD}, 'nats', $1, $2)""",
+            f"old {i}", b"{")
+    await pool.execute(f"""
+        INSERT INTO dead_letters (received_at, source, reason, raw) VALUES ({NEW}, 'nats', 'new', $1)""",
+        b"{")
+
+
+def test_purge_deletes_old_finished_records_in_batches_and_keeps_the_rest(pg_dsn):
+    async def body(pool: asyncpg.Pool) -> None:
+        await _seed_retention(pool)
+        recording = _Recording(pool)
+        repo = Repository(recording, "r-test")  # type: ignore[arg-type]
+        deleted = await repo.purge(older_than_seconds=86400, batch=2)
+        assert deleted == 5 + 6 + 5
+
+        executions = {r["id"] for r in await pool.fetch("SELECT id FROM workflow_executions")}
+        assert executions == {"old-running", "new-done", "new-running"}
+        # Their step rows went with them (ON DELETE CASCADE); the others' stayed.
+        steps = {r["execution_id"] for r in await pool.fetch("SELECT execution_id FROM step_executions")}
+        assert steps == executions
+        assert await pool.fetchval("SELECT count(*) FROM step_executions") == 2 * len(executions)
+        events = {r["id"] for r in await pool.fetch("SELECT id FROM events")}
+        assert events == {"old-pending", "new-attached", "new-pending"}
+        dead = [r["reason"] for r in await pool.fetch("SELECT reason FROM dead_letters")]
+        assert dead == ["new"]
+
+        # In batches of at most 2, until a short batch: 5 -> 2, 2, 1 for each table.
+        by_table: dict[str, list[int]] = {}
+        for table, status in recording.statuses:
+            by_table.setdefault(table, []).append(int(status.split()[-1]))
+        assert by_table == {"workflow_executions": [2, 2, 1], "events": [2, 2, 2, 0],
+                            "dead_letters": [2, 2, 1]}
+
+        # Nothing more to do: one empty statement per table.
+        recording.statuses.clear()
+        assert await repo.purge(older_than_seconds=86400, batch=2) == 0
+        assert [int(s.split()[-1]) for _, s in recording.statuses] == [0, 0, 0]
+        # A shorter age takes the newer finished records too, never running or pending ones.
+        assert await repo.purge(older_than_seconds=60, batch=1000) == 1 + 1 + 1
+        assert {r["id"] for r in await pool.fetch("SELECT id FROM workflow_executions")} == {
+            "old-running", "new-running"}
+        assert {r["id"] for r in await pool.fetch("SELECT id FROM events")} == {"old-pending", "new-pending"}
+        assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+
+    asyncio.run(_with_pool(pg_dsn, body))
+
+
+# ---------------------------------------------------------------------------- the seed's SQL
+
+
+def test_seed_inserts_work_as_written_and_workflow_versions_bump_on_update(pg_dsn, tmp_path: Path):
+    async def body(pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as conn:
+            await conn.execute(SEED_INSERT_WORKFLOW)
+            await conn.execute(SEED_INSERT_STRATEGY)
+            for query in SEED_SELECTS:          # the seed's reads, as written
+                await conn.fetch(query)
+
+        workflows = await pool.fetch(SEED_SELECTS[0])
+        assert [(r["id"], r["status"]) for r in workflows] == [("diagnose_pod_crashloop", "active")]
+        strategies = await pool.fetch(SEED_SELECTS[2])
+        assert [(r["id"], r["category"], r["priority"]) for r in strategies] == [
+            ("pod_crashloop", "pod_failure", 10)]
+        row = await pool.fetchrow("SELECT version, source, steps FROM workflows WHERE id = $1", WF)
+        assert (row["version"], row["source"], row["steps"]) == (1, "sql", [])
+        assert await pool.fetchval("SELECT version FROM strategies WHERE id = 'pod_crashloop'") == 1
+
+        async def versions() -> list[tuple[int, Any]]:
+            rows = await pool.fetch("SELECT version, definition FROM workflow_versions "
+                                    "WHERE workflow_id = 'diagnose_pod_crashloop' ORDER BY version")
+            return [(r["version"], r["definition"]) for r in rows]
+
+        first = await versions()
+        assert [v for v, _ in first] == [1]
+        assert first[0][1]["steps"] == [] and first[0][1]["name"] == "诊断 Pod CrashLoopBackOff"
+
+        # The steps filled in by SQL: version 2, kept alongside version 1.
+        before = await pool.fetchval("SELECT updated_at FROM workflows WHERE id = $1", WF)
+        await pool.execute("UPDATE workflows SET steps = $2 WHERE id = $1", WF, STEPS)
+        row = await pool.fetchrow("SELECT version, updated_at FROM workflows WHERE id = $1", WF)
+        assert row["version"] == 2 and row["updated_at"] > before
+        second = await versions()
+        assert [v for v, _ in second] == [1, 2]
+        assert second[0] == first[0]                       # version 1 is unchanged
+        assert [s["id"] for s in second[1][1]["steps"]] == ["collect_logs", "notify"]
+
+        # An UPDATE that changes nothing is no new version; another change is version 3.
+        await pool.execute("UPDATE workflows SET status = status WHERE id = $1", WF)
+        assert [v for v, _ in await versions()] == [1, 2]
+        await pool.execute("UPDATE workflows SET priority = 9 WHERE id = $1", WF)
+        assert [v for v, _ in await versions()] == [1, 2, 3]
+        await pool.execute("UPDATE strategies SET priority = 11 WHERE id = 'pod_crashloop'")
+        assert await pool.fetchval("SELECT version FROM strategies WHERE id = 'pod_crashloop'") == 2
+
+        # The service reads the SQL rows as stored rules (no rule files here), at their version,
+        # and finds the version an execution pinned earlier.
+        (tmp_path / "rules").mkdir()
+        rulebase = RuleBase([])
+        try:
+            manager = RulesManager(tmp_path / "rules", rulebase, pool)
+            assert await manager.reload("test"), [str(p) for p in manager.status.problems]
+            assert manager.generation is not None
+            assert manager.generation.workflows["diagnose_pod_crashloop"].version == 3
+            assert manager.generation.strategies["pod_crashloop"].workflow_id == "diagnose_pod_crashloop"
+            pinned = await manager.workflow("diagnose_pod_crashloop", 2)
+            assert pinned is not None and pinned.version == 2 and pinned.priority != 9
+        finally:
+            rulebase.close()
+
+    asyncio.run(_with_pool(pg_dsn, body))
+
+
+def test_seed_workflow_with_its_placeholder_steps_is_reported_not_loaded(pg_dsn, tmp_path: Path):
+    """The seed's row as written has ``'[]'`` for its steps: the set with it is refused,
+    and the problem names the row."""
+
+    async def body(pool: asyncpg.Pool) -> None:
+        await pool.execute(SEED_INSERT_WORKFLOW)
+        await pool.execute(SEED_INSERT_STRATEGY)
+        (tmp_path / "rules").mkdir()
+        rulebase = RuleBase([])
+        try:
+            manager = RulesManager(tmp_path / "rules", rulebase, pool)
+            assert not await manager.reload("test")
+            problems = [str(p) for p in manager.status.problems]
+            assert any(p.startswith("db:workflows/diagnose_pod_crashloop") and "steps" in p
+                       for p in problems), problems
+        finally:
+            rulebase.close()
+
+    asyncio.run(_with_pool(pg_dsn, body))
