@@ -105,33 +105,38 @@ class Repository:
     # ------------------------------------------------------------------ incidents
 
     async def open_incident(self, incident: Incident, execution_id: str | None = None,
-                            event_ids: list[str] | None = None) -> str | None:
-        """Insert the incident as open and attach its events, in one statement. Returns
-        None if it was inserted, or the id of the incident already open for the same
-        (strategy, key) on another replica (then nothing is attached)."""
+                            event_ids: list[str] | None = None) -> tuple[str, str | None]:
+        """Open the incident and attach its events, unless its (strategy, key) is already
+        open or cooling down, whichever replica did that. Returns ("opened", None),
+        ("open", id of the incident already open) or ("cooling", id of the closed one).
+
+        Opening and closing take the same per-key advisory lock, so a replica never opens
+        a second incident in the instant another closes the first (the cooldown is seen)."""
         s = incident.summary()
-        async with self.pool.acquire() as conn:
-            inserted = await conn.fetchval("""
-                WITH opened AS (
-                    INSERT INTO incidents (id, strategy_id, key, status, severity, workflow_id, namespace,
-                                           workload, node, reason, events, inhibited, context, first_seen,
-                                           last_seen, execution_id, late)
-                    VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $17)
-                    ON CONFLICT (strategy_id, key) WHERE status = 'open' DO NOTHING
-                    RETURNING id),
-                attached AS (
-                    UPDATE events SET state = 'attached', incident_id = (SELECT id FROM opened)
-                    WHERE id = ANY($16::text[]) AND EXISTS (SELECT 1 FROM opened))
-                SELECT id FROM opened""",
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                               f"incident:{incident.strategy.id}:{incident.key_text}")
+            other = await conn.fetchrow("""
+                SELECT id, status FROM incidents WHERE strategy_id = $1 AND key = $2
+                AND (status = 'open' OR (status = 'closed' AND cooldown_until > now()))
+                ORDER BY status DESC, cooldown_until DESC LIMIT 1""",
+                incident.strategy.id, incident.key_text)
+            if other is not None:
+                return ("open" if other["status"] == "open" else "cooling"), other["id"]
+            await conn.execute("""
+                INSERT INTO incidents (id, strategy_id, key, status, severity, workflow_id, namespace,
+                                       workload, node, reason, events, inhibited, context, first_seen,
+                                       last_seen, execution_id, late)
+                VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)""",
                 incident.id, incident.strategy.id, incident.key_text, incident.strategy.severity,
                 incident.workflow_id, s["namespace"], s["workload"], s["node"], s["reason"],
                 incident.events, incident.inhibited, incident.context(), _ts(incident.first_seen),
-                _ts(incident.last_seen), execution_id, event_ids or [], incident.late)
-            if inserted is not None:
-                return None
-            return await conn.fetchval(
-                "SELECT id FROM incidents WHERE strategy_id = $1 AND key = $2 AND status = 'open'",
-                incident.strategy.id, incident.key_text)
+                _ts(incident.last_seen), execution_id, incident.late)
+            if event_ids:
+                await conn.execute(
+                    "UPDATE events SET state = 'attached', incident_id = $2 WHERE id = ANY($1::text[])",
+                    event_ids, incident.id)
+            return "opened", None
 
     async def claim_incidents_without_execution(self, lease_seconds: float) -> list[dict[str, Any]]:
         """Open incidents whose execution was never recorded (the replica that opened them
@@ -149,20 +154,20 @@ class Repository:
         return [dict(r) for r in rows]
 
     async def close_incident_by_id(self, incident_id: str, cooldown: float) -> dict[str, Any] | None:
-        row = await self.pool.fetchrow("""
-            UPDATE incidents SET status = 'closed', closed_at = now(),
-                   cooldown_until = now() + make_interval(secs => $2::float8)
-            WHERE id = $1 AND status = 'open' RETURNING strategy_id, key""", incident_id, cooldown)
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("SELECT strategy_id, key FROM incidents WHERE id = $1", incident_id)
+            if row is None:
+                return None
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                               f"incident:{row['strategy_id']}:{row['key']}")
+            row = await conn.fetchrow("""
+                UPDATE incidents SET status = 'closed', closed_at = now(),
+                       cooldown_until = now() + make_interval(secs => $2::float8)
+                WHERE id = $1 AND status = 'open' RETURNING strategy_id, key""", incident_id, cooldown)
         return dict(row) if row else None
 
     async def incident_strategy(self, incident_id: str) -> str | None:
         return await self.pool.fetchval("SELECT strategy_id FROM incidents WHERE id = $1", incident_id)
-
-    async def in_cooldown(self, strategy_id: str, key: str) -> str | None:
-        """The id of a closed incident whose cooldown still runs for this key, if any."""
-        return await self.pool.fetchval("""
-            SELECT id FROM incidents WHERE strategy_id = $1 AND key = $2 AND status = 'closed'
-            AND cooldown_until > now() ORDER BY cooldown_until DESC LIMIT 1""", strategy_id, key)
 
     async def add_to_incident(self, incident_id: str, events: int = 0, late: int = 0,
                               suppressed: int = 0, inhibited: dict[str, int] | None = None) -> None:
@@ -176,17 +181,18 @@ class Repository:
                    last_seen = now()
             WHERE id = $1""", incident_id, events, late, suppressed, inhibited or {})
 
-    async def set_incident_execution(self, incident_id: str, execution_id: str) -> None:
-        await self.pool.execute("UPDATE incidents SET execution_id = $2 WHERE id = $1",
-                                incident_id, execution_id)
-
     async def close_incident(self, incident: Incident) -> None:
-        # Counts are not written here: the intake adds them as events arrive.
-        await self.pool.execute("""
-            UPDATE incidents SET status = 'closed', closed_at = now(),
-                   last_seen = greatest(last_seen, $2),
-                   cooldown_until = now() + make_interval(secs => $3::float8)
-            WHERE id = $1""", incident.id, _ts(incident.last_seen), incident.strategy.correlation.cooldown)
+        # Counts are not written here: the intake adds them as events arrive. The per-key lock
+        # orders this against a replica opening the same key (see open_incident).
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                               f"incident:{incident.strategy.id}:{incident.key_text}")
+            await conn.execute("""
+                UPDATE incidents SET status = 'closed', closed_at = now(),
+                       last_seen = greatest(last_seen, $2),
+                       cooldown_until = now() + make_interval(secs => $3::float8)
+                WHERE id = $1""", incident.id, _ts(incident.last_seen),
+                incident.strategy.correlation.cooldown)
 
     # ------------------------------------------------------------------ replicas
 

@@ -30,6 +30,8 @@ from engine.yamlsource import LineMap
 
 log = logging.getLogger(__name__)
 
+MIRROR_LOCK = 0x4165746866  # one advisory lock id for mirroring rule files into the tables
+
 WORKFLOW_COLUMNS = ("id", "name", "description", "trigger_type", "trigger_config", "status", "priority",
                     "timeout", "steps")
 STRATEGY_COLUMNS = ("id", "name", "category", "symptoms", "workflow_id", "priority", "enabled")
@@ -190,8 +192,10 @@ class RulesManager:
         Nothing is written when nothing changed (a write NOTIFYs every replica)."""
         assert self.pool is not None
         async with self.pool.acquire() as conn, conn.transaction():
+            # Replicas starting together mirror the same files: one at a time, in id order.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIRROR_LOCK)
             stored = {r["id"]: r for r in await conn.fetch("SELECT id, definition, source FROM workflows")}
-            for wf_id in file_workflows:
+            for wf_id in sorted(file_workflows):
                 spec = _dump(rules.workflows[wf_id])
                 row = stored.get(wf_id)
                 if row is not None and row["source"] == "file" and row["definition"] == spec:
@@ -213,7 +217,7 @@ class RulesManager:
                 self.last_write = time.time()
                 await conn.execute("DELETE FROM workflows WHERE id = ANY($1::text[])", gone)
             stored_s = {r["id"]: r for r in await conn.fetch("SELECT id, definition, source FROM strategies")}
-            for sid in file_strategies:
+            for sid in sorted(file_strategies):
                 spec = _dump(rules.strategies[sid])
                 row = stored_s.get(sid)
                 if row is not None and row["source"] == "file" and row["definition"] == spec:

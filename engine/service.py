@@ -461,29 +461,25 @@ class Service:
         assert self.repo is not None and self.cache is not None and self.correlator is not None
         assert self.rules is not None
         sid, key = incident.strategy.id, incident.key_text
-        known, cooling = await self.cache.cooldown(sid, key)
-        if not known:
-            cooling = await self.repo.in_cooldown(sid, key)
-        if cooling:
-            incident.db_id = cooling  # type: ignore[attr-defined]
-            incident.recorded = True  # type: ignore[attr-defined]
-            await self.repo.attach_events(incident.event_ids, cooling, "suppressed")
-            await self.repo.repoint_events(incident.id, cooling)
-            await self.repo.add_to_incident(cooling, suppressed=incident.events + incident.late)
-            self.correlator.close(incident)
-            return
+        # Redis answers the common case fast; the database decides, under a per-key lock.
+        _known, cooling = await self.cache.cooldown(sid, key)
         workflow = await self.rules.workflow(incident.workflow_id)
         runnable = workflow is not None and workflow.status == "active"
         execution_id = f"exec-{uuid.uuid4().hex[:16]}" if runnable else None
-        async with self._record_lock:   # the batch holding its last events is recorded
-            existing = await self.repo.open_incident(incident, execution_id, incident.event_ids)
+        outcome, other = "cooling", cooling
+        if cooling is None:
+            async with self._record_lock:   # the batch holding its last events is recorded
+                outcome, other = await self.repo.open_incident(incident, execution_id, incident.event_ids)
         incident.recorded = True  # type: ignore[attr-defined]
-        if existing is not None:
-            # Another replica holds this (strategy, key) open: its workflow covers these too.
-            incident.db_id = existing  # type: ignore[attr-defined]
-            await self.repo.attach_events(incident.event_ids, existing)
-            await self.repo.repoint_events(incident.id, existing)
-            await self.repo.add_to_incident(existing, late=incident.events + incident.late)
+        if outcome != "opened":
+            # Cooling down, or open on another replica: its workflow covers these events too.
+            assert other is not None
+            incident.db_id = other  # type: ignore[attr-defined]
+            state = "suppressed" if outcome == "cooling" else "attached"
+            await self.repo.attach_events(incident.event_ids, other, state)
+            await self.repo.repoint_events(incident.id, other)
+            field = "suppressed" if outcome == "cooling" else "late"
+            await self.repo.add_to_incident(other, **{field: incident.events + incident.late})
             self.correlator.close(incident)
             return
         incident.db_id = incident.id  # type: ignore[attr-defined]
