@@ -55,6 +55,7 @@ class ReloadStatus:
     last_success: float = 0.0
     reason: str = ""
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)   # stored rules left out, and why
     reloads: int = 0
     failures: int = 0
 
@@ -62,7 +63,7 @@ class ReloadStatus:
         return {"ok": self.ok, "generation": self.generation, "reason": self.reason,
                 "last_attempt": self.last_attempt, "last_success": self.last_success,
                 "reloads": self.reloads, "failures": self.failures,
-                "problems": [str(p) for p in self.problems]}
+                "problems": [str(p) for p in self.problems], "warnings": list(self.warnings)}
 
 
 def workflow_spec(row: dict[str, Any]) -> dict[str, Any]:
@@ -125,12 +126,28 @@ class RulesManager:
     async def _reload(self, reason: str) -> bool:
         status = self.status
         status.last_attempt, status.reason = time.time(), reason
-        rules = await asyncio.to_thread(load_rules, self.directory)
-        file_workflows = set(rules.workflows)
-        file_strategies = set(rules.strategies)
-        if self.pool is not None:
-            await self._add_stored(rules)
-        problems = validate(rules)
+        files = await asyncio.to_thread(load_rules, self.directory)
+        file_workflows = set(files.workflows)
+        file_strategies = set(files.strategies)
+        # A stored (API/SQL) rule that is invalid, such as the seed's example INSERT with no
+        # steps, is left out with a warning; it must not block every rule-file edit.
+        excluded: set[str] = set()
+        warnings: list[str] = []
+        while True:   # each round leaves out at least one more stored rule, so it ends
+            rules = RuleSet(strategies=dict(files.strategies), workflows=dict(files.workflows),
+                            origins=dict(files.origins), problems=list(files.problems),
+                            files=list(files.files), invalid=set(files.invalid))
+            if self.pool is not None:
+                await self._add_stored(rules, excluded)
+            problems = validate(rules)
+            stored_bad = {p.path for p in problems if p.path.startswith("db:")}
+            if not stored_bad:
+                break
+            warnings += [f"{p}: left out" for p in problems if p.path in stored_bad]
+            excluded |= stored_bad
+        status.warnings = warnings
+        for warning in warnings:
+            log.warning("Stored rule %s", warning)
         if problems:
             status.ok, status.problems = False, problems
             status.failures += 1
@@ -142,7 +159,8 @@ class RulesManager:
         if self.pool is not None:
             versions = await self._mirror(rules, file_workflows, file_strategies)
             for wf_id, version in versions.items():
-                rules.workflows[wf_id].version = version
+                if wf_id in rules.workflows:     # not a stored rule that was left out
+                    rules.workflows[wf_id].version = version
         return self._activate(rules, strategies, reason)
 
     def _activate(self, rules: RuleSet, strategies: dict[str, Strategy], reason: str) -> bool:
@@ -172,15 +190,20 @@ class RulesManager:
             except Exception:
                 log.exception("rules listener failed")
 
-    async def _add_stored(self, rules: RuleSet) -> None:
-        """Workflows and strategies created through the API or SQL (files win on a clash)."""
+    async def _add_stored(self, rules: RuleSet, excluded: set[str] = frozenset()) -> None:
+        """Workflows and strategies created through the API or SQL (files win on a clash),
+        except those in ``excluded`` (origin paths of stored rules found invalid)."""
         assert self.pool is not None
         for row in await self.pool.fetch("SELECT * FROM workflows WHERE source <> 'file' ORDER BY id"):
+            if f"db:workflows/{row['id']}" in excluded:
+                continue
             if row["id"] in rules.workflows:
                 log.warning("stored workflow %s is shadowed by a rule file with the same id", row["id"])
                 continue
             _add_workflow(rules, workflow_spec(dict(row)), Origin(f"db:workflows/{row['id']}", LineMap()))
         for row in await self.pool.fetch("SELECT * FROM strategies WHERE source <> 'file' ORDER BY id"):
+            if f"db:strategies/{row['id']}" in excluded:
+                continue
             if row["id"] in rules.strategies:
                 log.warning("stored strategy %s is shadowed by a rule file with the same id", row["id"])
                 continue

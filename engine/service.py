@@ -65,7 +65,9 @@ class _Batch:
     source: str
     rows: list[tuple[Event, str | None, tuple]] = field(default_factory=list)
     dead: list[tuple[str, str | None, str, bytes | None, dict]] = field(default_factory=list)
-    counts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # (event id, incident id, field, strategy id, occurrences) for incidents already stored;
+    # summed once the batch is recorded, for the events that turned out new.
+    deltas: list[tuple[str, str, str, str, int]] = field(default_factory=list)
     duplicates: int = 0
     ignored: int = 0
 
@@ -326,7 +328,7 @@ class Service:
                 batch.duplicates += 1
                 continue
             self._remember_id(event.id)
-            state = self._process(event, batch.counts)
+            state = self._process(event, batch.deltas)
             batch.rows.append((event, subject, state))
         return batch
 
@@ -359,7 +361,17 @@ class Service:
                         recorded.add(row[0].id)   # accounted for, as a dead letter
         # Recorded before by another replica (or before a restart): not counted again here.
         duplicates = batch.duplicates + len(rows) - len(recorded)
-        for incident_id, delta in batch.counts.items():
+        counts: dict[str, dict[str, Any]] = {}
+        for event_id, incident_id, name, strategy_id, value in batch.deltas:
+            if event_id not in recorded:
+                continue     # recorded before (a redelivery): already counted then
+            delta = counts.setdefault(incident_id, {})
+            if name == "inhibited":
+                covered = delta.setdefault("inhibited", {})
+                covered[strategy_id] = covered.get(strategy_id, 0) + value
+            else:
+                delta[name] = delta.get(name, 0) + value
+        for incident_id, delta in counts.items():
             self._spawn(self.repo.add_to_incident(incident_id, **delta))
         self.metrics.events_dedup.inc(duplicates)
         self.stats["events"] += len(recorded)
@@ -372,11 +384,11 @@ class Service:
         if len(self._recent) > 200_000:
             self._recent.popitem(last=False)
 
-    def _process(self, event: Event, counts: dict[str, dict[str, Any]] | None = None, *,
+    def _process(self, event: Event, deltas: list[tuple[str, str, str, str, int]] | None = None, *,
                  recovered: bool = False) -> tuple[str, str | None, str | None]:
         """Rule base + correlation for one event; return (state, strategy id, incident id).
         Synchronous on purpose: a generation swap cannot happen in the middle of it.
-        Counts for incidents already in the database are added to ``counts``."""
+        Counts for incidents already in the database are appended to ``deltas``."""
         assert self.rulebase is not None and self.correlator is not None
         if not recovered and not self.tracker.observe(event):
             return ("duplicate", None, None)
@@ -391,16 +403,11 @@ class Service:
         self._incidents.setdefault(incident.id, incident)
         db_id = getattr(incident, "db_id", None)
 
-        def add(field: str, value: Any) -> None:
+        def add(field: str, value: int) -> None:
             # Until the incident's row exists its counts travel with the INSERT instead.
-            if db_id is None or counts is None or not getattr(incident, "recorded", False):
+            if db_id is None or deltas is None or not getattr(incident, "recorded", False):
                 return
-            delta = counts.setdefault(db_id, {})
-            if field == "inhibited":
-                covered = delta.setdefault("inhibited", {})
-                covered[hit.strategy.id] = covered.get(hit.strategy.id, 0) + value
-            else:
-                delta[field] = delta.get(field, 0) + value
+            deltas.append((event.id, db_id, field, hit.strategy.id, value))
 
         if hit.inhibited_by:
             add("inhibited", event.count)
