@@ -113,30 +113,14 @@ class Repository:
         Opening and closing take the same per-key advisory lock, so a replica never opens
         a second incident in the instant another closes the first (the cooldown is seen)."""
         s = incident.summary()
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
-                               f"incident:{incident.strategy.id}:{incident.key_text}")
-            other = await conn.fetchrow("""
-                SELECT id, status FROM incidents WHERE strategy_id = $1 AND key = $2
-                AND (status = 'open' OR (status = 'closed' AND cooldown_until > now()))
-                ORDER BY status DESC, cooldown_until DESC LIMIT 1""",
-                incident.strategy.id, incident.key_text)
-            if other is not None:
-                return ("open" if other["status"] == "open" else "cooling"), other["id"]
-            await conn.execute("""
-                INSERT INTO incidents (id, strategy_id, key, status, severity, workflow_id, namespace,
-                                       workload, node, reason, events, inhibited, context, first_seen,
-                                       last_seen, execution_id, late)
-                VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)""",
-                incident.id, incident.strategy.id, incident.key_text, incident.strategy.severity,
-                incident.workflow_id, s["namespace"], s["workload"], s["node"], s["reason"],
-                incident.events, incident.inhibited, incident.context(), _ts(incident.first_seen),
-                _ts(incident.last_seen), execution_id, incident.late)
-            if event_ids:
-                await conn.execute(
-                    "UPDATE events SET state = 'attached', incident_id = $2 WHERE id = ANY($1::text[])",
-                    event_ids, incident.id)
-            return "opened", None
+        row = await self.pool.fetchrow(
+            "SELECT * FROM aetherius_open_incident($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, "
+            "$13, $14, $15, $16, $17)",
+            incident.id, incident.strategy.id, incident.key_text, incident.strategy.severity,
+            incident.workflow_id, s["namespace"], s["workload"], s["node"], s["reason"], incident.events,
+            incident.inhibited, incident.context(), _ts(incident.first_seen), _ts(incident.last_seen),
+            execution_id, incident.late, event_ids or [])
+        return row["outcome"], row["other_id"]
 
     async def claim_incidents_without_execution(self, lease_seconds: float) -> list[dict[str, Any]]:
         """Open incidents whose execution was never recorded (the replica that opened them
@@ -154,16 +138,8 @@ class Repository:
         return [dict(r) for r in rows]
 
     async def close_incident_by_id(self, incident_id: str, cooldown: float) -> dict[str, Any] | None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow("SELECT strategy_id, key FROM incidents WHERE id = $1", incident_id)
-            if row is None:
-                return None
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
-                               f"incident:{row['strategy_id']}:{row['key']}")
-            row = await conn.fetchrow("""
-                UPDATE incidents SET status = 'closed', closed_at = now(),
-                       cooldown_until = now() + make_interval(secs => $2::float8)
-                WHERE id = $1 AND status = 'open' RETURNING strategy_id, key""", incident_id, cooldown)
+        row = await self.pool.fetchrow("SELECT * FROM aetherius_close_incident($1, NULL, $2)",
+                                       incident_id, cooldown)
         return dict(row) if row else None
 
     async def incident_strategy(self, incident_id: str) -> str | None:
@@ -182,17 +158,10 @@ class Repository:
             WHERE id = $1""", incident_id, events, late, suppressed, inhibited or {})
 
     async def close_incident(self, incident: Incident) -> None:
-        # Counts are not written here: the intake adds them as events arrive. The per-key lock
-        # orders this against a replica opening the same key (see open_incident).
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
-                               f"incident:{incident.strategy.id}:{incident.key_text}")
-            await conn.execute("""
-                UPDATE incidents SET status = 'closed', closed_at = now(),
-                       last_seen = greatest(last_seen, $2),
-                       cooldown_until = now() + make_interval(secs => $3::float8)
-                WHERE id = $1""", incident.id, _ts(incident.last_seen),
-                incident.strategy.correlation.cooldown)
+        # Counts are not written here: the intake adds them as events arrive. The function
+        # takes the per-key lock that opening takes (see open_incident).
+        await self.pool.fetchrow("SELECT * FROM aetherius_close_incident($1, $2, $3)", incident.id,
+                                 _ts(incident.last_seen), incident.strategy.correlation.cooldown)
 
     # ------------------------------------------------------------------ replicas
 
