@@ -40,19 +40,19 @@ class Cache:
         self.client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
             url, max_connections=50, timeout=5.0, socket_timeout=1.0,
             socket_connect_timeout=1.0)) if url else None
-        self.healthy = False
+        self.healthy: bool | None = None   # unknown until the first answer
         self._local_counts: dict[str, list[float]] = {}
         self._local_locks: dict[str, asyncio.Lock] = {}
         self._local_cooldowns: dict[str, tuple[float, str]] = {}
 
     def _down(self, exc: Exception, what: str) -> None:
-        if self.healthy:
+        if self.healthy is not False:   # say it once, at start-up too
             log.warning("Redis is unavailable (%s: %s): running degraded, %s falls back to this "
                         "replica alone", type(exc).__name__, exc, what)
         self.healthy = False
 
     def _up(self) -> None:
-        if not self.healthy:
+        if self.healthy is not True:
             log.info("Redis is available at %s", self._where())
         self.healthy = True
 
