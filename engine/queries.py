@@ -183,25 +183,35 @@ class Queries:
                               incident_id: str | None = None, since: datetime | None = None,
                               until: datetime | None = None, limit: int = 50, offset: int = 0,
                               cursor: str | None = None) -> Page:
+        return await self._newest_first(
+            EXECUTION_COLUMNS, "workflow_executions", "started_at",
+            {"workflow_id": workflow_id, "status": status, "incident_id": incident_id},
+            since, until, limit, offset, cursor)
+
+    async def _newest_first(self, columns: str, table: str, time_column: str, equal: dict[str, Any],
+                            since: datetime | None, until: datetime | None, limit: int, offset: int,
+                            cursor: str | None) -> Page:
+        """One page of ``table`` filtered by equality and time, newest first, by offset or
+        by a cursor (the last row's time and id) that stays stable while rows are added."""
         where = _Where()
-        for column, value in (("workflow_id", workflow_id), ("status", status), ("incident_id", incident_id)):
+        for column, value in equal.items():
             if value is not None:
                 where.add(f"{column} = {{}}", value)
         if since is not None:
-            where.add("started_at >= {}", aware(since))
+            where.add(f"{time_column} >= {{}}", aware(since))
         if until is not None:
-            where.add("started_at < {}", aware(until))
+            where.add(f"{time_column} < {{}}", aware(until))
         if cursor:
             at, ident = decode_cursor(cursor)
-            where.add("(started_at, id) < ({}, {})", at, ident)
+            where.add(f"({time_column}, id) < ({{}}, {{}})", at, ident)
             offset = 0
         rows = await self.pool.fetch(f"""
-            SELECT {EXECUTION_COLUMNS} FROM workflow_executions {where.sql}
-            ORDER BY started_at DESC, id DESC LIMIT {where.arg(limit + 1)} OFFSET {where.arg(offset)}""",
+            SELECT {columns} FROM {table} {where.sql}
+            ORDER BY {time_column} DESC, id DESC LIMIT {where.arg(limit + 1)} OFFSET {where.arg(offset)}""",
             *where.args)
         items = [dict(r) for r in rows[:limit]]
         more = len(rows) > limit
-        return Page(items, encode_cursor(items[-1]["started_at"], items[-1]["id"]) if more else None)
+        return Page(items, encode_cursor(items[-1][time_column], items[-1]["id"]) if more else None)
 
     async def get_execution(self, execution_id: str) -> dict[str, Any] | None:
         async with self.pool.acquire() as conn:
@@ -225,24 +235,11 @@ class Queries:
                              namespace: str | None = None, workflow_id: str | None = None,
                              since: datetime | None = None, limit: int = 50, offset: int = 0,
                              cursor: str | None = None) -> Page:
-        where = _Where()
-        for column, value in (("strategy_id", strategy_id), ("status", status), ("namespace", namespace),
-                              ("workflow_id", workflow_id)):
-            if value is not None:
-                where.add(f"{column} = {{}}", value)
-        if since is not None:
-            where.add("opened_at >= {}", aware(since))
-        if cursor:
-            at, ident = decode_cursor(cursor)
-            where.add("(opened_at, id) < ({}, {})", at, ident)
-            offset = 0
-        rows = await self.pool.fetch(f"""
-            SELECT {INCIDENT_COLUMNS} FROM incidents {where.sql}
-            ORDER BY opened_at DESC, id DESC LIMIT {where.arg(limit + 1)} OFFSET {where.arg(offset)}""",
-            *where.args)
-        items = [dict(r) for r in rows[:limit]]
-        more = len(rows) > limit
-        return Page(items, encode_cursor(items[-1]["opened_at"], items[-1]["id"]) if more else None)
+        return await self._newest_first(
+            INCIDENT_COLUMNS, "incidents", "opened_at",
+            {"strategy_id": strategy_id, "status": status, "namespace": namespace,
+             "workflow_id": workflow_id},
+            since, None, limit, offset, cursor)
 
     async def get_incident(self, incident_id: str) -> dict[str, Any] | None:
         async with self.pool.acquire() as conn:

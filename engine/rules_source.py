@@ -217,50 +217,39 @@ class RulesManager:
         async with self.pool.acquire() as conn, conn.transaction():
             # Replicas starting together mirror the same files: one at a time, in id order.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIRROR_LOCK)
-            stored = {r["id"]: r for r in await conn.fetch("SELECT id, definition, source FROM workflows")}
-            for wf_id in sorted(file_workflows):
-                spec = _dump(rules.workflows[wf_id])
-                row = stored.get(wf_id)
-                if row is not None and row["source"] == "file" and row["definition"] == spec:
-                    continue
-                self.last_write = time.time()
-                await conn.execute("""
-                    INSERT INTO workflows (id, name, description, trigger_type, trigger_config, status,
-                                           priority, timeout, steps, definition, source)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'file')
-                    ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name,
-                        description = EXCLUDED.description, trigger_type = EXCLUDED.trigger_type,
-                        trigger_config = EXCLUDED.trigger_config, status = EXCLUDED.status,
-                        priority = EXCLUDED.priority, timeout = EXCLUDED.timeout, steps = EXCLUDED.steps,
-                        definition = EXCLUDED.definition, source = 'file'""",
-                    wf_id, spec["name"], spec["description"], spec["trigger_type"], spec["trigger_config"],
-                    spec["status"], spec["priority"], f"{spec['timeout']:g}s", spec["steps"], spec)
-            gone = [i for i, r in stored.items() if r["source"] == "file" and i not in file_workflows]
-            if gone:
-                self.last_write = time.time()
-                await conn.execute("DELETE FROM workflows WHERE id = ANY($1::text[])", gone)
-            stored_s = {r["id"]: r for r in await conn.fetch("SELECT id, definition, source FROM strategies")}
-            for sid in sorted(file_strategies):
-                spec = _dump(rules.strategies[sid])
-                row = stored_s.get(sid)
-                if row is not None and row["source"] == "file" and row["definition"] == spec:
-                    continue
-                self.last_write = time.time()
-                await conn.execute("""
-                    INSERT INTO strategies (id, name, category, symptoms, workflow_id, priority, enabled,
-                                            definition, source)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'file')
-                    ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, category = EXCLUDED.category,
-                        symptoms = EXCLUDED.symptoms, workflow_id = EXCLUDED.workflow_id,
-                        priority = EXCLUDED.priority, enabled = EXCLUDED.enabled,
-                        definition = EXCLUDED.definition, source = 'file'""",
-                    sid, spec["name"], spec["category"], spec["symptoms"], spec["workflow_id"],
-                    spec["priority"], spec["enabled"], spec)
-            gone_s = [i for i, r in stored_s.items() if r["source"] == "file" and i not in file_strategies]
-            if gone_s:
-                self.last_write = time.time()
-                await conn.execute("DELETE FROM strategies WHERE id = ANY($1::text[])", gone_s)
+            await self._mirror_table(conn, "workflows",
+                                     {i: _dump(rules.workflows[i]) for i in file_workflows},
+                                     lambda spec: {**{c: spec[c] for c in WORKFLOW_COLUMNS[1:]},
+                                                   "timeout": f"{spec['timeout']:g}s"})
+            await self._mirror_table(conn, "strategies",
+                                     {i: _dump(rules.strategies[i]) for i in file_strategies},
+                                     lambda spec: {c: spec[c] for c in STRATEGY_COLUMNS[1:]})
             return {r["id"]: r["version"] for r in await conn.fetch("SELECT id, version FROM workflows")}
+
+    async def _mirror_table(self, conn: asyncpg.Connection, table: str, specs: dict[str, dict[str, Any]],
+                            columns_of: Any) -> None:
+        """Upsert the changed file rules of one table (columns plus the whole spec) and
+        delete the file rules that are gone."""
+        stored = {r["id"]: r for r in await conn.fetch(f"SELECT id, definition, source FROM {table}")}
+        for ident in sorted(specs):
+            spec = specs[ident]
+            row = stored.get(ident)
+            if row is not None and row["source"] == "file" and row["definition"] == spec:
+                continue
+            values = columns_of(spec)
+            names = list(values)
+            params = ", ".join(f"${i + 2}" for i in range(len(names)))
+            self.last_write = time.time()
+            await conn.execute(
+                f"INSERT INTO {table} (id, {', '.join(names)}, definition, source) "
+                f"VALUES ($1, {params}, ${len(names) + 2}, 'file') "
+                f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{n} = EXCLUDED.{n}' for n in names)}, "
+                "definition = EXCLUDED.definition, source = 'file'",
+                ident, *values.values(), spec)
+        gone = [i for i, r in stored.items() if r["source"] == "file" and i not in specs]
+        if gone:
+            self.last_write = time.time()
+            await conn.execute(f"DELETE FROM {table} WHERE id = ANY($1::text[])", gone)
 
     async def workflow(self, workflow_id: str, version: int | None = None) -> Workflow | None:
         """The active workflow, or the exact version an execution pinned."""
