@@ -28,10 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.check import effective_strategies, load_valid
 from engine.events import read_file
 from engine.replay import Replayer
-from engine.spec import Strategy
+from engine.rules.check import effective_strategies, load_valid
+from engine.rules.model import Strategy
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1795000000.0

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import httpx
 
-from engine.check import validate
+from engine.rules.check import validate
+from engine.rules.loader import RuleSet, load_text
 from engine.runner import WorkflowRunner
-from engine.spec import RuleSet, load_text
+from engine.service.transport import make_client
 from engine.store import MemoryStore
-from engine.transport import make_client
 from steps.base import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -44,8 +44,8 @@ import httpx
 import nats
 import yaml
 
+from engine.devservers import resolve
 from engine.durations import parse_duration
-from engine.infra import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 

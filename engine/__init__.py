@@ -1,13 +1,19 @@
 """Aetherius Orchestrator: Kubernetes event storms in, one incident each, workflows out.
 
-The package is layered so each part can be tested alone:
+The package is layered; imports point one way (``.importlinter`` enforces it):
 
-- ``engine.events``      intake: any accepted event shape -> one :class:`Event`
-- ``engine.spec``        rule files (strategies, workflows) -> validated models
-- ``engine.check``       collects every problem of a rule directory with ``path:line``
-- ``engine.rulebase``    strategies compiled into a durable-rules rule set (generations)
-- ``engine.correlation`` strategy hits grouped into incidents on a reactivex scheduler
-- ``engine.replay``      the offline pipeline behind ``aetherius replay``
+- the pure core, importable without any HTTP client, database or bus driver:
+  ``engine.events`` (intake: any accepted event shape -> one :class:`Event`),
+  ``engine.rules`` (the rule language: models, loader, checks, conditions, schema),
+  ``engine.expressions`` / ``engine.templates`` (the sandboxed expression language),
+  ``engine.rulebase`` (strategies compiled into durable-rules), ``engine.correlation``
+  (hits grouped into incidents), ``engine.replay``, ``engine.runner`` and ``engine.store``
+  (the workflow runner decides, the store remembers), and ``steps`` (the step types);
+- ``engine.storage``: everything PostgreSQL (pool, migrations, every SQL statement);
+- ``engine.service``: the long-lived service, a composition root of named parts;
+- ``engine.api``: the HTTP API, one router per resource;
+- ``engine.devservers``: embedded NATS/PostgreSQL/Redis for development and tests;
+- ``engine.cli``: the ``aetherius`` command.
 """
 
 __version__ = "0.1.0"

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
 from pathlib import Path
 
-from engine.check import effective_strategies, load_valid
 from engine.config import load_config
 from engine.correlation import Incident
 from engine.exceptions import AetheriusError, RuleError
+from engine.rules.check import effective_strategies, load_valid
 
 log = logging.getLogger("engine.cli")
 
@@ -47,7 +48,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from engine.schema import rule_file_schema
+    from engine.rules.schema import rule_file_schema
 
     print(json.dumps(rule_file_schema(), indent=2, ensure_ascii=False))
     return 0
@@ -91,11 +92,22 @@ def _print_execution(execution, as_json: bool, incident_id: str | None = None) -
     print(f"  workflow {execution.workflow_id} [{mode}]: {execution.status}: {path}")
 
 
-async def _run_incidents(incidents: list[Incident], workflows: dict, settings, as_json: bool) -> None:
+@contextlib.asynccontextmanager
+async def _runner(settings):
+    """A runner for ``run`` and ``replay``: with an HTTP client only when it calls out."""
     from engine.runner import WorkflowRunner
 
-    runner = WorkflowRunner(settings=settings)
-    try:
+    if not settings.live:
+        yield WorkflowRunner(settings=settings)
+        return
+    from engine.service.transport import make_client
+
+    async with make_client() as http:
+        yield WorkflowRunner(settings=settings, http=http)
+
+
+async def _run_incidents(incidents: list[Incident], workflows: dict, settings, as_json: bool) -> None:
+    async with _runner(settings) as runner:
         for incident in incidents:
             _print_incident(incident, as_json)
             workflow = workflows.get(incident.workflow_id)
@@ -106,8 +118,6 @@ async def _run_incidents(incidents: list[Incident], workflows: dict, settings, a
                                          events=incident.events_context(),
                                          execution_id=f"replay-{incident.id}")
             _print_execution(execution, as_json, incident.id)
-    finally:
-        await runner.aclose()
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -144,8 +154,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engine.correlation import incident_from_event
     from engine.events import OccurrenceTracker, parse_event, read_file
     from engine.exceptions import MalformedEvent
-    from engine.runner import WorkflowRunner
-
     rules = load_valid(_rules_dir(args))
     workflow = rules.workflows.get(args.workflow)
     if workflow is None:
@@ -190,13 +198,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"   {run.step_id}: {_MARK.get(run.status, run.status)}{extra}", flush=True)
 
     async def go():
-        runner = WorkflowRunner(settings=settings)
-        runner.listeners.append(show)
-        try:
+        async with _runner(settings) as runner:
+            runner.listeners.append(show)
             return await runner.run(workflow, incident=incident,
                                     events=[{**event.to_dict(), "labels": event.labels}])
-        finally:
-            await runner.aclose()
 
     execution = asyncio.run(go())
     if args.json:

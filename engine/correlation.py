@@ -34,7 +34,7 @@ from reactivex.subject import Subject
 
 from engine.events import Event
 from engine.rulebase import Hit
-from engine.spec import Strategy
+from engine.rules.model import Strategy
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,8 @@
      ├── ExpressionError       an expression is refused (syntax, sandbox, budget)
      ├── ConfigError           the service configuration is invalid
      ├── StoreError            the execution store failed
+     ├── TransportError        an HTTP request did not get an answer (raised by the transport)
+     │    └── TransportTimeout     ... within its timeout
      └── StepError             a step attempt failed; ``retryable`` says if trying again may help
           ├── StepTimeout          the attempt ran past its timeout (retryable)
           ├── ServiceUnavailable   an outside service could not be reached or answered 5xx (retryable)
@@ -15,7 +17,7 @@
           ├── CommandFailed        agent-manager ran the command and it failed
           └── NotAllowed           refused by policy: allowlist, change cap, read-only (not retryable)
 
-Third-party errors (yaml, pydantic, durable-rules) are translated where they are met,
+Third-party errors (yaml, pydantic, durable-rules, httpx/aiohttp) are translated where they are met,
 so callers only need to know this tree.
 """
 
@@ -66,6 +68,14 @@ class RuleError(AetheriusError):
 
 class StoreError(AetheriusError):
     """The execution store failed."""
+
+
+class TransportError(AetheriusError):
+    """The request got no answer."""
+
+
+class TransportTimeout(TransportError):
+    """The request got no answer in time."""
 
 
 class StepError(AetheriusError):

@@ -20,7 +20,7 @@ from engine.correlation import Correlator, Incident
 from engine.events import OccurrenceTracker, parse_event, read_stream
 from engine.exceptions import MalformedEvent
 from engine.rulebase import RuleBase
-from engine.spec import Strategy
+from engine.rules.model import Strategy
 
 log = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ import orjson
 from durable import engine as durable_engine
 from durable import lang as dl
 
-from engine.conditions import AllOf, AnyOf, Node, Test, leaves
 from engine.events import Event
-from engine.spec import Strategy
+from engine.rules.conditions import AllOf, AnyOf, Node, Test, conjuncts, leaves
+from engine.rules.model import Strategy
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class RuleBase:
     def swap(self, strategies: Iterable[Strategy]) -> Generation:
         """Compile and activate a new generation; carry live facts over; drop the old one.
 
-        Raises nothing for valid strategies (validate them with :mod:`engine.check` first);
+        Raises nothing for valid strategies (validate them with :mod:`engine.rules.check` first);
         if compilation fails, the current generation stays active and the error propagates.
         """
         number = next(self._names)
@@ -470,32 +470,6 @@ def _same(s: Strategy):
         part = getattr(dl.m, f) == getattr(dl.c.f, f"j_{f}")
         expr = part if expr is None else expr & part
     return expr
-
-
-def conjuncts(node: Node) -> list[Node]:
-    """The symptom as alternatives without any OR (disjunctive normal form); ``in`` is
-    an OR of equalities. Bounded: a symptom with more than 64 alternatives is refused."""
-
-    def expand(n: Node) -> list[list[Test]]:
-        if isinstance(n, Test):
-            if n.op == "in":
-                return [[Test(n.field, "eq", v)] for v in n.value]
-            if n.op == "ne":      # absent, or present and different
-                return [[Test(n.field, "exists", False)], [Test(n.field, "differs", n.value)]]
-            if n.op == "not_in":
-                return [[Test(n.field, "exists", False)],
-                        [Test(n.field, "differs", v) for v in n.value]]
-            return [[n]]
-        if isinstance(n, AnyOf):
-            return [alt for part in n.parts for alt in expand(part)]
-        out: list[list[Test]] = [[]]
-        for part in n.parts:
-            out = [left + right for left in out for right in expand(part)]
-            if len(out) > 64:
-                raise ValueError("symptom too complex to join: more than 64 alternatives")
-        return out
-
-    return [alt[0] if len(alt) == 1 else AllOf(tuple(alt)) for alt in expand(node)]
 
 
 def _compile_node(node: Node, rx_index: dict) -> Any:

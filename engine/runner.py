@@ -26,14 +26,12 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from engine.exceptions import StepError, StepTimeout
-from engine.spec import RetryPolicy, StepSpec, Workflow
+from engine.rules.model import RetryPolicy, StepSpec, Workflow
 from engine.store import (
     CANCELLED,
     FAILED,
@@ -48,9 +46,9 @@ from engine.store import (
     StepRun,
     Store,
 )
-from engine.transport import make_client
 from steps import REGISTRY
 from steps.base import Settings, Step, StepContext, StepResult
+from steps.http import HttpClient
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +71,18 @@ class _ExecutionLog(logging.LoggerAdapter):
         return f"{msg} [{prefix}]", kwargs
 
 
+@dataclass(frozen=True)
+class Started:
+    """A recorded execution and the task that runs it (its result: the ended execution)."""
+
+    execution: Execution
+    task: asyncio.Task
+
+    @property
+    def id(self) -> str:
+        return self.execution.id
+
+
 @dataclass
 class _Live:
     """What the runner holds for one running execution."""
@@ -89,13 +99,13 @@ class WorkflowRunner:
     """Runs workflows. One instance serves many concurrent executions."""
 
     def __init__(self, store: Store | None = None, settings: Settings | None = None, *,
-                 http: httpx.AsyncClient | None = None, registry: dict[str, type[Step]] | None = None,
+                 http: HttpClient | None = None, registry: dict[str, type[Step]] | None = None,
                  rng: random.Random | None = None, measure_overhead: bool = False,
                  limiter: Any = None, lock: Any = None) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.settings = settings or Settings(live=False)
-        self._own_http = http is None
-        self.http = http or make_client()
+        # Whoever makes the HTTP client closes it; None is enough when nothing calls out.
+        self.http = http
         self.steps: dict[str, Step] = {name: cls() for name, cls in (registry or REGISTRY).items()}
         self.rng = rng or random.Random()
         self._running: dict[str, asyncio.Task] = {}
@@ -111,33 +121,36 @@ class WorkflowRunner:
         # store, to be resumed by this or another replica.
         self.draining = False
 
-    async def aclose(self) -> None:
-        if self._own_http:
-            await self.http.aclose()
-
     # ----------------------------------------------------------------- public API
 
     async def run(self, workflow: Workflow, *, incident: dict[str, Any] | None = None,
                   events: Iterable[dict[str, Any]] = (), context: dict[str, Any] | None = None,
                   execution_id: str | None = None, incident_id: str | None = None) -> Execution:
         """Start an execution and wait for it to end."""
-        return await self.submit(workflow, incident=incident, events=events, context=context,
-                                 execution_id=execution_id, incident_id=incident_id)
+        started = await self.start(workflow, incident=incident, events=events, context=context,
+                                   execution_id=execution_id, incident_id=incident_id)
+        return await started.task
 
-    def submit(self, workflow: Workflow, *, incident: dict[str, Any] | None = None,
-               events: Iterable[dict[str, Any]] = (), context: dict[str, Any] | None = None,
-               execution_id: str | None = None, incident_id: str | None = None) -> asyncio.Task:
-        """Start an execution in the background; the task's result is the Execution."""
+    async def start(self, workflow: Workflow, *, incident: dict[str, Any] | None = None,
+                    events: Iterable[dict[str, Any]] = (), context: dict[str, Any] | None = None,
+                    execution_id: str | None = None, incident_id: str | None = None) -> Started:
+        """Record a new execution, then run it in the background. Returns once the execution
+        and its first step run are in the store, so a reader finds them at once; the task's
+        result is the finished :class:`Execution`."""
         execution = Execution(
             id=execution_id or f"exec-{uuid.uuid4().hex[:16]}", workflow_id=workflow.id,
             workflow_version=workflow.version, incident_id=incident_id or (incident or {}).get("id"),
             context={"incident": incident or {}, "events": list(events), "vars": context or {}},
             dry_run=self._dry_run(workflow),
         )
-        task = asyncio.create_task(self._start(execution, workflow), name=f"execution:{execution.id}")
-        self._running[execution.id] = task
-        task.add_done_callback(lambda _t: self._running.pop(execution.id, None))
-        return task
+        first = StepRun(seq=1, step_id=workflow.steps[0].id, step_type=workflow.steps[0].type)
+        execution.runs.append(first)
+        await self.store.create_execution(execution, first)
+        log.info("Workflow execution %s started: workflow=%s version=%d incident=%s dry_run=%s",
+                 execution.id, workflow.id, workflow.version, execution.incident_id, execution.dry_run,
+                 extra={"execution_id": execution.id, "incident_id": execution.incident_id})
+        live = _Live(execution, workflow, self._names(execution, workflow), seq=1)
+        return Started(execution, self._track(execution.id, self._drive(live, [first])))
 
     def cancel(self, execution_id: str) -> bool:
         """Cancel a running execution; its running steps are cancelled, the status recorded."""
@@ -160,9 +173,12 @@ class WorkflowRunner:
 
     def resume_loaded(self, execution: Execution, workflow: Workflow) -> asyncio.Task:
         """Resume an execution already loaded from the store, in the background."""
-        task = asyncio.create_task(self._continue(execution, workflow), name=f"execution:{execution.id}")
-        self._running[execution.id] = task
-        task.add_done_callback(lambda _t: self._running.pop(execution.id, None))
+        return self._track(execution.id, self._continue(execution, workflow))
+
+    def _track(self, execution_id: str, driver: Coroutine[Any, Any, Execution]) -> asyncio.Task:
+        task = asyncio.create_task(driver, name=f"execution:{execution_id}")
+        self._running[execution_id] = task
+        task.add_done_callback(lambda _t: self._running.pop(execution_id, None))
         return task
 
     async def drain(self, grace: float) -> list[str]:
@@ -195,16 +211,6 @@ class WorkflowRunner:
             "workflow": {"id": workflow.id, "name": workflow.name, "version": workflow.version},
             "execution": {"id": execution.id, "dry_run": execution.dry_run},
         }
-
-    async def _start(self, execution: Execution, workflow: Workflow) -> Execution:
-        first = StepRun(seq=1, step_id=workflow.steps[0].id, step_type=workflow.steps[0].type)
-        execution.runs.append(first)
-        await self.store.create_execution(execution, first)
-        log.info("Workflow execution %s started: workflow=%s version=%d incident=%s dry_run=%s",
-                 execution.id, workflow.id, workflow.version, execution.incident_id, execution.dry_run,
-                 extra={"execution_id": execution.id, "incident_id": execution.incident_id})
-        live = _Live(execution, workflow, self._names(execution, workflow), seq=1)
-        return await self._drive(live, [first])
 
     async def _continue(self, execution: Execution, workflow: Workflow) -> Execution:
         live = _Live(execution, workflow, self._names(execution, workflow),

@@ -15,15 +15,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import httpx
 from pydantic import BaseModel, ConfigDict
 
 from engine.durations import parse_duration
 from engine.exceptions import ExpressionError, StepError
 from engine.templates import render
+from steps.http import HttpClient
 
 if TYPE_CHECKING:
-    from engine.spec import StepSpec, Workflow
+    from engine.rules.model import StepSpec, Workflow
     from engine.store import StepRun
 
 
@@ -110,7 +110,7 @@ class StepContext:
     run: StepRun
     names: dict[str, Any]              # what expressions and templates see
     settings: Settings
-    http: httpx.AsyncClient
+    http: HttpClient | None         # None: no live calls (dry-run, replay)
     dry_run: bool                      # the workflow's effective dry-run for changes
     log: logging.LoggerAdapter
     run_branch: Callable[[list[str]], Awaitable[bool]] | None = None

@@ -1,16 +1,42 @@
-"""JSON over HTTP for the steps, with httpx errors translated at this boundary."""
+"""JSON over HTTP for the steps, through whatever client the runner was given.
+
+Steps never import an HTTP library: they call :class:`HttpClient` (the service's is
+:class:`engine.service.transport.Client`), which raises :class:`TransportError` /
+:class:`TransportTimeout` for requests that got no answer. Those, 5xx and 4xx are
+translated here into the step errors the runner's retry policy understands.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-import httpx
+from engine.exceptions import (
+    ServiceRejected,
+    ServiceUnavailable,
+    StepError,
+    TransportError,
+    TransportTimeout,
+)
 
-from engine.exceptions import ServiceRejected, ServiceUnavailable, StepError
-from engine.transport import Client
+
+class HttpResponse(Protocol):
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def json(self) -> Any: ...
 
 
-async def post_json(client: httpx.AsyncClient, url: str, payload: Any, *, timeout: float,
+class HttpClient(Protocol):
+    async def post_json(self, url: str, payload: object, timeout: float) -> HttpResponse: ...
+
+
+async def post_json(client: HttpClient | None, url: str, payload: Any, *, timeout: float,
                     service: str) -> Any:
     """POST ``payload``; return the decoded JSON answer (None for an empty body).
 
@@ -18,15 +44,14 @@ async def post_json(client: httpx.AsyncClient, url: str, payload: Any, *, timeou
     4xx is :class:`ServiceRejected` (not retryable). The URL is never put in messages:
     webhook URLs are secrets.
     """
+    if client is None:
+        raise StepError(f"{service}: no HTTP client is configured for live calls", retryable=False)
     try:
-        if isinstance(client, Client):
-            response = await client.post_json(url, payload, timeout)
-        else:
-            response = await client.post(url, json=payload, timeout=timeout)
-    except httpx.TimeoutException:
+        response = await client.post_json(url, payload, timeout)
+    except TransportTimeout:
         raise ServiceUnavailable(f"{service} did not answer within {timeout:g}s") from None
-    except httpx.HTTPError as exc:
-        raise ServiceUnavailable(f"{service} is unreachable: {type(exc).__name__}") from None
+    except TransportError as exc:
+        raise ServiceUnavailable(f"{service} is unreachable: {exc}") from None
     if response.status_code >= 500:
         raise ServiceUnavailable(f"{service} answered HTTP {response.status_code}")
     if response.status_code >= 400:

@@ -7,7 +7,7 @@ machine's servers)::
     AETHERIUS_TEST_REDIS_URL=redis://127.0.0.1:6379/15
     AETHERIUS_TEST_NATS_URL=nats://127.0.0.1:4222
 
-Any that is unset or empty is started embedded (``engine.infra.EmbeddedServers``) in a
+Any that is unset or empty is started embedded (``engine.devservers.EmbeddedServers``) in a
 temporary directory, once per session, so ``pytest`` passes on a fresh laptop. Nothing starts
 unless a test asks for one of these fixtures; a test that does is marked ``integration``.
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.infra import EmbeddedServers, dsn_with_database, redact
+from engine.devservers import EmbeddedServers, dsn_with_database, redact
 
 SERVER_FIXTURES = frozenset({"servers", "pg_dsn", "redis_url", "redis_prefix", "nats_url", "nats_prefix"})
 _ENV = {"nats": "AETHERIUS_TEST_NATS_URL", "postgres": "AETHERIUS_TEST_DATABASE_DSN",

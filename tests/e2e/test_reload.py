@@ -389,7 +389,7 @@ def test_reloads_under_load(service: ServiceProcess, client: httpx.Client, rules
             assert any(p.startswith(where) for p in now["problems"]), (where, now["problems"])
             assert all(re.match(r"^.+:\d+: ", p) for p in now["problems"]), now["problems"]
             service.wait_for(lambda kept=kept, where=where: re.search(
-                rf"ERROR engine\.rules_source: Rules invalid \(.*?\), keeping generation {kept}: "
+                rf"ERROR engine\.service\.generations: Rules invalid \(.*?\), keeping generation {kept}: "
                 + re.escape(where), service.log()), timeout=5)
             # Nothing of the invalid version is active: its strategy matches nothing ...
             send_probe(f"InvalidProbe_{kind}", None)

@@ -17,8 +17,8 @@ if str(REPO / "tests") not in sys.path:
 
 from standins import AgentManager, ReasoningService, Slack, StandIn  # noqa: E402
 
-from engine.check import load_valid  # noqa: E402
-from engine.spec import Workflow  # noqa: E402
+from engine.rules.check import load_valid  # noqa: E402
+from engine.rules.model import Workflow  # noqa: E402
 
 _STOPPING: list[StandIn] = []
 
@@ -84,7 +84,7 @@ def stop_standin():
 
 @pytest.fixture
 def load_workflow(tmp_path: Path):
-    """Load a workflow given as a dict (or YAML text) through ``engine.check.load_valid``,
+    """Load a workflow given as a dict (or YAML text) through ``engine.rules.check.load_valid``,
     so step configs are parsed and the whole-set checks run, as for a rule file."""
     counter = iter(range(1_000_000))
 

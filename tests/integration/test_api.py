@@ -21,16 +21,17 @@ import yaml
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from engine.api import RELOAD_HEADER, create_app
-from engine.bus import Bus
-from engine.cache import Cache
 from engine.correlation import Correlator
-from engine.db import create_pool, migrate
-from engine.pgstore import PostgresStore
-from engine.repo import Repository
 from engine.rulebase import RuleBase
-from engine.rules_source import RulesManager
 from engine.runner import WorkflowRunner
 from engine.service import Service
+from engine.service.bus import Bus
+from engine.service.cache import Cache
+from engine.service.generations import RulesManager
+from engine.service.transport import make_client
+from engine.storage.db import create_pool, migrate
+from engine.storage.executions import PostgresStore
+from engine.storage.records import Repository
 from steps.base import Settings
 
 pytestmark = pytest.mark.integration
@@ -57,8 +58,9 @@ async def harness(dsn: str, *, settings: Settings | None = None,
         service.rules = RulesManager(rules_dir, rulebase, pool)
         assert await service.rules.reload("test")
         service.correlator = Correlator(AsyncIOScheduler(asyncio.get_running_loop()), track_event_ids=True)
-        runner = service.runner = WorkflowRunner(service.store, settings or Settings(live=False,
-                                                                                     virtual_time=True))
+        http = make_client()
+        settings = settings or Settings(live=False, virtual_time=True)
+        runner = service.runner = WorkflowRunner(service.store, settings, http=http)
         service.cache = Cache(None)
         service.bus = None
         service.ready = True
@@ -70,7 +72,7 @@ async def harness(dsn: str, *, settings: Settings | None = None,
             for execution_id in runner.running():
                 runner.cancel(execution_id)
             await runner.drain(5)
-            await runner.aclose()
+            await http.aclose()
         if service._tasks:
             await asyncio.wait(service._tasks, timeout=5)
         if service.store is not None:

@@ -1,4 +1,4 @@
-"""engine.bus.Bus against real NATS servers.
+"""engine.service.bus.Bus against real NATS servers.
 
 - Without JetStream (a ``nats-server`` of our own, started without ``-js``): the bus
   falls back to a plain subscription, says so loudly, still delivers in batches, and
@@ -24,8 +24,8 @@ import nats
 import pytest
 from nats.js.errors import NotFoundError
 
-from engine.bus import Bus, Message
-from engine.infra import free_port, nats_server_binary
+from engine.devservers import free_port, nats_server_binary
+from engine.service.bus import Bus, Message
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +122,7 @@ async def _subscribed(bus: Bus, timeout: float = 5.0) -> None:
 
 
 def test_without_jetstream_the_bus_falls_back_loudly_and_still_delivers_batches(plain_nats, caplog):
-    caplog.set_level(logging.INFO, logger="engine.bus")
+    caplog.set_level(logging.INFO, logger="engine.service.bus")
     subjects = ["internal.event.critical", "internal.event.anomaly"]
 
     async def go() -> None:
@@ -134,7 +134,8 @@ def test_without_jetstream_the_bus_falls_back_loudly_and_still_delivers_batches(
             connect_s = time.monotonic() - t0
             assert bus.mode == "plain"
             assert bus.js is None and bus.connected
-            warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "engine.bus"]
+            warnings = [r for r in caplog.records
+                        if r.levelno == logging.WARNING and r.name == "engine.service.bus"]
             assert any(WARNING_WORDS in r.getMessage() for r in warnings), caplog.text
             assert any("WILL BE LOST" in r.getMessage() for r in warnings), caplog.text
             assert connect_s < 5, connect_s    # no long JetStream timeout before the fallback
@@ -177,7 +178,7 @@ def test_without_jetstream_the_bus_falls_back_loudly_and_still_delivers_batches(
 
 
 def test_without_jetstream_close_ends_run(plain_nats, caplog):
-    caplog.set_level(logging.WARNING, logger="engine.bus")
+    caplog.set_level(logging.WARNING, logger="engine.service.bus")
 
     async def go() -> None:
         bus = Bus(plain_nats, ["a.b"], batch=4)
@@ -206,7 +207,7 @@ def test_without_jetstream_close_ends_run(plain_nats, caplog):
 
 
 def test_jetstream_stream_and_consumer_are_created_then_reused(nats_url, nats_prefix, caplog):
-    caplog.set_level(logging.INFO, logger="engine.bus")
+    caplog.set_level(logging.INFO, logger="engine.service.bus")
     stream = f"{nats_prefix}_EVENTS"
     durable = f"{nats_prefix}_durable"
     subjects = [f"{nats_prefix}.event.critical", f"{nats_prefix}.event.anomaly"]

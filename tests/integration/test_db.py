@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
-from engine.db import create_pool, migrate, migrations
-from engine.repo import Repository
 from engine.rulebase import RuleBase
-from engine.rules_source import RulesManager
+from engine.service.generations import RulesManager
+from engine.storage.db import create_pool, migrate, migrations
+from engine.storage.records import Repository
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ import psutil
 import pytest
 import redis.asyncio as aioredis
 
-from engine.infra import RESERVED_PORTS, EmbeddedServers, InfraError, resolve
+from engine.devservers import RESERVED_PORTS, EmbeddedServers, InfraError, resolve
 
 pytestmark = pytest.mark.integration
 
@@ -204,7 +204,7 @@ def test_embedded_servers_start_keep_data_and_stop(tmp_path: Path) -> None:
 
 _CHILD = """
 import json, sys, time
-from engine.infra import EmbeddedServers
+from engine.devservers import EmbeddedServers
 servers = EmbeddedServers(sys.argv[1]).start()
 print(json.dumps(servers.pids), flush=True)
 time.sleep(120)
@@ -244,7 +244,7 @@ def test_resolve_uses_configured_servers_and_hides_passwords(caplog: pytest.LogC
         "database": {"dsn": "postgresql://postgres:pg-secret@postgres:5432/aetherius_orchestrator"},
         "redis": {"url": "redis://:redis-secret@redis:6379/0"},
     }
-    with caplog.at_level("INFO", logger="engine.infra"):
+    with caplog.at_level("INFO", logger="engine.devservers"):
         urls, servers = resolve(config)
     assert servers is None
     assert urls.database_dsn == config["database"]["dsn"]

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from engine.cli import main
+from engine.rules.model import Workflow
 from engine.runner import WorkflowRunner, summary
-from engine.spec import Workflow
+from engine.service.transport import make_client
 from engine.store import MemoryStore
 from steps.base import Settings
 
@@ -35,12 +36,13 @@ def run(workflow: Workflow, settings: Settings, *, store: MemoryStore | None = N
         incident: dict[str, Any] | None = None, context: dict[str, Any] | None = None,
         listeners: tuple[Callable, ...] = ()):
     async def go():
-        runner = WorkflowRunner(store=store, settings=settings)
+        http = make_client()
+        runner = WorkflowRunner(http=http, store=store, settings=settings)
         runner.listeners.extend(listeners)
         try:
             return await runner.run(workflow, incident=incident or INCIDENT, context=context)
         finally:
-            await runner.aclose()
+            await http.aclose()
 
     return asyncio.run(go())
 
@@ -227,9 +229,10 @@ def test_cancel_a_submitted_execution(agent, load_workflow):
                                                       note("after")]})
 
     async def go() -> float:
-        runner = WorkflowRunner(store=store, settings=live(agent))
+        http = make_client()
+        runner = WorkflowRunner(http=http, store=store, settings=live(agent))
         try:
-            task = runner.submit(workflow, incident=INCIDENT, execution_id="exec-cancel-me")
+            task = (await runner.start(workflow, incident=INCIDENT, execution_id="exec-cancel-me")).task
             await wait_until(lambda: ("start_attempt", "exec-cancel-me", ("pause", 1)) in store.log)
             assert runner.running() == ["exec-cancel-me"]
             began = time.monotonic()
@@ -241,7 +244,7 @@ def test_cancel_a_submitted_execution(agent, load_workflow):
             assert runner.cancel("exec-cancel-me") is False
             return took
         finally:
-            await runner.aclose()
+            await http.aclose()
 
     took = asyncio.run(go())
 
@@ -643,15 +646,16 @@ def test_resume_after_a_crash_reruns_only_the_unfinished_step(agent, load_workfl
     exec_id = "exec-crash"
 
     async def crash() -> None:
-        runner = WorkflowRunner(store=store, settings=live(agent))
+        http = make_client()
+        runner = WorkflowRunner(http=http, store=store, settings=live(agent))
         try:
-            task = runner.submit(workflow, incident=INCIDENT, execution_id=exec_id)
+            task = (await runner.start(workflow, incident=INCIDENT, execution_id=exec_id)).task
             await wait_until(lambda: len(bodies(agent, "describe")) == 1)
             task.cancel()   # the process dies while "second" runs
             with pytest.raises(asyncio.CancelledError):
                 await task
         finally:
-            await runner.aclose()
+            await http.aclose()
 
     asyncio.run(crash())
 
@@ -666,11 +670,12 @@ def test_resume_after_a_crash_reruns_only_the_unfinished_step(agent, load_workfl
     agent.delay.clear()
 
     async def resume():
-        runner = WorkflowRunner(store=store, settings=live(agent))
+        http = make_client()
+        runner = WorkflowRunner(http=http, store=store, settings=live(agent))
         try:
             return await runner.resume(exec_id, workflow)
         finally:
-            await runner.aclose()
+            await http.aclose()
 
     execution = asyncio.run(resume())
 
@@ -693,11 +698,12 @@ def test_resume_leaves_a_finished_execution_alone(agent, load_workflow):
     assert execution.status == "succeeded"
 
     async def resume():
-        runner = WorkflowRunner(store=store, settings=live(agent))
+        http = make_client()
+        runner = WorkflowRunner(http=http, store=store, settings=live(agent))
         try:
             return await runner.resume(execution.id, workflow)
         finally:
-            await runner.aclose()
+            await http.aclose()
 
     again = asyncio.run(resume())
     assert again is not None and again.status == "succeeded"

@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.check import load_valid
 from engine.correlation import incident_from_event
 from engine.events import parse_event
+from engine.rules.check import load_valid
+from engine.rules.model import Workflow
 from engine.runner import WorkflowRunner, summary
-from engine.spec import Workflow
+from engine.service.transport import make_client
 from engine.store import MemoryStore
 from steps.base import Settings
 
@@ -45,11 +46,12 @@ def run(workflow: Workflow, config: Settings, store: MemoryStore | None = None):
     inc, events = incident()
 
     async def go():
-        runner = WorkflowRunner(store=store, settings=config)
+        http = make_client()
+        runner = WorkflowRunner(http=http, store=store, settings=config)
         try:
             return await runner.run(workflow, incident=inc, events=events)
         finally:
-            await runner.aclose()
+            await http.aclose()
 
     return asyncio.run(go())
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.check import load_valid
 from engine.cli import main
 from engine.exceptions import Problem, RuleError
+from engine.rules.check import load_valid
 
 # A valid step to pad workflows with, and a valid strategy body.
 WAIT = "type: wait\n    config: {duration: 1s}"

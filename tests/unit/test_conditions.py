@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from engine.conditions import AllOf, AnyOf, ConditionProblem, evaluate, leaves, parse_conditions
-from engine.conditions import Test as Leaf  # aliased so pytest does not try to collect it
 from engine.events import Event
+from engine.rules.conditions import AllOf, AnyOf, ConditionProblem, evaluate, leaves, parse_conditions
+from engine.rules.conditions import Test as Leaf  # aliased so pytest does not try to collect it
 
 
 def make_event(**changes: object) -> Event:

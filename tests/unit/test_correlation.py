@@ -12,7 +12,7 @@ from reactivex.scheduler import HistoricalScheduler
 from engine.correlation import CLOSED, OPEN, PENDING, Correlator, Incident, correlation_key
 from engine.events import Event
 from engine.rulebase import Hit
-from engine.spec import Strategy
+from engine.rules.model import Strategy
 
 T0 = 1_790_000_000.0  # 2026-09-21T14:13:20Z
 QUIET, MAX_WINDOW, COOLDOWN = 30.0, 300.0, 600.0

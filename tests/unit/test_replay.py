@@ -10,9 +10,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.check import effective_strategies, load_valid
 from engine.cli import main
 from engine.replay import DeadLetter, replay_bytes
+from engine.rules.check import effective_strategies, load_valid
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.conditions import evaluate
 from engine.events import Event
 from engine.rulebase import Hit, RuleBase
-from engine.spec import Strategy
+from engine.rules.conditions import evaluate
+from engine.rules.model import Strategy
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_790_000_000.0
@@ -522,7 +522,7 @@ def test_no_event_is_lost_across_swaps(rulebase):
 _FACTS_SCRIPT = textwrap.dedent("""
     from engine.events import Event
     from engine.rulebase import RuleBase
-    from engine.spec import Strategy
+    from engine.rules.model import Strategy
 
     warnings = Strategy.model_validate({"id": "any_warning", "workflow_id": "w",
         "symptoms": [{"conditions": {"type": {"ne": "Normal"}}}]})

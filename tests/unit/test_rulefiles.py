@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from engine.check import effective_strategies, load_valid
 from engine.cli import main
-from engine.conditions import evaluate
+from engine.rules.check import effective_strategies, load_valid
+from engine.rules.conditions import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"

@@ -4,7 +4,7 @@ Everything is under ``/api/v1`` except the operational endpoints ``/metrics``,
 ``/healthz`` and ``/readyz``. OpenAPI is at ``/openapi.json`` (``/docs`` renders it).
 
 Workflows and strategies written here are validated exactly as rule files are: the same
-loader (:mod:`engine.spec`) and whole-set checks (:mod:`engine.check`), against the active
+loader (:mod:`engine.rules.loader`) and whole-set checks (:mod:`engine.rules.check`), against the active
 rules so references resolve. A refusal is a 422 whose ``detail`` lists every problem with
 its ``loc`` inside the posted document, e.g. ``["steps", 3, "config", "action"]``. Rules
 defined in rule files (``source = 'file'``) are edited under ``rules/``, never here: 409.
@@ -19,7 +19,6 @@ import asyncio
 import logging
 import re
 import time
-import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -31,15 +30,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine import __version__
-from engine.check import validate
 from engine.correlation import event_context, incident_from_event
 from engine.events import parse_event
 from engine.exceptions import MalformedEvent, Problem
-from engine.queries import BadCursor, Page, Queries
-from engine.rules_source import strategy_spec
-from engine.spec import Origin, RuleSet, Strategy, Workflow, _add_strategy, _add_workflow
+from engine.rules.check import validate
+from engine.rules.loader import Origin, RuleSet, add_strategy, add_workflow
+from engine.rules.model import Strategy, Workflow
+from engine.rules.yamlsource import LineMap
+from engine.service.generations import strategy_spec
+from engine.storage.queries import BadCursor, Page, Queries
 from engine.store import FINAL_EXECUTION
-from engine.yamlsource import LineMap
 
 if TYPE_CHECKING:
     from engine.service import Service
@@ -400,7 +400,7 @@ def create_app(service: Service) -> FastAPI:
                     rules.origins[("strategy", sid)] = Origin(f"strategy {sid}", LineMap())
         skip = [*rules.strategies, *([drop[1]] if drop and drop[0] == "strategy" else [])]
         for row in await queries().strategies_except(skip):
-            _add_strategy(rules, strategy_spec(row), Origin(f"strategy {row['id']}", LineMap()))
+            add_strategy(rules, strategy_spec(row), Origin(f"strategy {row['id']}", LineMap()))
         return rules
 
     async def check(kind: str, raw: Any, drop: tuple[str, str] | None) -> tuple[Any, list[dict[str, Any]]]:
@@ -410,7 +410,7 @@ def create_app(service: Service) -> FastAPI:
         baseline = {str(p) for p in validate(rules)}   # problems that were there before
         rules.problems = []
         lines = _NumberedPaths()
-        (_add_workflow if kind == "workflow" else _add_strategy)(rules, raw, Origin(API_ORIGIN, lines))
+        (add_workflow if kind == "workflow" else add_strategy)(rules, raw, Origin(API_ORIGIN, lines))
         errors = []
         for problem in validate(rules):
             if problem.path == API_ORIGIN:
@@ -667,7 +667,7 @@ def create_app(service: Service) -> FastAPI:
                          **UNAVAILABLE})
     async def execute_workflow(workflow_id: str,
                                body: Annotated[ExecuteRequest | None, Body()] = None) -> dict[str, Any]:
-        q = queries()
+        queries()   # 503 while the service starts
         if service.runner is None:
             raise HTTPException(503, "the service is starting")
         workflow = await service.rules.workflow(workflow_id)
@@ -691,25 +691,16 @@ def create_app(service: Service) -> FastAPI:
             incident = incident_from_event(event, "manual", workflow.trigger_config.severity)
             events = [event_context(event)]
         incident.update(body.incident or {})
-        execution_id = f"exec-{uuid.uuid4().hex[:16]}"
-        task = service.runner.submit(workflow, incident=incident, events=events, context=body.context or {},
-                                     execution_id=execution_id)
+        started = await service.runner.start(workflow, incident=incident, events=events,
+                                             context=body.context or {})
         service.metrics.executions_running.inc()
         service.stats["executions"] = service.stats.get("executions", 0) + 1
-        task.add_done_callback(execution_done)
-        # Answer once the execution is recorded, so GET /executions/{id} finds it at once.
-        deadline = time.monotonic() + 5.0
-        while (recorded := await q.execution_status(execution_id)) is None and not task.done() \
-                and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            raise HTTPException(500, f"the execution could not start: {task.exception()}")
-        log.info("Workflow execution %s started by hand: workflow=%s version=%d", execution_id, workflow.id,
-                 workflow.version, extra={"execution_id": execution_id})
-        return {"execution_id": execution_id, "status": "running", "workflow_id": workflow.id,
-                "workflow_version": workflow.version,
-                "dry_run": recorded["dry_run"] if recorded is not None else True,
-                "href": f"{PREFIX}/executions/{execution_id}"}
+        started.task.add_done_callback(execution_done)
+        log.info("Workflow execution %s started by hand: workflow=%s version=%d", started.id, workflow.id,
+                 workflow.version, extra={"execution_id": started.id})
+        return {"execution_id": started.id, "status": "running", "workflow_id": workflow.id,
+                "workflow_version": workflow.version, "dry_run": started.execution.dry_run,
+                "href": f"{PREFIX}/executions/{started.id}"}
 
     @api.get("/executions", response_model=ExecutionPage, tags=["executions"],
              responses={400: {"model": Message, "description": "Invalid cursor"}, **UNAVAILABLE},

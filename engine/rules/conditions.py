@@ -170,3 +170,29 @@ def evaluate(node: Node, event: Any) -> bool:
         return False
     return {"gt": value > node.value, "gte": value >= node.value,
             "lt": value < node.value, "lte": value <= node.value}[op]
+
+
+def conjuncts(node: Node) -> list[Node]:
+    """The symptom as alternatives without any OR (disjunctive normal form); ``in`` is
+    an OR of equalities. Bounded: a symptom with more than 64 alternatives is refused."""
+
+    def expand(n: Node) -> list[list[Test]]:
+        if isinstance(n, Test):
+            if n.op == "in":
+                return [[Test(n.field, "eq", v)] for v in n.value]
+            if n.op == "ne":      # absent, or present and different
+                return [[Test(n.field, "exists", False)], [Test(n.field, "differs", n.value)]]
+            if n.op == "not_in":
+                return [[Test(n.field, "exists", False)],
+                        [Test(n.field, "differs", v) for v in n.value]]
+            return [[n]]
+        if isinstance(n, AnyOf):
+            return [alt for part in n.parts for alt in expand(part)]
+        out: list[list[Test]] = [[]]
+        for part in n.parts:
+            out = [left + right for left in out for right in expand(part)]
+            if len(out) > 64:
+                raise ValueError("symptom too complex to join: more than 64 alternatives")
+        return out
+
+    return [alt[0] if len(alt) == 1 else AllOf(tuple(alt)) for alt in expand(node)]

@@ -1,8 +1,8 @@
 """The SQL behind the HTTP API (:mod:`engine.api`): reads of executions and incidents,
 and writes of workflows and strategies made through the API.
 
-The service's own records are in :mod:`engine.repo` and the runner's in
-:mod:`engine.pgstore`; this module only holds what the API alone needs. Lists are newest
+The service's own records are in :mod:`engine.storage.records` and the runner's in
+:mod:`engine.storage.executions`; this module only holds what the API alone needs. Lists are newest
 first and paginate by ``limit`` + ``offset`` or by a keyset cursor (``(time, id)`` of the
 last row of the previous page), which stays stable while new rows arrive.
 """

@@ -1,7 +1,7 @@
 """Service records in PostgreSQL: events, dead letters, incidents, replicas, stored rules.
 
 Queries for the HTTP API live here too, so the SQL of the service is in one place
-(with the runner's transitions in :mod:`engine.pgstore`).
+(with the runner's transitions in :mod:`engine.storage.executions`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from engine.spec import Strategy, Workflow
+from engine.rules.model import Strategy, Workflow
 from steps import REGISTRY
 
 

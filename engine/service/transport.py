@@ -17,6 +17,8 @@ import aiohttp
 import httpx
 import orjson
 
+from engine.exceptions import TransportError, TransportTimeout
+
 _SKIP_REQUEST_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 
@@ -94,8 +96,13 @@ class Client(httpx.AsyncClient):
                                 headers=_JSON_HEADERS,
                                 extensions={"timeout": {"connect": timeout, "read": timeout,
                                                         "write": timeout, "pool": timeout}})
-        response = await self._direct.handle_async_request(request)
-        await response.aread()
+        try:
+            response = await self._direct.handle_async_request(request)
+            await response.aread()
+        except httpx.TimeoutException:
+            raise TransportTimeout() from None
+        except httpx.HTTPError as exc:
+            raise TransportError(type(exc).__name__) from None
         return response
 
 

@@ -57,7 +57,7 @@ class Cache:
         self.healthy = True
 
     def _where(self) -> str:
-        from engine.infra import redact
+        from engine.devservers import redact
 
         return redact(self.url)
 

@@ -22,11 +22,12 @@ from typing import Any
 
 import asyncpg
 
-from engine.check import effective_strategies, validate
 from engine.exceptions import Problem
 from engine.rulebase import RuleBase
-from engine.spec import Origin, RuleSet, Strategy, Workflow, _add_strategy, _add_workflow, load_rules
-from engine.yamlsource import LineMap
+from engine.rules.check import effective_strategies, validate
+from engine.rules.loader import Origin, RuleSet, add_strategy, add_workflow, load_rules
+from engine.rules.model import Strategy, Workflow
+from engine.rules.yamlsource import LineMap
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +112,12 @@ class RulesManager:
         async with self._lock:
             rules = RuleSet()
             for row in await self.pool.fetch("SELECT * FROM workflows ORDER BY id"):
-                _add_workflow(rules, workflow_spec(dict(row)), Origin(f"db:workflows/{row['id']}", LineMap()))
+                add_workflow(rules, workflow_spec(dict(row)), Origin(f"db:workflows/{row['id']}", LineMap()))
                 if row["id"] in rules.workflows:
                     rules.workflows[row["id"]].version = row["version"]
             for row in await self.pool.fetch("SELECT * FROM strategies ORDER BY id"):
                 origin = Origin(f"db:strategies/{row['id']}", LineMap())
-                _add_strategy(rules, strategy_spec(dict(row)), origin)
+                add_strategy(rules, strategy_spec(dict(row)), origin)
             if validate(rules):
                 log.error("The stored rules are invalid too: running with no strategies until the rule "
                           "files are fixed")
@@ -200,14 +201,14 @@ class RulesManager:
             if row["id"] in rules.workflows:
                 log.warning("stored workflow %s is shadowed by a rule file with the same id", row["id"])
                 continue
-            _add_workflow(rules, workflow_spec(dict(row)), Origin(f"db:workflows/{row['id']}", LineMap()))
+            add_workflow(rules, workflow_spec(dict(row)), Origin(f"db:workflows/{row['id']}", LineMap()))
         for row in await self.pool.fetch("SELECT * FROM strategies WHERE source <> 'file' ORDER BY id"):
             if f"db:strategies/{row['id']}" in excluded:
                 continue
             if row["id"] in rules.strategies:
                 log.warning("stored strategy %s is shadowed by a rule file with the same id", row["id"])
                 continue
-            _add_strategy(rules, strategy_spec(dict(row)), Origin(f"db:strategies/{row['id']}", LineMap()))
+            add_strategy(rules, strategy_spec(dict(row)), Origin(f"db:strategies/{row['id']}", LineMap()))
 
     async def _mirror(self, rules: RuleSet, file_workflows: set[str],
                       file_strategies: set[str]) -> dict[str, int]:
@@ -269,7 +270,7 @@ class RulesManager:
         if row is None:
             return None
         rules = RuleSet()
-        _add_workflow(rules, workflow_spec(dict(row["definition"])),
+        add_workflow(rules, workflow_spec(dict(row["definition"])),
                       Origin(f"db:workflow_versions/{workflow_id}@{version}", LineMap()))
         wf = rules.workflows.get(workflow_id)
         if wf is not None:

@@ -1,6 +1,6 @@
 """PostgreSQL through asyncpg: the pool, versioned migrations, JSON codecs.
 
-Migrations are ``engine/migrations/NNN_name.sql``, applied in order, each in its own
+Migrations are ``engine/storage/migrations/NNN_name.sql``, applied in order, each in its own
 transaction, under a PostgreSQL advisory lock so that several replicas starting at once
 apply each exactly once. ``schema_migrations`` records what was applied.
 """
@@ -48,7 +48,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
 
 def migrations() -> list[tuple[int, str, str]]:
     out = []
-    for entry in resources.files("engine.migrations").iterdir():
+    for entry in resources.files("engine.storage.migrations").iterdir():
         match = _NAME.match(entry.name)
         if match:
             out.append((int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))

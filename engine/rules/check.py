@@ -1,6 +1,6 @@
 """Whole-set validation behind ``aetherius check``: every problem, with ``path:line``.
 
-:mod:`engine.spec` already reports YAML syntax, unknown fields, bad values, unknown step
+:mod:`engine.rules.loader` already reports YAML syntax, unknown fields, bad values, unknown step
 types and invalid step configs. This module adds what needs the whole set: edges to
 missing steps, unreachable steps, loops without a wait, strategies naming missing
 workflows, inhibit rules naming missing strategies, and sandbox refusals of expressions.
@@ -13,8 +13,9 @@ from pathlib import Path
 
 from engine.exceptions import ExpressionError, Problem, RuleError
 from engine.expressions import Expression
-from engine.rulebase import conjuncts
-from engine.spec import Correlation, RuleSet, Strategy, Symptom, Workflow, load_rules
+from engine.rules.conditions import conjuncts
+from engine.rules.loader import RuleSet, load_rules
+from engine.rules.model import Correlation, Strategy, Symptom, Workflow
 from engine.templates import placeholders, walk_strings
 from steps import REGISTRY
 

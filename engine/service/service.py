@@ -2,7 +2,7 @@
 
 Wiring, in the order :meth:`Service.start` builds it:
 
-1. servers: the configured NATS / PostgreSQL / Redis, or embedded ones (``engine.infra``);
+1. servers: the configured NATS / PostgreSQL / Redis, or embedded ones (``engine.devservers``);
 2. PostgreSQL: pool, migrations, the runner's store, the service's records;
 3. Redis (optional: degraded without it);
 4. rules: files plus stored rules, compiled into the rule base; hot reload;
@@ -38,21 +38,21 @@ import orjson
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from engine import infra
-from engine.bus import Bus, Message
-from engine.cache import Cache
 from engine.correlation import CLOSED, OPEN, PENDING, Correlator, Incident
-from engine.db import create_pool, migrate
 from engine.durations import parse_duration
 from engine.events import Event, OccurrenceTracker, decode, parse_event
 from engine.exceptions import MalformedEvent
 from engine.metrics import Metrics
-from engine.pgstore import PostgresStore
-from engine.repo import Repository
 from engine.rulebase import RuleBase
-from engine.rules_source import RulesManager
 from engine.runner import WorkflowRunner
+from engine.service.bus import Bus, Message
+from engine.service.cache import Cache
+from engine.service.generations import RulesManager
+from engine.service.transport import make_client
+from engine.storage.db import create_pool, migrate
+from engine.storage.executions import PostgresStore
+from engine.storage.records import Repository
 from engine.store import FINAL_EXECUTION, Execution, StepRun
-from engine.transport import make_client
 from steps.base import Settings
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,6 @@ class Service:
             with contextlib.suppress(Exception):
                 await self.repo.leave()
         if self.runner is not None:
-            await self.runner.aclose()
             await self.runner.http.aclose()   # the service made it, the service closes it
         if self.bus is not None:
             await self.bus.close()
@@ -498,13 +497,15 @@ class Service:
                       incident.id, incident.workflow_id, extra={"incident_id": incident.id})
             await self._close(incident, None)
             return
-        self._start_workflow(incident, workflow, execution_id)
+        await self._start_workflow(incident, workflow, execution_id)
 
-    def _start_workflow(self, incident: Incident, workflow: Any, execution_id: str) -> None:
+    async def _start_workflow(self, incident: Incident, workflow: Any, execution_id: str) -> None:
         assert self.runner is not None
         self.metrics.publish_to_start.observe(max(0.0, time.time() - incident.first_seen))
-        task = self.runner.submit(workflow, incident=incident.context(), events=incident.events_context(),
-                                  execution_id=execution_id, incident_id=incident.id)
+        started = await self.runner.start(workflow, incident=incident.context(),
+                                          events=incident.events_context(), execution_id=execution_id,
+                                          incident_id=incident.id)
+        task = started.task
         self.metrics.executions_running.inc()
         self.stats["executions"] += 1
         task.add_done_callback(lambda t: self._spawn(self._execution_done(incident, t)))
@@ -573,8 +574,9 @@ class Service:
             log.info("Starting the missing execution %s of incident %s", row["execution_id"], row["id"],
                      extra={"incident_id": row["id"], "execution_id": row["execution_id"]})
             context = row["context"] or {}
-            task = self.runner.submit(workflow, incident=context, events=[], execution_id=row["execution_id"],
-                                      incident_id=row["id"])
+            started = await self.runner.start(workflow, incident=context, events=[],
+                                              execution_id=row["execution_id"], incident_id=row["id"])
+            task = started.task
             self.metrics.executions_running.inc()
             task.add_done_callback(
                 lambda t, iid=row["id"]: self._spawn(self._execution_done(None, t, iid)))

@@ -1,0 +1,199 @@
+"""Rule files: read, parsed and validated into a :class:`RuleSet`, every problem collected.
+
+A rule directory holds any number of ``*.yaml`` / ``*.yml`` files, in any tree. Each YAML
+document in a file is one of:
+
+- a workflow (it has ``steps``), exactly in the seed's format;
+- a strategy (it has ``symptoms``);
+- a bundle ``{strategies: [...], workflows: [...]}``.
+
+:func:`load_rules` reads them all and returns a :class:`RuleSet` plus every problem found,
+each with ``path:line``. Cross-file checks (graphs, references) live in :mod:`engine.rules.check`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from engine.exceptions import Problem
+from engine.rules.model import LocatedError, StepSpec, Strategy, Workflow
+from engine.rules.yamlsource import LineMap, load_documents, yaml_error_line
+from steps import REGISTRY
+
+
+@dataclass
+class Origin:
+    """Where a spec came from, to point problems at lines."""
+
+    path: str
+    lines: LineMap
+    prefix: tuple = ()
+
+    def line(self, *sub: str | int) -> int:
+        return self.lines.line((*self.prefix, *sub))
+
+    def at(self, *sub: str | int) -> str:
+        return f"{self.path}:{self.line(*sub)}"
+
+
+@dataclass
+class RuleSet:
+    """Everything loaded from one rule directory (valid or not; see ``problems``)."""
+
+    strategies: dict[str, Strategy] = field(default_factory=dict)
+    workflows: dict[str, Workflow] = field(default_factory=dict)
+    origins: dict[tuple[str, str], Origin] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    invalid: set[tuple[str, str]] = field(default_factory=set)  # ids whose spec has problems
+
+    def origin(self, kind: str, ident: str) -> Origin:
+        return self.origins.get((kind, ident)) or Origin("<api>", LineMap())
+
+    def problem(self, origin: Origin, sub: tuple, message: str) -> None:
+        self.problems.append(Problem(origin.path, origin.line(*sub), message))
+
+
+def _format_loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "(document)"
+
+
+def _pydantic_problems(
+    rules: RuleSet, exc: ValidationError, origin: Origin, extra: tuple = ()
+) -> None:
+    for err in exc.errors():
+        loc = (*extra, *tuple(err["loc"]))
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, LocatedError):
+            loc = (*loc, *cause.path)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field {loc[-1]!r}"
+        elif err["type"] == "missing":
+            msg = f"missing required field {loc[-1]!r}"
+        rules.problem(origin, loc, f"{_format_loc(loc)}: {msg}")
+
+
+def add_workflow(rules: RuleSet, raw: Any, origin: Origin) -> None:
+    try:
+        wf = Workflow.model_validate(raw)
+    except ValidationError as exc:
+        _pydantic_problems(rules, exc, origin)
+        # Keep going on what can be checked alone, so one run reports everything, and
+        # remember the id so strategies naming it do not report it missing.
+        if isinstance(raw, dict):
+            if isinstance(raw.get("id"), str):
+                rules.invalid.add(("workflow", raw["id"]))
+            failed = {err["loc"][1] for err in exc.errors()
+                      if len(err["loc"]) > 1 and err["loc"][0] == "steps"}
+            for i, step in enumerate(raw.get("steps") or [] if isinstance(raw.get("steps"), list) else []):
+                if i not in failed and isinstance(step, dict):
+                    _check_step_config(rules, StepSpec.model_validate(step), i, origin)
+        return
+    for i, step in enumerate(wf.steps):
+        _check_step_config(rules, step, i, origin)
+    if wf.id in rules.workflows:
+        first = rules.origin("workflow", wf.id)
+        rules.problem(origin, ("id",), f"duplicate workflow id {wf.id!r} (first at {first.at('id')})")
+        return
+    # Kept even with step problems, so strategies naming it do not cascade errors.
+    rules.workflows[wf.id] = wf
+    rules.origins[("workflow", wf.id)] = origin
+
+
+def _check_step_config(rules: RuleSet, step: StepSpec, i: int, origin: Origin) -> None:
+    step_type = REGISTRY.get(step.type)
+    if step_type is None:
+        known = ", ".join(sorted(REGISTRY))
+        rules.problem(origin, ("steps", i, "type"),
+                      f"steps.{i}.type: unknown step type {step.type!r} (known: {known})")
+        return
+    try:
+        step._parsed = step_type.Config.model_validate(step.config)
+    except ValidationError as exc:
+        _pydantic_problems(rules, exc, origin, ("steps", i, "config"))
+
+
+def add_strategy(rules: RuleSet, raw: Any, origin: Origin) -> None:
+    try:
+        strategy = Strategy.model_validate(raw)
+    except ValidationError as exc:
+        _pydantic_problems(rules, exc, origin)
+        if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+            rules.invalid.add(("strategy", raw["id"]))
+        return
+    if strategy.id in rules.strategies:
+        first = rules.origin("strategy", strategy.id)
+        rules.problem(origin, ("id",),
+                      f"duplicate strategy id {strategy.id!r} (first at {first.at('id')})")
+        return
+    rules.strategies[strategy.id] = strategy
+    rules.origins[("strategy", strategy.id)] = origin
+
+
+def _add_document(rules: RuleSet, data: Any, path: str, lines: LineMap) -> None:
+    if not isinstance(data, dict):
+        rules.problems.append(Problem(path, lines.line(()), "a rule document must be a mapping"))
+        return
+    if "strategies" in data or "workflows" in data:
+        unknown = set(data) - {"strategies", "workflows"}
+        for key in sorted(unknown):
+            rules.problems.append(Problem(path, lines.line((key,)), f"unknown field {key!r}"))
+        for kind, adder in (("strategies", add_strategy), ("workflows", add_workflow)):
+            items = data.get(kind) or []
+            if not isinstance(items, list):
+                rules.problems.append(Problem(path, lines.line((kind,)), f"'{kind}' must be a list"))
+                continue
+            for i, item in enumerate(items):
+                adder(rules, item, Origin(path, lines, (kind, i)))
+    elif "steps" in data:
+        add_workflow(rules, data, Origin(path, lines))
+    elif "symptoms" in data:
+        add_strategy(rules, data, Origin(path, lines))
+    else:
+        rules.problems.append(Problem(
+            path, lines.line(()),
+            "cannot tell what this document is: a workflow has 'steps', a strategy has "
+            "'symptoms', a bundle has 'strategies'/'workflows'"))
+
+
+def rule_files(directory: Path) -> list[Path]:
+    if directory.is_file():
+        return [directory]
+    return sorted(p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def load_text(rules: RuleSet, text: str, path: str) -> None:
+    """Add the documents of one file's text to ``rules`` (problems included)."""
+    rules.files.append(path)
+    try:
+        documents = load_documents(text)
+    except yaml.YAMLError as exc:
+        line, message = yaml_error_line(exc, text)
+        rules.problems.append(Problem(path, line, message))
+        return
+    for data, lines in documents:
+        _add_document(rules, data, path, lines)
+
+
+def load_rules(directory: str | Path) -> RuleSet:
+    """Read every rule file under ``directory`` (or one file). Never raises for content:
+    problems are collected in ``RuleSet.problems``."""
+    root = Path(directory)
+    rules = RuleSet()
+    if not root.exists():
+        rules.problems.append(Problem(str(root), 0, "no such file or directory"))
+        return rules
+    for file in rule_files(root):
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            rules.problems.append(Problem(str(file), 0, f"cannot read: {exc}"))
+            continue
+        load_text(rules, text, str(file))
+    return rules
