@@ -37,8 +37,8 @@ from engine.rules.check import validate
 from engine.rules.loader import Origin, RuleSet, add_strategy, add_workflow
 from engine.rules.model import Strategy, Workflow
 from engine.rules.yamlsource import LineMap
-from engine.service.generations import strategy_spec
 from engine.storage.queries import BadCursor, Page, Queries
+from engine.storage.rules import strategy_spec
 from engine.store import FINAL_EXECUTION
 
 if TYPE_CHECKING:

@@ -16,68 +16,23 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from engine.exceptions import Problem
 from engine.rulebase import RuleBase
 from engine.rules.check import effective_strategies, validate
+from engine.rules.generation import Generation, ReloadStatus
 from engine.rules.loader import Origin, RuleSet, add_strategy, add_workflow, load_rules
 from engine.rules.model import Strategy, Workflow
 from engine.rules.yamlsource import LineMap
+from engine.storage.rules import STRATEGY_COLUMNS, WORKFLOW_COLUMNS, strategy_spec, workflow_spec
 
 log = logging.getLogger(__name__)
 
 MIRROR_LOCK = 0x4165746866  # one advisory lock id for mirroring rule files into the tables
 
-WORKFLOW_COLUMNS = ("id", "name", "description", "trigger_type", "trigger_config", "status", "priority",
-                    "timeout", "steps")
-STRATEGY_COLUMNS = ("id", "name", "category", "symptoms", "workflow_id", "priority", "enabled")
-
-
-@dataclass
-class Generation:
-    number: int
-    strategies: dict[str, Strategy]
-    workflows: dict[str, Workflow]
-    digest: str
-    loaded_at: float = field(default_factory=time.time)
-    files: int = 0
-
-
-@dataclass
-class ReloadStatus:
-    ok: bool = True
-    generation: int = 0
-    last_attempt: float = 0.0
-    last_success: float = 0.0
-    reason: str = ""
-    problems: list[Problem] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)   # stored rules left out, and why
-    reloads: int = 0
-    failures: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "generation": self.generation, "reason": self.reason,
-                "last_attempt": self.last_attempt, "last_success": self.last_success,
-                "reloads": self.reloads, "failures": self.failures,
-                "problems": [str(p) for p in self.problems], "warnings": list(self.warnings)}
-
-
-def workflow_spec(row: dict[str, Any]) -> dict[str, Any]:
-    """A stored workflow row (or version snapshot) back to its spec."""
-    if row.get("definition"):
-        return dict(row["definition"])
-    return {k: row[k] for k in WORKFLOW_COLUMNS if row.get(k) not in (None, "")}
-
-
-def strategy_spec(row: dict[str, Any]) -> dict[str, Any]:
-    if row.get("definition"):
-        return dict(row["definition"])
-    return {k: row[k] for k in STRATEGY_COLUMNS if row.get(k) is not None}
 
 
 def _dump(model: Workflow | Strategy) -> dict[str, Any]:
