@@ -81,6 +81,11 @@ class Incident:
     status: str = PENDING
     formed_at: float | None = None
     closed_at: float | None = None
+    # Where the burst is recorded (set by the service): the incident row its events count
+    # towards (its own id, or that of the incident another replica holds or that is cooling
+    # down), and whether that row exists yet (until then counts travel with its INSERT).
+    record_id: str | None = None
+    recorded: bool = False
 
     @property
     def workflow_id(self) -> str:

@@ -4,9 +4,11 @@ A reload reads every rule file and every workflow/strategy created through the A
 SQL, validates the whole set, and only if it is valid compiles a new rule-base
 generation and makes it active, atomically between two events. An invalid set leaves
 the previous generation running; every problem is logged as ``path:line: message`` and
-kept for ``GET /api/v1/rules/status``. File rules are mirrored into the ``workflows`` and
-``strategies`` tables (so the seed's SQL shows them) and every workflow version is kept,
-so a running execution always finds the version it pinned.
+kept for ``GET /api/v1/rules/status``. A valid set whose digest is the active one's is
+no change: the generation stays (so a replica hearing of its own write, or a reload that
+finds nothing new, does not count a generation). File rules are mirrored into the
+``workflows`` and ``strategies`` tables (so the seed's SQL shows them) and every
+workflow version is kept, so a running execution always finds the version it pinned.
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import asyncpg
 
 from engine.rulebase import RuleBase
 from engine.rules.check import effective_strategies, validate
@@ -27,12 +28,11 @@ from engine.rules.generation import Generation, ReloadStatus
 from engine.rules.loader import Origin, RuleSet, add_strategy, add_workflow, load_rules
 from engine.rules.model import Strategy, Workflow
 from engine.rules.yamlsource import LineMap
-from engine.storage.rules import STRATEGY_COLUMNS, WORKFLOW_COLUMNS, strategy_spec, workflow_spec
+from engine.storage.rules import StoredRules, strategy_spec, workflow_spec
 
 log = logging.getLogger(__name__)
 
-MIRROR_LOCK = 0x4165746866  # one advisory lock id for mirroring rule files into the tables
-
+Listener = Callable[[bool, ReloadStatus], None]
 
 
 def _dump(model: Workflow | Strategy) -> dict[str, Any]:
@@ -41,19 +41,27 @@ def _dump(model: Workflow | Strategy) -> dict[str, Any]:
     return data
 
 
-class RulesManager:
-    """Owns the rule base's generations. Reloads are serialized."""
+def _digest(strategies: dict[str, Strategy], workflows: dict[str, Workflow]) -> str:
+    return hashlib.sha256(json.dumps(
+        [sorted(_dump(s).items(), key=str) for s in strategies.values()]
+        + [sorted(_dump(w).items(), key=str) for w in workflows.values()],
+        default=str, sort_keys=True).encode()).hexdigest()[:16]
 
-    def __init__(self, directory: str | Path, rulebase: RuleBase, pool: asyncpg.Pool | None = None) -> None:
+
+class RulesManager:
+    """Owns the rule base's generations. Reloads are serialized.
+
+    ``stored`` is None without a database (rule files only)."""
+
+    def __init__(self, directory: str | Path, rulebase: RuleBase, stored: StoredRules | None = None) -> None:
         self.directory = Path(directory)
         self.rulebase = rulebase
-        self.pool = pool
+        self.stored = stored
         self.generation: Generation | None = None
         self.status = ReloadStatus()
         self._lock = asyncio.Lock()
         self._versions: dict[tuple[str, int], Workflow] = {}
-        self.listeners: list[Any] = []   # called with (ok: bool, status) after each reload
-        self.last_write = 0.0             # when a reload last wrote to the rule tables
+        self.listeners: list[Listener] = []   # called with (ok, status) after each reload
 
     async def reload(self, reason: str = "start") -> bool:
         async with self._lock:
@@ -62,17 +70,17 @@ class RulesManager:
     async def reload_stored(self, reason: str) -> bool:
         """Start from the rules last stored in the database (file rules included, as last
         mirrored): what a replica runs when its rule files are broken at start-up."""
-        if self.pool is None:
+        if self.stored is None:
             return False
         async with self._lock:
             rules = RuleSet()
-            for row in await self.pool.fetch("SELECT * FROM workflows ORDER BY id"):
-                add_workflow(rules, workflow_spec(dict(row)), Origin(f"db:workflows/{row['id']}", LineMap()))
+            workflows, strategies = await self.stored.rows(stored_only=False)
+            for row in workflows:
+                add_workflow(rules, workflow_spec(row), Origin(f"db:workflows/{row['id']}", LineMap()))
                 if row["id"] in rules.workflows:
                     rules.workflows[row["id"]].version = row["version"]
-            for row in await self.pool.fetch("SELECT * FROM strategies ORDER BY id"):
-                origin = Origin(f"db:strategies/{row['id']}", LineMap())
-                add_strategy(rules, strategy_spec(dict(row)), origin)
+            for row in strategies:
+                add_strategy(rules, strategy_spec(row), Origin(f"db:strategies/{row['id']}", LineMap()))
             if validate(rules):
                 log.error("The stored rules are invalid too: running with no strategies until the rule "
                           "files are fixed")
@@ -83,18 +91,16 @@ class RulesManager:
         status = self.status
         status.last_attempt, status.reason = time.time(), reason
         files = await asyncio.to_thread(load_rules, self.directory)
-        file_workflows = set(files.workflows)
-        file_strategies = set(files.strategies)
         # A stored (API/SQL) rule that is invalid, such as the seed's example INSERT with no
         # steps, is left out with a warning; it must not block every rule-file edit.
         excluded: set[str] = set()
         warnings: list[str] = []
+        stored = await self.stored.rows(stored_only=True) if self.stored is not None else ([], [])
         while True:   # each round leaves out at least one more stored rule, so it ends
             rules = RuleSet(strategies=dict(files.strategies), workflows=dict(files.workflows),
                             origins=dict(files.origins), problems=list(files.problems),
                             files=list(files.files), invalid=set(files.invalid))
-            if self.pool is not None:
-                await self._add_stored(rules, excluded)
+            self._add_stored(rules, *stored, excluded)
             problems = validate(rules)
             stored_bad = {p.path for p in problems if p.path.startswith("db:")}
             if not stored_bad:
@@ -112,8 +118,9 @@ class RulesManager:
             self._notify(False)
             return False
         strategies = effective_strategies(rules)
-        if self.pool is not None:
-            versions = await self._mirror(rules, file_workflows, file_strategies)
+        if self.stored is not None:
+            versions = await self.stored.mirror({i: _dump(files.workflows[i]) for i in files.workflows},
+                                                {i: _dump(files.strategies[i]) for i in files.strategies})
             for wf_id, version in versions.items():
                 if wf_id in rules.workflows:     # not a stored rule that was left out
                     rules.workflows[wf_id].version = version
@@ -121,10 +128,16 @@ class RulesManager:
 
     def _activate(self, rules: RuleSet, strategies: dict[str, Strategy], reason: str) -> bool:
         status = self.status
-        digest = hashlib.sha256(json.dumps(
-            [sorted(_dump(s).items(), key=str) for s in strategies.values()]
-            + [sorted(_dump(w).items(), key=str) for w in rules.workflows.values()],
-            default=str, sort_keys=True).encode()).hexdigest()[:16]
+        digest = _digest(strategies, rules.workflows)
+        versions = {wf.id: wf.version for wf in rules.workflows.values()}
+        current = self.generation
+        if current is not None and current.digest == digest and versions == {
+                wf.id: wf.version for wf in current.workflows.values()}:
+            status.ok, status.problems = True, []
+            status.last_success = time.time()
+            log.debug("Rules unchanged (%s): generation %d stays", reason, current.number)
+            self._notify(True)
+            return True
         self.rulebase.swap(strategies.values())
         number = self.rulebase.generation.number if self.rulebase.generation else 0
         self.generation = Generation(number, strategies, dict(rules.workflows), digest,
@@ -146,66 +159,27 @@ class RulesManager:
             except Exception:
                 log.exception("rules listener failed")
 
-    async def _add_stored(self, rules: RuleSet, excluded: set[str] = frozenset()) -> None:
+    @staticmethod
+    def _add_stored(rules: RuleSet, workflows: list[dict[str, Any]], strategies: list[dict[str, Any]],
+                    excluded: set[str]) -> None:
         """Workflows and strategies created through the API or SQL (files win on a clash),
         except those in ``excluded`` (origin paths of stored rules found invalid)."""
-        assert self.pool is not None
-        for row in await self.pool.fetch("SELECT * FROM workflows WHERE source <> 'file' ORDER BY id"):
-            if f"db:workflows/{row['id']}" in excluded:
+        for row in workflows:
+            origin = f"db:workflows/{row['id']}"
+            if origin in excluded:
                 continue
             if row["id"] in rules.workflows:
                 log.warning("stored workflow %s is shadowed by a rule file with the same id", row["id"])
                 continue
-            add_workflow(rules, workflow_spec(dict(row)), Origin(f"db:workflows/{row['id']}", LineMap()))
-        for row in await self.pool.fetch("SELECT * FROM strategies WHERE source <> 'file' ORDER BY id"):
-            if f"db:strategies/{row['id']}" in excluded:
+            add_workflow(rules, workflow_spec(row), Origin(origin, LineMap()))
+        for row in strategies:
+            origin = f"db:strategies/{row['id']}"
+            if origin in excluded:
                 continue
             if row["id"] in rules.strategies:
                 log.warning("stored strategy %s is shadowed by a rule file with the same id", row["id"])
                 continue
-            add_strategy(rules, strategy_spec(dict(row)), Origin(f"db:strategies/{row['id']}", LineMap()))
-
-    async def _mirror(self, rules: RuleSet, file_workflows: set[str],
-                      file_strategies: set[str]) -> dict[str, int]:
-        """Write changed file rules to the tables; return every workflow's current version.
-        Nothing is written when nothing changed (a write NOTIFYs every replica)."""
-        assert self.pool is not None
-        async with self.pool.acquire() as conn, conn.transaction():
-            # Replicas starting together mirror the same files: one at a time, in id order.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIRROR_LOCK)
-            await self._mirror_table(conn, "workflows",
-                                     {i: _dump(rules.workflows[i]) for i in file_workflows},
-                                     lambda spec: {**{c: spec[c] for c in WORKFLOW_COLUMNS[1:]},
-                                                   "timeout": f"{spec['timeout']:g}s"})
-            await self._mirror_table(conn, "strategies",
-                                     {i: _dump(rules.strategies[i]) for i in file_strategies},
-                                     lambda spec: {c: spec[c] for c in STRATEGY_COLUMNS[1:]})
-            return {r["id"]: r["version"] for r in await conn.fetch("SELECT id, version FROM workflows")}
-
-    async def _mirror_table(self, conn: asyncpg.Connection, table: str, specs: dict[str, dict[str, Any]],
-                            columns_of: Any) -> None:
-        """Upsert the changed file rules of one table (columns plus the whole spec) and
-        delete the file rules that are gone."""
-        stored = {r["id"]: r for r in await conn.fetch(f"SELECT id, definition, source FROM {table}")}
-        for ident in sorted(specs):
-            spec = specs[ident]
-            row = stored.get(ident)
-            if row is not None and row["source"] == "file" and row["definition"] == spec:
-                continue
-            values = columns_of(spec)
-            names = list(values)
-            params = ", ".join(f"${i + 2}" for i in range(len(names)))
-            self.last_write = time.time()
-            await conn.execute(
-                f"INSERT INTO {table} (id, {', '.join(names)}, definition, source) "
-                f"VALUES ($1, {params}, ${len(names) + 2}, 'file') "
-                f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{n} = EXCLUDED.{n}' for n in names)}, "
-                "definition = EXCLUDED.definition, source = 'file'",
-                ident, *values.values(), spec)
-        gone = [i for i, r in stored.items() if r["source"] == "file" and i not in specs]
-        if gone:
-            self.last_write = time.time()
-            await conn.execute(f"DELETE FROM {table} WHERE id = ANY($1::text[])", gone)
+            add_strategy(rules, strategy_spec(row), Origin(origin, LineMap()))
 
     async def workflow(self, workflow_id: str, version: int | None = None) -> Workflow | None:
         """The active workflow, or the exact version an execution pinned."""
@@ -217,16 +191,14 @@ class RulesManager:
         if version is None:
             return None
         cached = self._versions.get((workflow_id, version))
-        if cached is not None or self.pool is None:
+        if cached is not None or self.stored is None:
             return cached
-        row = await self.pool.fetchrow(
-            "SELECT definition FROM workflow_versions WHERE workflow_id = $1 AND version = $2",
-            workflow_id, version)
-        if row is None:
+        definition = await self.stored.workflow_version(workflow_id, version)
+        if definition is None:
             return None
         rules = RuleSet()
-        add_workflow(rules, workflow_spec(dict(row["definition"])),
-                      Origin(f"db:workflow_versions/{workflow_id}@{version}", LineMap()))
+        add_workflow(rules, workflow_spec(definition),
+                     Origin(f"db:workflow_versions/{workflow_id}@{version}", LineMap()))
         wf = rules.workflows.get(workflow_id)
         if wf is not None:
             wf.version = version

@@ -142,8 +142,11 @@ class Repository:
                                        incident_id, cooldown)
         return dict(row) if row else None
 
-    async def incident_strategy(self, incident_id: str) -> str | None:
-        return await self.pool.fetchval("SELECT strategy_id FROM incidents WHERE id = $1", incident_id)
+    async def open_incident_of(self, execution_id: str) -> dict[str, Any] | None:
+        """The open incident this execution was started for (id, strategy_id), if any."""
+        row = await self.pool.fetchrow(
+            "SELECT id, strategy_id FROM incidents WHERE execution_id = $1 AND status = 'open'", execution_id)
+        return dict(row) if row else None
 
     async def add_to_incident(self, incident_id: str, events: int = 0, late: int = 0,
                               suppressed: int = 0, inhibited: dict[str, int] | None = None) -> None:

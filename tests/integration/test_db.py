@@ -15,6 +15,7 @@ import pytest
 
 from engine.rulebase import RuleBase
 from engine.service.generations import RulesManager
+from engine.storage.rules import StoredRules
 from engine.storage.db import create_pool, migrate, migrations
 from engine.storage.records import Repository
 
@@ -255,7 +256,7 @@ def test_seed_inserts_work_as_written_and_workflow_versions_bump_on_update(pg_ds
         (tmp_path / "rules").mkdir()
         rulebase = RuleBase([])
         try:
-            manager = RulesManager(tmp_path / "rules", rulebase, pool)
+            manager = RulesManager(tmp_path / "rules", rulebase, StoredRules(pool))
             assert await manager.reload("test"), [str(p) for p in manager.status.problems]
             assert manager.generation is not None
             assert manager.generation.workflows["diagnose_pod_crashloop"].version == 3
@@ -279,7 +280,7 @@ def test_seed_workflow_with_its_placeholder_steps_is_reported_not_loaded(pg_dsn,
         (tmp_path / "rules").mkdir()
         rulebase = RuleBase([])
         try:
-            manager = RulesManager(tmp_path / "rules", rulebase, pool)
+            manager = RulesManager(tmp_path / "rules", rulebase, StoredRules(pool))
             (tmp_path / "rules" / "ok.yaml").write_text(
                 "id: ok\nsteps: [{id: a, type: wait, config: {duration: 1s}}]\n", encoding="utf-8")
             assert await manager.reload("test")

@@ -1,0 +1,112 @@
+"""What the service's parts need from storage and from each other, as protocols.
+
+PostgreSQL implements them (:mod:`engine.storage`); :mod:`engine.testing` ships in-memory
+ones, so every part can be unit-tested without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from engine.correlation import Incident
+from engine.events import Event
+from engine.rules.generation import Generation
+from engine.rules.model import Workflow
+from engine.store import Store
+
+# (event, subject, (state, strategy id, incident id)) as intake records it.
+EventRow = tuple[Event, str | None, tuple[str, str | None, str | None]]
+# (source, subject, reason, raw bytes, headers) of a dead letter.
+DeadLetter = tuple[str, str | None, str, bytes | None, dict[str, str]]
+
+
+class Records(Protocol):
+    """Events, dead letters, incidents and replicas (:class:`engine.storage.records.Repository`)."""
+
+    async def record_events(self, rows: list[EventRow]) -> set[str]: ...
+
+    async def recent_event_ids(self, seconds: float) -> list[str]: ...
+
+    async def set_event_states(self, states: list[tuple[str, str, str | None, str | None]]) -> None: ...
+
+    async def attach_events(self, event_ids: list[str], incident_id: str,
+                            state: str = "attached") -> None: ...
+
+    async def repoint_events(self, from_incident: str, to_incident: str) -> None: ...
+
+    async def claim_pending_events(self, lease_seconds: float, *, own: bool) -> list[dict[str, Any]]: ...
+
+    async def dead_letters_many(self, rows: list[DeadLetter]) -> None: ...
+
+    async def open_incident(self, incident: Incident, execution_id: str | None = None,
+                            event_ids: list[str] | None = None) -> tuple[str, str | None]: ...
+
+    async def claim_incidents_without_execution(self, lease_seconds: float) -> list[dict[str, Any]]: ...
+
+    async def close_incident_by_id(self, incident_id: str, cooldown: float) -> dict[str, Any] | None: ...
+
+    async def open_incident_of(self, execution_id: str) -> dict[str, Any] | None: ...
+
+    async def add_to_incident(self, incident_id: str, events: int = 0, late: int = 0,
+                              suppressed: int = 0, inhibited: dict[str, int] | None = None) -> None: ...
+
+    async def close_incident(self, incident: Incident) -> None: ...
+
+    async def heartbeat(self, info: dict[str, Any] | None = None) -> None: ...
+
+    async def leave(self) -> None: ...
+
+    async def purge(self, older_than_seconds: float, batch: int = 1000) -> int: ...
+
+
+class ExecutionStore(Store, Protocol):
+    """The runner's store, plus taking over executions of replicas that are gone."""
+
+    async def claim_orphans(self, running_here: list[str], limit: int = 100) -> list[str]: ...
+
+
+class Workflows(Protocol):
+    """The active rules as the parts read them (:class:`engine.service.generations.RulesManager`)."""
+
+    @property
+    def generation(self) -> Generation | None: ...
+
+    async def workflow(self, workflow_id: str, version: int | None = None) -> Workflow | None: ...
+
+
+class RuleChanges(Protocol):
+    """How a replica hears that stored rules changed (:class:`engine.storage.rules.StoredRules`)."""
+
+    async def fingerprint(self) -> tuple[Any, ...]: ...
+
+    def notifications(self, callback: Callable[[], None]
+                      ) -> AbstractAsyncContextManager[Callable[[], bool]]: ...
+
+
+class Cooldowns(Protocol):
+    """The fast path for cooldowns (:class:`engine.service.cache.Cache`)."""
+
+    async def cooldown(self, strategy: str, key: str) -> tuple[bool, str | None]: ...
+
+    async def set_cooldown(self, strategy: str, key: str, seconds: float, incident_id: str) -> None: ...
+
+
+@dataclass
+class Stats:
+    """Counters this replica shows in ``/readyz``."""
+
+    events: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    incidents: int = 0
+    executions: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+__all__ = ["Cooldowns", "DeadLetter", "EventRow", "ExecutionStore", "Records",
+           "RuleChanges", "Stats", "Workflows"]

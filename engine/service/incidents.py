@@ -1,0 +1,118 @@
+"""Incidents: a burst the correlator formed becomes one recorded incident and one execution.
+
+One open incident per (strategy, key) across replicas: Redis answers the common case
+(cooling down) fast, and the database decides under a per-key lock
+(:meth:`Records.open_incident`). A burst whose key is open on another replica, or cooling
+down, attaches its events to that incident instead of starting a second workflow. When
+the execution ends, its incident closes and its cooldown starts, here and in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from engine.correlation import Correlator, Incident
+from engine.metrics import Metrics
+from engine.service.background import Background
+from engine.service.contracts import Cooldowns, Records, Stats, Workflows
+from engine.service.executions import Executions
+from engine.store import Execution
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COOLDOWN = 600.0   # for an incident whose strategy is no longer loaded
+
+
+class Incidents:
+    def __init__(self, *, records: Records, cooldowns: Cooldowns, workflows: Workflows,
+                 correlator: Correlator, executions: Executions, metrics: Metrics, stats: Stats,
+                 background: Background, record_lock: asyncio.Lock) -> None:
+        self.records = records
+        self.cooldowns = cooldowns
+        self.workflows = workflows
+        self.correlator = correlator
+        self.executions = executions
+        self.metrics = metrics
+        self.stats = stats
+        self.background = background
+        self.record_lock = record_lock
+        # Incidents this replica opened whose execution runs here, by execution id.
+        self._by_execution: dict[str, Incident] = {}
+        correlator.formed.subscribe(on_next=self.formed)
+        executions.listeners.append(self.finished)
+
+    def formed(self, incident: Incident) -> None:
+        # Events that arrive while it is being opened attach to this id (re-pointed if another
+        # replica turns out to hold the incident).
+        incident.record_id = incident.id
+        self.background.spawn(self.open(incident))
+
+    async def open(self, incident: Incident) -> None:
+        sid, key = incident.strategy.id, incident.key_text
+        _known, cooling = await self.cooldowns.cooldown(sid, key)
+        workflow = await self.workflows.workflow(incident.workflow_id)
+        runnable = workflow is not None and workflow.status == "active"
+        execution_id = f"exec-{uuid.uuid4().hex[:16]}" if runnable else None
+        outcome, other = "cooling", cooling
+        if cooling is None:
+            async with self.record_lock:   # the batch holding its last events is recorded
+                outcome, other = await self.records.open_incident(incident, execution_id, incident.event_ids)
+        incident.recorded = True
+        if outcome != "opened":
+            # Cooling down, or open on another replica: its workflow covers these events too.
+            assert other is not None
+            incident.record_id = other
+            state = "suppressed" if outcome == "cooling" else "attached"
+            await self.records.attach_events(incident.event_ids, other, state)
+            await self.records.repoint_events(incident.id, other)
+            counted = "suppressed" if outcome == "cooling" else "late"
+            await self.records.add_to_incident(other, **{counted: incident.events + incident.late})
+            self.correlator.close(incident)
+            return
+        incident.event_ids = []
+        self.metrics.incidents.labels(sid).inc()
+        self.stats.incidents += 1
+        if workflow is None or execution_id is None:
+            log.error("Incident %s: workflow %s is missing or not active; closing the incident",
+                      incident.id, incident.workflow_id, extra={"incident_id": incident.id})
+            await self.close(incident)
+            return
+        self.metrics.publish_to_start.observe(max(0.0, time.time() - incident.first_seen))
+        self._by_execution[execution_id] = incident
+        try:
+            await self.executions.start(workflow, incident=incident.context(),
+                                        events=incident.events_context(), execution_id=execution_id,
+                                        incident_id=incident.id)
+        except BaseException:
+            self._by_execution.pop(execution_id, None)
+            raise
+
+    async def finished(self, execution: Execution) -> None:
+        """An execution ended: close the incident it was started for, if it is still open."""
+        incident = self._by_execution.pop(execution.id, None)
+        if incident is not None:
+            await self.close(incident)
+            return
+        # Resumed after a restart or taken over: the incident is known only by its row.
+        row = await self.records.open_incident_of(execution.id)
+        if row is None:
+            return      # a manual execution, or the incident was closed already
+        gen = self.workflows.generation
+        strategy = gen.strategies.get(row["strategy_id"]) if gen is not None else None
+        cooldown = strategy.correlation.cooldown if strategy is not None else DEFAULT_COOLDOWN
+        closed = await self.records.close_incident_by_id(row["id"], cooldown)
+        if closed is not None:
+            await self.cooldowns.set_cooldown(closed["strategy_id"], closed["key"], cooldown, row["id"])
+
+    async def close(self, incident: Incident) -> None:
+        await self.records.close_incident(incident)
+        await self.cooldowns.set_cooldown(incident.strategy.id, incident.key_text,
+                                          incident.strategy.correlation.cooldown, incident.id)
+        self.correlator.close(incident)
+
+    def open_here(self) -> int:
+        """Incidents opened here whose execution still runs here."""
+        return len(self._by_execution)

@@ -1,0 +1,270 @@
+"""Intake: batches of raw events in (NATS or HTTP), each event recorded once with where it
+went (unmatched, pending in a burst, attached, suppressed, inhibited, dead letter).
+
+A batch is parsed, deduplicated and run through the rule base and the correlator in one
+synchronous pass (so a rule reload cannot cut into it), then recorded in one statement. A
+NATS batch is acked only once recorded; recording batch N overlaps with processing batch
+N+1, at most two batches in flight (the next fetch waits). Events are never lost: a hit
+whose burst has not yet formed an incident stays ``pending`` in the store and is
+correlated again after a crash (:meth:`Intake.recover`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from engine.correlation import CLOSED, OPEN, PENDING, Correlator
+from engine.events import Event, OccurrenceTracker, decode, parse_event
+from engine.exceptions import MalformedEvent
+from engine.metrics import Metrics
+from engine.rulebase import RuleBase
+from engine.service.background import Background
+from engine.service.bus import Message
+from engine.service.contracts import DeadLetter, EventRow, Records, Stats
+
+log = logging.getLogger(__name__)
+
+# (raw bytes or decoded JSON, subject, message id, headers)
+Item = tuple[Any, str | None, str | None, dict[str, Any]]
+# (event id, incident id, field, strategy id, occurrences): a count for an incident already
+# recorded, summed once the batch is recorded, for the events that turned out new.
+Delta = tuple[str, str, str, str, int]
+State = tuple[str, str | None, str | None]
+
+RECENT_IDS = 200_000   # ids remembered for deduplication (FIFO); older ones the database catches
+
+
+@dataclass
+class Batch:
+    """A batch of input, processed and waiting to be recorded."""
+
+    source: str
+    rows: list[EventRow] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    deltas: list[Delta] = field(default_factory=list)
+    duplicates: int = 0
+    ignored: int = 0
+
+
+class Intake:
+    def __init__(self, *, records: Records, rulebase: RuleBase, correlator: Correlator, metrics: Metrics,
+                 stats: Stats, background: Background, record_lock: asyncio.Lock,
+                 max_event_bytes: int, clock: Callable[[], float] = time.time) -> None:
+        self.records = records
+        self.rulebase = rulebase
+        self.correlator = correlator
+        self.metrics = metrics
+        self.stats = stats
+        self.background = background
+        # Held while a batch is recorded: an incident attaches its events only once they exist.
+        self.record_lock = record_lock
+        self.max_event_bytes = max_event_bytes
+        self.clock = clock
+        self.tracker = OccurrenceTracker()
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._in_flight = asyncio.Semaphore(2)   # batches processed but not yet recorded
+
+    # ------------------------------------------------------------------ entry points
+
+    async def ingest(self, items: Sequence[Item], source: str) -> dict[str, int]:
+        """Process and record a batch; returns counts: accepted, duplicates, dead_letters, ignored."""
+        return await self.persist(self.prepare(items, source))
+
+    async def ingest_messages(self, messages: list[Message]) -> None:
+        """A batch off the bus: processed now, recorded and then acked in the background."""
+        items: list[Item] = [(m.data, m.subject, m.msg_id, m.headers) for m in messages]
+        await self._in_flight.acquire()
+        try:
+            batch = self.prepare(items, "nats")
+        except BaseException:
+            self._in_flight.release()
+            raise
+        self.background.spawn(self._record_and_ack(batch, messages))
+
+    async def _record_and_ack(self, batch: Batch, messages: list[Message]) -> None:
+        try:
+            await self.persist(batch)
+        except Exception:
+            # Not acked, so redelivered: let the redelivery be processed, not dropped as seen.
+            for event, _, _ in batch.rows:
+                self._recent.pop(event.id, None)
+            log.exception("recording a batch of %d events failed; it will be redelivered", len(messages))
+            return
+        finally:
+            self._in_flight.release()
+        for message in messages:
+            with contextlib.suppress(Exception):
+                await message.ack()
+
+    # ------------------------------------------------------------------ processing
+
+    def prepare(self, items: Sequence[Item], source: str) -> Batch:
+        """Parse, deduplicate and process a batch (synchronous: no reload can cut into it).
+
+        Duplicates are dropped by id (in memory for recent ids here, and by the table's
+        primary key across replicas and restarts when the batch is recorded); each new
+        event goes through the rule base and the correlator."""
+        batch = Batch(source)
+        good: list[tuple[Event, str | None]] = []
+        for raw, subject, msg_id, headers in items:
+            try:
+                event = parse_event(self._decode(raw))
+            except MalformedEvent as exc:
+                data = bytes(raw) if isinstance(raw, bytes | bytearray) else orjson.dumps(raw, default=str)
+                batch.dead.append((source, subject, str(exc), data, {k: str(v) for k, v in headers.items()}))
+                continue
+            except Exception as exc:  # a parser bug must not stop the intake: dead-letter it
+                log.exception("unexpected error parsing an event")
+                batch.dead.append((source, subject, f"internal error: {type(exc).__name__}: {exc}",
+                                   raw if isinstance(raw, bytes) else None, {}))
+                continue
+            if event is None:
+                batch.ignored += 1
+                continue
+            if msg_id:
+                event.id = str(msg_id)
+            good.append((event, subject))
+        self.metrics.events_in.labels(source).inc(len(good))
+        for event, subject in good:
+            if event.id in self._recent:
+                batch.duplicates += 1
+                continue
+            self.remember(event.id)
+            batch.rows.append((event, subject, self.process(event, batch.deltas)))
+        return batch
+
+    def _decode(self, raw: Any) -> Any:
+        if isinstance(raw, bytes | bytearray):      # raw bytes off the wire
+            if len(raw) > self.max_event_bytes:
+                raise MalformedEvent(f"payload of {len(raw)} bytes exceeds {self.max_event_bytes}")
+            return decode(bytes(raw))
+        size = len(orjson.dumps(raw, default=str))  # a JSON value decoded already (HTTP)
+        if size > self.max_event_bytes:
+            raise MalformedEvent(f"event of {size} bytes exceeds {self.max_event_bytes}")
+        return raw
+
+    def process(self, event: Event, deltas: list[Delta] | None = None, *, recovered: bool = False) -> State:
+        """Rule base + correlation for one event; return (state, strategy id, incident id).
+        Synchronous on purpose: a generation swap cannot happen in the middle of it.
+        Counts for incidents already recorded are appended to ``deltas``."""
+        if not recovered and not self.tracker.observe(event):
+            return ("duplicate", None, None)
+        hits = self.rulebase.process(event, now=self.clock())
+        if not hits:
+            return ("unmatched", None, None)
+        hit = hits[0]
+        incident = self.correlator.add(hit)
+        self.metrics.hits.labels(hit.strategy.id, "inhibited" if hit.inhibited_by else "hit").inc()
+        if incident is None:
+            return ("inhibited" if hit.inhibited_by else "unmatched", hit.strategy.id, None)
+        record_id = incident.record_id
+
+        def add(name: str, value: int) -> None:
+            # Until the incident's row exists its counts travel with the INSERT instead.
+            if record_id is not None and deltas is not None and incident.recorded:
+                deltas.append((event.id, record_id, name, hit.strategy.id, value))
+
+        if hit.inhibited_by:
+            add("inhibited", event.count)
+            return ("inhibited", hit.strategy.id, record_id or incident.id)
+        if incident.status == PENDING:
+            return ("pending", hit.strategy.id, None)
+        if incident.status == OPEN:
+            add("late", event.count)
+            return ("attached", hit.strategy.id, record_id)
+        assert incident.status == CLOSED
+        add("suppressed", event.count)
+        return ("suppressed", hit.strategy.id, record_id)
+
+    def remember(self, event_id: str) -> None:
+        self._recent[event_id] = None
+        if len(self._recent) > RECENT_IDS:
+            self._recent.popitem(last=False)
+
+    # ------------------------------------------------------------------ recording
+
+    async def persist(self, batch: Batch) -> dict[str, int]:
+        """Record a prepared batch: dead letters, then every event with where it went."""
+        source, dead, rows = batch.source, batch.dead, batch.rows
+        if dead:
+            await self.records.dead_letters_many(dead)
+            self.metrics.dead_letters.labels(source).inc(len(dead))
+            self.stats.dead_letters += len(dead)
+            for _, subject, reason, raw, _ in dead:
+                log.warning("Dead letter from %s%s: %s (%d bytes)", source,
+                            f" {subject}" if subject else "", reason, len(raw or b""))
+        async with self.record_lock:
+            recorded = await self._record(source, rows)
+        # Recorded before by another replica (or before a restart): not counted again here.
+        duplicates = batch.duplicates + len(rows) - len(recorded)
+        for incident_id, delta in _sum_deltas(batch.deltas, recorded).items():
+            self.background.spawn(self.records.add_to_incident(incident_id, **delta))
+        self.metrics.events_dedup.inc(duplicates)
+        self.stats.events += len(recorded)
+        self.stats.duplicates += duplicates
+        return {"accepted": len(recorded), "duplicates": duplicates, "dead_letters": len(dead),
+                "ignored": batch.ignored}
+
+    async def _record(self, source: str, rows: list[EventRow]) -> set[str]:
+        try:
+            return await self.records.record_events(rows)
+        except Exception as exc:  # one row the database refuses must not sink the batch
+            log.warning("recording a batch of %d failed (%s: %s); recording one by one",
+                        len(rows), type(exc).__name__, exc)
+        recorded: set[str] = set()
+        for row in rows:
+            try:
+                recorded |= await self.records.record_events([row])
+            except Exception as row_exc:
+                reason = f"cannot be recorded: {type(row_exc).__name__}: {row_exc}"
+                await self.records.dead_letters_many([(source, row[1], reason,
+                                                       orjson.dumps(row[0].to_dict(), default=str), {})])
+                self.metrics.dead_letters.labels(source).inc()
+                recorded.add(row[0].id)   # accounted for, as a dead letter
+        return recorded
+
+    # ------------------------------------------------------------------ recovery
+
+    async def recover(self, rows: list[dict[str, Any]]) -> None:
+        """Correlate again events recorded before a stop (``pending`` hits, and events
+        recorded but never processed), and record the state each ends in."""
+        states: list[tuple[str, str, str | None, str | None]] = []
+        for row in rows:
+            payload = row["payload"]
+            fields = {k: payload.get(k) for k in Event.__dataclass_fields__ if k in payload}
+            fields.setdefault("labels", {})
+            try:
+                event = Event(**fields)
+            except TypeError:
+                states.append((row["id"], "unmatched", None, None))
+                continue
+            self.remember(event.id)
+            # Recorded but never processed: its occurrences count as the tracker would have.
+            state = self.process(event, recovered=row.get("state") == "pending")
+            states.append((row["id"], *state))
+        await self.records.set_event_states(states)
+
+
+def _sum_deltas(deltas: list[Delta], recorded: set[str]) -> dict[str, dict[str, Any]]:
+    """Per incident, the counts to add: of the events recorded now (a redelivery was
+    counted when it was first recorded)."""
+    counts: dict[str, dict[str, Any]] = {}
+    for event_id, incident_id, name, strategy_id, value in deltas:
+        if event_id not in recorded:
+            continue
+        delta = counts.setdefault(incident_id, {})
+        if name == "inhibited":
+            covered = delta.setdefault("inhibited", {})
+            covered[strategy_id] = covered.get(strategy_id, 0) + value
+        else:
+            delta[name] = delta.get(name, 0) + value
+    return counts
