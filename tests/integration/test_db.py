@@ -15,9 +15,9 @@ import pytest
 
 from engine.rulebase import RuleBase
 from engine.service.generations import RulesManager
-from engine.storage.rules import StoredRules
 from engine.storage.db import create_pool, migrate, migrations
 from engine.storage.records import Repository
+from engine.storage.rules import StoredRules
 
 pytestmark = pytest.mark.integration
 
