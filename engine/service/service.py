@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
-from engine import infra
+from engine import devservers as infra
 from engine.correlation import CLOSED, OPEN, PENDING, Correlator, Incident
 from engine.durations import parse_duration
 from engine.events import Event, OccurrenceTracker, decode, parse_event
