@@ -32,7 +32,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from reactivex.scheduler.eventloop import AsyncIOScheduler
@@ -54,6 +54,9 @@ from engine.storage.executions import PostgresStore
 from engine.storage.records import Repository
 from engine.store import FINAL_EXECUTION, Execution, StepRun
 from steps.base import Settings
+
+if TYPE_CHECKING:
+    from engine.api.deps import ApiDeps
 
 log = logging.getLogger(__name__)
 
@@ -702,13 +705,95 @@ class Service:
 
     # ------------------------------------------------------------------ API
 
+    def api_deps(self) -> ApiDeps:
+        """What the HTTP API is given of this service: its parts, not the service. A part not
+        built yet is None (the API answers 503 for it), so build these once started, as
+        ``_api_loop`` does; the probes read the service as it is at each request. Executions
+        started through the API are counted here, as those the service starts itself are."""
+        from engine.api.deps import ApiDeps
+        from engine.rules.model import Workflow
+        from engine.runner import Started
+        from engine.storage.queries import Queries
+
+        runner, metrics, stats = self.runner, self.metrics, self.stats
+
+        def finished(task: asyncio.Task) -> None:
+            metrics.executions_running.dec()
+            if task.cancelled():
+                return
+            exc = task.exception()
+            if exc is not None:
+                log.error("manual execution failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+                return
+            execution = task.result()
+            if execution is not None and execution.status in FINAL_EXECUTION:
+                metrics.executions.labels(execution.workflow_id, execution.status).inc()
+
+        class ManualExecutions:
+            """engine.api.deps.Executions: the runner runs them, the service counts them."""
+
+            async def start(self, workflow: Workflow, *, incident: dict[str, Any],
+                            events: list[dict[str, Any]], context: dict[str, Any]) -> Started:
+                assert runner is not None
+                started = await runner.start(workflow, incident=incident, events=events, context=context)
+                metrics.executions_running.inc()
+                stats["executions"] += 1
+                started.task.add_done_callback(finished)
+                return started
+
+            def cancel(self, execution_id: str) -> bool:
+                return runner is not None and runner.cancel(execution_id)
+
+            def running(self) -> list[str]:
+                return runner.running() if runner is not None else []
+
+        async def readiness() -> dict[str, Any]:
+            reasons: list[str] = []
+            checks: dict[str, str] = {}
+            if not self.ready:
+                reasons.append("the service is not ready (starting or stopping)")
+            if self.pool is None:
+                checks["postgres"] = "down"
+                reasons.append("PostgreSQL: no connection pool")
+            else:
+                try:
+                    await asyncio.wait_for(self.pool.fetchval("SELECT 1"), 2.0)
+                    checks["postgres"] = "ok"
+                except Exception as exc:
+                    checks["postgres"] = "down"
+                    reasons.append(f"PostgreSQL: {type(exc).__name__}: {exc}")
+            if self.bus is not None and self.bus.connected:
+                checks["nats"] = "ok"
+            else:
+                checks["nats"] = "down"
+                reasons.append("NATS is not connected")
+            if self.cache is not None:
+                await self.cache.ping()
+            checks["redis"] = "ok" if self.cache is not None and self.cache.healthy else "degraded"
+            try:
+                body = await self.status()
+            except Exception as exc:
+                body = {"status_error": f"{type(exc).__name__}: {exc}"}
+            body.update({"ready": not reasons, "checks": checks, "reasons": reasons})
+            return body
+
+        async def cached_generation() -> dict[str, Any] | None:
+            return await self.cache.active_generation() if self.cache is not None else None
+
+        return ApiDeps(
+            queries=Queries(self.pool) if self.pool is not None else None, rules=self.rules,
+            executions=ManualExecutions() if runner is not None else None,
+            ingest=self.ingest if self.repo is not None and self.rulebase is not None else None,
+            readiness=readiness, cached_generation=cached_generation, metrics=metrics,
+            max_event_bytes=self.max_event_bytes, replica=self.replica)
+
     async def _api_loop(self) -> None:
         import uvicorn
 
         from engine.api import create_app
 
         http = self.config.get("http") or {}
-        config = uvicorn.Config(create_app(self), host=http.get("host", "0.0.0.0"),
+        config = uvicorn.Config(create_app(self.api_deps()), host=http.get("host", "0.0.0.0"),
                                 port=int(http.get("port", 8081)), log_level="warning", access_log=False,
                                 lifespan="off")
         server = uvicorn.Server(config)
