@@ -214,6 +214,7 @@ class RulesStatus(BaseModel):
     reloads: int
     failures: int
     problems: list[str] = Field(description="path:line: message, of the last reload if it failed")
+    warnings: list[str] = Field(description="stored rules left out of the active generation, and why")
     digest: str | None = Field(description="digest of the active generation")
     strategies: int | None = Field(description="strategies in the active generation (implicit included)")
     workflows: int | None

@@ -471,6 +471,24 @@ def test_rules_status_and_an_invalid_reload(pg_dsn: str, tmp_path: Path) -> None
     asyncio.run(go())
 
 
+def test_rules_status_shows_the_stored_rules_left_out(pg_dsn: str) -> None:
+    async def go() -> None:
+        async with harness(pg_dsn) as (api, client):
+            assert (await client.get("/api/v1/rules/status")).json()["warnings"] == []
+            # As the seed's example INSERT: a stored workflow with no steps.
+            await api.pool.execute("INSERT INTO workflows (id, name, trigger_type, steps) "
+                                   "VALUES ('placeholder', 'Placeholder', 'manual', '[]')")
+            reloaded = await client.post("/api/v1/rules/reload")
+            assert reloaded.status_code == 200, reloaded.text
+            assert any(w.startswith("db:workflows/placeholder:") and w.endswith(": left out")
+                       for w in reloaded.json()["warnings"]), reloaded.json()
+            status = (await client.get("/api/v1/rules/status")).json()
+            assert status["ok"] and status["warnings"] == api.rules.status.warnings != []
+            assert "placeholder" not in api.rules.generation.workflows
+
+    asyncio.run(go())
+
+
 def test_problem_locations_come_from_the_loader(pg_dsn: str) -> None:
     async def go() -> None:
         async with harness(pg_dsn) as (_api, client):

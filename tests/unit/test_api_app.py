@@ -68,6 +68,7 @@ def test_create_app_touches_nothing_but_its_deps_and_those_only_when_asked() -> 
     assert call(app, "GET", "/healthz").json() == {"status": "ok"}
     spec = call(app, "GET", "/openapi.json").json()
     assert {"Workflow", "Strategy", "RulesStatus"} <= set(spec["components"]["schemas"])
+    assert "warnings" in spec["components"]["schemas"]["RulesStatus"]["required"]
     # Asked for, a part is used (and the probe says what went wrong with it).
     probe = call(app, "GET", "/readyz")
     assert probe.status_code == 503
@@ -159,12 +160,13 @@ def test_starting_an_execution_is_one_call_and_no_bookkeeping() -> None:
     assert call(app, "POST", "/api/v1/workflows/nope/execute").status_code == 404
 
 
-def test_rules_status_survives_the_cache() -> None:
+def test_rules_status_shows_warnings_and_survives_the_cache() -> None:
     async def cache_down() -> dict[str, Any] | None:
         raise ConnectionError("redis is down")
 
     status = call(create_app(deps(rules=FakeRules(), cached_generation=cache_down)), "GET",
                   "/api/v1/rules/status").json()
+    assert status["warnings"] == ["db:workflows/x:1: steps: left out"]
     assert (status["generation"], status["digest"], status["workflows"], status["files"]) == (
         3, "d1g35t", 1, 2)
     assert status["cached_generation"] is None
