@@ -23,6 +23,7 @@ so callers only need to know this tree.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -45,16 +46,37 @@ class ConfigError(AetheriusError):
     """The configuration is invalid."""
 
 
-@dataclass(frozen=True, order=True)
+Loc = tuple[str | int, ...]
+
+
+@functools.total_ordering
+@dataclass(frozen=True, eq=True)
 class Problem:
-    """One thing wrong with a rule file, located as precisely as we can."""
+    """One thing wrong with a rule, located as precisely as we can, and kept as data.
+
+    ``path:line`` is where a person looks (``str()`` prints ``path:line: message``). ``loc`` is
+    the field path inside the rule's own document, e.g. ``("steps", 3, "config", "action")``
+    (for a bundle, inside its entry), and ``msg`` says what is wrong there without naming the
+    place: what a program shows next to the field (the API's 422 items). ``named`` is the
+    field as the printed message names it before ``msg``, if it does."""
 
     path: str
     line: int
-    message: str
+    msg: str
+    loc: Loc = ()
+    named: str | None = None
+
+    @property
+    def message(self) -> str:
+        """The message as printed after ``path:line:``."""
+        return f"{self.named}: {self.msg}" if self.named is not None else self.msg
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.message}"
+
+    def __lt__(self, other: Problem) -> bool:
+        # Sorted as printed, so reports read file by file, line by line.
+        return (self.path, self.line, self.message) < (other.path, other.line, other.message)
 
 
 class RuleError(AetheriusError):

@@ -54,9 +54,8 @@ def _check_workflow(rules: RuleSet, wf: Workflow) -> None:
     index: dict[str, int] = {}
     for i, step in enumerate(wf.steps):
         if step.id in index:
-            first = origin.line("steps", index[step.id], "id")
-            rules.problem(origin, ("steps", i, "id"),
-                          f"duplicate step id {step.id!r} (first at line {first})")
+            first = origin.where("steps", index[step.id], "id")
+            rules.problem(origin, ("steps", i, "id"), f"duplicate step id {step.id!r} (first at {first})")
         else:
             index[step.id] = i
     graph: dict[str, list[str]] = {}
@@ -65,8 +64,8 @@ def _check_workflow(rules: RuleSet, wf: Workflow) -> None:
         targets: list[str] = []
         for sub, target in _edges(step):
             if target not in index:
-                rules.problem(origin, ("steps", i, *sub),
-                              f"steps.{i}.{sub[0]}: no step {target!r} in workflow {wf.id!r}")
+                rules.problem(origin, ("steps", i, *sub), f"no step {target!r} in workflow {wf.id!r}",
+                              named=f"steps.{i}.{sub[0]}")
             else:
                 targets.append(target)
         step_type = REGISTRY.get(step.type)
@@ -77,21 +76,22 @@ def _check_workflow(rules: RuleSet, wf: Workflow) -> None:
                     targets.append(target)
                 elif target in branch_steps:   # a decision's then may be a value; a branch may not
                     rules.problem(origin, ("steps", i, "config", "branches"),
-                                  f"steps.{i}.config.branches: no step {target!r} in workflow {wf.id!r}")
+                                  f"no step {target!r} in workflow {wf.id!r}",
+                                  named=f"steps.{i}.config.branches")
             in_branch.update(branch_steps)
             for sub, source in step_type.expressions(step.parsed):
                 try:
                     Expression(source)
                 except ExpressionError as exc:
-                    rules.problem(origin, ("steps", i, "config", *sub),
-                                  f"steps.{i}.config.{'.'.join(map(str, sub))}: {exc}")
+                    rules.problem(origin, ("steps", i, "config", *sub), str(exc),
+                                  named=f"steps.{i}.config.{'.'.join(map(str, sub))}")
             for sub, text in walk_strings(step.config):
                 for source in placeholders(text):
                     try:
                         Expression(source)
                     except ExpressionError as exc:
-                        rules.problem(origin, ("steps", i, "config", *sub),
-                                      f"steps.{i}.config.{'.'.join(map(str, sub))}: template: {exc}")
+                        rules.problem(origin, ("steps", i, "config", *sub), f"template: {exc}",
+                                      named=f"steps.{i}.config.{'.'.join(map(str, sub))}")
         graph[step.id] = targets
     for step_id in in_branch:
         if step_id in index:
@@ -173,16 +173,16 @@ def validate(rules: RuleSet) -> list[Problem]:
             try:
                 conjuncts(symptom.tree)
             except ValueError as exc:
-                rules.problem(origin, ("symptoms", i), f"symptoms.{i}: {exc}")
+                rules.problem(origin, ("symptoms", i), str(exc), named=f"symptoms.{i}")
         for i, rule in enumerate(strategy.inhibits):
             if strategy.key_fields != rule.equal:
                 rules.problem(origin, ("inhibits", i, "equal"),
-                              f"inhibits.{i}.equal: an inhibiting strategy must be correlated "
-                              f"by the same field (correlation.key: {rule.equal})")
+                              "an inhibiting strategy must be correlated by the same field "
+                              f"(correlation.key: {rule.equal})", named=f"inhibits.{i}.equal")
             for j, target in enumerate(rule.strategies):
                 if target not in rules.strategies and ("strategy", target) not in rules.invalid:
-                    rules.problem(origin, ("inhibits", i, "strategies", j),
-                                  f"inhibits.{i}.strategies: no strategy {target!r}")
+                    rules.problem(origin, ("inhibits", i, "strategies", j), f"no strategy {target!r}",
+                                  named=f"inhibits.{i}.strategies")
     rules.problems.sort()
     return rules.problems
 

@@ -28,17 +28,26 @@ from steps import REGISTRY
 
 @dataclass
 class Origin:
-    """Where a spec came from, to point problems at lines."""
+    """Where a spec came from, to point problems at lines.
+
+    ``lines`` is None for a document that has no text lines (a JSON request body): its
+    problems have line 0, and a message pointing at another field of it names the field."""
 
     path: str
-    lines: LineMap
+    lines: LineMap | None
     prefix: tuple = ()
 
     def line(self, *sub: str | int) -> int:
-        return self.lines.line((*self.prefix, *sub))
+        return self.lines.line((*self.prefix, *sub)) if self.lines is not None else 0
 
     def at(self, *sub: str | int) -> str:
         return f"{self.path}:{self.line(*sub)}"
+
+    def where(self, *sub: str | int) -> str:
+        """A field of this document as a message names it: its line, or its field path."""
+        if self.lines is None:
+            return format_loc(sub) if sub else "the top"
+        return f"line {self.line(*sub)}"
 
 
 @dataclass
@@ -55,11 +64,14 @@ class RuleSet:
     def origin(self, kind: str, ident: str) -> Origin:
         return self.origins.get((kind, ident)) or Origin("<api>", LineMap())
 
-    def problem(self, origin: Origin, sub: tuple, message: str) -> None:
-        self.problems.append(Problem(origin.path, origin.line(*sub), message))
+    def problem(self, origin: Origin, sub: tuple, msg: str, *, named: str | None = None) -> None:
+        """Record a problem at field ``sub`` of ``origin``'s rule; ``named``: the field as the
+        printed message names it before ``msg`` (see :class:`Problem`)."""
+        self.problems.append(Problem(origin.path, origin.line(*sub), msg, tuple(sub), named))
 
 
-def _format_loc(loc: tuple) -> str:
+def format_loc(loc: tuple) -> str:
+    """A field path as messages name it: ``steps.3.config.action``."""
     return ".".join(str(p) for p in loc) or "(document)"
 
 
@@ -76,7 +88,7 @@ def _pydantic_problems(
             msg = f"unknown field {loc[-1]!r}"
         elif err["type"] == "missing":
             msg = f"missing required field {loc[-1]!r}"
-        rules.problem(origin, loc, f"{_format_loc(loc)}: {msg}")
+        rules.problem(origin, loc, msg, named=format_loc(loc))
 
 
 def add_workflow(rules: RuleSet, raw: Any, origin: Origin) -> None:
@@ -110,8 +122,8 @@ def _check_step_config(rules: RuleSet, step: StepSpec, i: int, origin: Origin) -
     step_type = REGISTRY.get(step.type)
     if step_type is None:
         known = ", ".join(sorted(REGISTRY))
-        rules.problem(origin, ("steps", i, "type"),
-                      f"steps.{i}.type: unknown step type {step.type!r} (known: {known})")
+        rules.problem(origin, ("steps", i, "type"), f"unknown step type {step.type!r} (known: {known})",
+                      named=f"steps.{i}.type")
         return
     try:
         step._parsed = step_type.Config.model_validate(step.config)
@@ -143,11 +155,11 @@ def _add_document(rules: RuleSet, data: Any, path: str, lines: LineMap) -> None:
     if "strategies" in data or "workflows" in data:
         unknown = set(data) - {"strategies", "workflows"}
         for key in sorted(unknown):
-            rules.problems.append(Problem(path, lines.line((key,)), f"unknown field {key!r}"))
+            rules.problems.append(Problem(path, lines.line((key,)), f"unknown field {key!r}", (key,)))
         for kind, adder in (("strategies", add_strategy), ("workflows", add_workflow)):
             items = data.get(kind) or []
             if not isinstance(items, list):
-                rules.problems.append(Problem(path, lines.line((kind,)), f"'{kind}' must be a list"))
+                rules.problems.append(Problem(path, lines.line((kind,)), f"'{kind}' must be a list", (kind,)))
                 continue
             for i, item in enumerate(items):
                 adder(rules, item, Origin(path, lines, (kind, i)))

@@ -31,12 +31,13 @@ import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from engine import __version__, devservers
+from engine.api import create_app
+from engine.api.deps import ApiDeps
 from engine.correlation import Correlator
 from engine.durations import parse_duration
 from engine.metrics import Metrics
@@ -184,26 +185,15 @@ class Service:
         await recovery.at_start()
 
         http_cfg = config.get("http") or {}
-        api = ApiServer(self._app(health, pool, records, cache, runner, rulebase, stats, intake, reloads),
-                        str(http_cfg.get("host", "0.0.0.0")), int(http_cfg.get("port", 8081)))
+        deps = ApiDeps(queries=Queries(pool), rules=rules, executions=executions, ingest=intake.ingest,
+                       readiness=health.readiness, cached_generation=cache.active_generation,
+                       metrics=self.metrics, max_event_bytes=self.max_event_bytes, replica=replica_id)
+        api = ApiServer(create_app(deps), str(http_cfg.get("host", "0.0.0.0")),
+                        int(http_cfg.get("port", 8081)))
         health.ready = True
         return Replica(health=health, intake=intake, incidents=incidents, executions=executions,
                        recovery=recovery, reloads=reloads, retention=Retention(records, self.retention),
                        rules=rules, bus=bus, api=api, background=background)
-
-    def _app(self, health: Health, pool: Any, records: Any, cache: Cache, runner: WorkflowRunner,
-             rulebase: RuleBase, stats: Stats, intake: Intake, reloads: Reloads) -> Any:
-        from engine.api import create_app
-
-        async def status() -> dict[str, Any]:
-            return health.status()
-
-        view = SimpleNamespace(
-            pool=pool, rules=reloads.rules, runner=runner, repo=records, rulebase=rulebase, cache=cache,
-            metrics=self.metrics, stats=stats.__dict__, replica=self.replica_id, bus=health.bus,
-            max_event_bytes=self.max_event_bytes, ingest=intake.ingest, status=status,
-            reload=reloads.reload, ready=True)
-        return create_app(view)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ running
 

@@ -1,13 +1,15 @@
-"""The HTTP API (engine.api) on a real Service object that was never start()ed: real
-PostgreSQL (a fresh database per test), the real rule manager on rules/, the real runner
-and store; no NATS and no Redis unless a test connects them. Requests go through httpx's
-ASGI transport, in the test's own event loop."""
+"""The HTTP API (engine.api) over ApiDeps built here from real parts: PostgreSQL (a fresh
+database per test) behind the API's queries, the real rule manager on rules/, the real
+runner and store. The intake and the probes are the service's own, read from a Service that
+is never start()ed and holds those parts; no NATS and no Redis unless a test connects them.
+Requests go through httpx's ASGI transport, in the test's own event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import json
 import shutil
 import time
@@ -15,23 +17,32 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import yaml
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
-from engine.api import RELOAD_HEADER, create_app
+from engine.api import RELOAD_HEADER, ApiDeps, create_app
 from engine.correlation import Correlator
+from engine.metrics import Metrics
 from engine.rulebase import RuleBase
 from engine.runner import WorkflowRunner
-from engine.service import Service
+from engine.service.background import Background
 from engine.service.bus import Bus
 from engine.service.cache import Cache
+from engine.service.contracts import Stats
+from engine.service.executions import Executions
 from engine.service.generations import RulesManager
+from engine.service.health import Health
+from engine.service.incidents import Incidents
+from engine.service.intake import Intake
 from engine.service.transport import make_client
 from engine.storage.db import create_pool, migrate
 from engine.storage.executions import PostgresStore
+from engine.storage.queries import Queries
 from engine.storage.records import Repository
+from engine.storage.rules import StoredRules
 from steps.base import Settings
 
 pytestmark = pytest.mark.integration
@@ -42,41 +53,69 @@ BACKOFF = json.loads((REPO / "tests" / "fixtures" / "core-v1-backoff.json").read
 FINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 
 
+@dataclasses.dataclass
+class Api:
+    """The deps an app is built over, and the parts behind them that tests look at."""
+
+    deps: ApiDeps
+    pool: asyncpg.Pool
+    rules: RulesManager
+    rulebase: RuleBase
+    runner: WorkflowRunner
+    executions: Executions
+    stats: Stats
+    health: Health
+
+    def client(self, app: Any = None, **changes: Any) -> httpx.AsyncClient:
+        """A client of ``app``, or of an app over these deps with ``changes`` made."""
+        app = app or create_app(dataclasses.replace(self.deps, **changes))
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test")
+
+
 @contextlib.asynccontextmanager
 async def harness(dsn: str, *, settings: Settings | None = None,
-                  rules_dir: Path = REPO / "rules") -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
+                  rules_dir: Path = REPO / "rules") -> AsyncIterator[tuple[Api, httpx.AsyncClient]]:
+    """The service's parts as its composition root wires them for the API (never started:
+    no NATS, no Redis, no loops), on a real PostgreSQL."""
     pool = await create_pool(dsn, min_size=1, max_size=6)
-    service = Service({"intake": {"max_event_bytes": 64 * 1024}})
     rulebase = RuleBase([])
-    runner = None
+    background = Background()
+    runner = store = http = None
     try:
         await migrate(pool)
-        service.pool = pool
-        service.repo = Repository(pool, service.replica)
-        service.store = PostgresStore(pool, service.replica)
-        service.rulebase = rulebase
-        service.rules = RulesManager(rules_dir, rulebase, pool)
-        assert await service.rules.reload("test")
-        service.correlator = Correlator(AsyncIOScheduler(asyncio.get_running_loop()), track_event_ids=True)
+        rules = RulesManager(rules_dir, rulebase, StoredRules(pool))
+        assert await rules.reload("test")
+        store = PostgresStore(pool, "api-test")
         http = make_client()
-        settings = settings or Settings(live=False, virtual_time=True)
-        runner = service.runner = WorkflowRunner(service.store, settings, http=http)
-        service.cache = Cache(None)
-        service.bus = None
-        service.ready = True
-        transport = httpx.ASGITransport(app=create_app(service))
-        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
-            yield service, client
+        runner = WorkflowRunner(store, settings or Settings(live=False, virtual_time=True), http=http)
+        cache, metrics, stats = Cache(None), Metrics(), Stats()
+        records = Repository(pool, "api-test")
+        executions = Executions(runner, metrics=metrics, stats=stats, background=background)
+        correlator = Correlator(AsyncIOScheduler(asyncio.get_running_loop()), track_event_ids=True)
+        lock = asyncio.Lock()
+        Incidents(records=records, cooldowns=cache, workflows=rules, correlator=correlator,
+                  executions=executions, metrics=metrics, stats=stats, background=background,
+                  record_lock=lock)
+        intake = Intake(records=records, rulebase=rulebase, correlator=correlator, metrics=metrics,
+                        stats=stats, background=background, record_lock=lock, max_event_bytes=64 * 1024)
+        health = Health("api-test", Queries(pool).ping, Bus("nats://127.0.0.1:1", ["unused"]), cache, rules,
+                        executions, correlator, stats, ready=True)
+        deps = ApiDeps(queries=Queries(pool), rules=rules, executions=executions, ingest=intake.ingest,
+                       readiness=health.readiness, cached_generation=cache.active_generation,
+                       metrics=metrics, max_event_bytes=64 * 1024, replica="api-test")
+        api = Api(deps, pool, rules, rulebase, runner, executions, stats, health)
+        async with api.client() as client:
+            yield api, client
     finally:
         if runner is not None:
             for execution_id in runner.running():
                 runner.cancel(execution_id)
             await runner.drain(5)
+        if http is not None:
             await http.aclose()
-        if service._tasks:
-            await asyncio.wait(service._tasks, timeout=5)
-        if service.store is not None:
-            await service.store.writer.stop()
+        await background.wait(5)
+        if store is not None:
+            await store.writer.stop()
         rulebase.close()
         await pool.close()
 
@@ -109,8 +148,8 @@ def locs(response: httpx.Response) -> list[list]:
 
 def test_seed_workflow_through_the_api_and_the_seed_sql(pg_dsn: str) -> None:
     async def go() -> None:
-        async with harness(pg_dsn) as (service, client):
-            generation = service.rules.status.generation
+        async with harness(pg_dsn) as (api, client):
+            generation = api.rules.status.generation
             created = await client.post("/api/v1/workflows", json=seed_copy("crashloop_api"))
             assert created.status_code == 201, created.text
             row = created.json()
@@ -120,12 +159,12 @@ def test_seed_workflow_through_the_api_and_the_seed_sql(pg_dsn: str) -> None:
             assert row["active"] and row["active_version"] == 1
             assert row["reload"]["ok"] and row["reload"]["generation"] > generation
             assert created.headers[RELOAD_HEADER].startswith("ok; generation=")
-            assert service.rules.generation.workflows["crashloop_api"].version == 1
+            assert api.rules.generation.workflows["crashloop_api"].version == 1
 
             # The seed's own queries, as written.
-            rows = await service.pool.fetch("SELECT id, name, status, created_at FROM workflows")
+            rows = await api.pool.fetch("SELECT id, name, status, created_at FROM workflows")
             assert {"crashloop_api", "diagnose_pod_crashloop"} <= {r["id"] for r in rows}
-            stored = await service.pool.fetchrow(
+            stored = await api.pool.fetchrow(
                 "SELECT trigger_type, trigger_config, priority, timeout, steps FROM workflows WHERE id = $1",
                 "crashloop_api")
             assert (stored["trigger_type"], stored["priority"], stored["timeout"]) == ("event", 10, "5m")
@@ -152,7 +191,7 @@ def test_seed_workflow_through_the_api_and_the_seed_sql(pg_dsn: str) -> None:
             assert all(s["duration_ms"] is not None for s in steps if s["status"] == "succeeded")
             assert execution["duration_ms"] is not None
 
-            rows = await service.pool.fetch(
+            rows = await api.pool.fetch(
                 "SELECT id, workflow_id, status, started_at, duration FROM workflow_executions "
                 "ORDER BY started_at DESC LIMIT 10")
             assert [(r["id"], r["workflow_id"], r["status"]) for r in rows] == [
@@ -166,10 +205,10 @@ def test_seed_workflow_through_the_api_and_the_seed_sql(pg_dsn: str) -> None:
             made = await client.post("/api/v1/strategies", json=strategy)
             assert made.status_code == 201, made.text
             assert made.json()["active"] and made.json()["source"] == "api"
-            rows = await service.pool.fetch(
+            rows = await api.pool.fetch(
                 "SELECT id, name, category, priority FROM strategies WHERE enabled = true")
             assert {"crashloop_api_strategy", "pod_crashloop"} <= {r["id"] for r in rows}
-            assert "crashloop_api_strategy" in service.rules.generation.strategies
+            assert "crashloop_api_strategy" in api.rules.generation.strategies
 
             # The workflow cannot go while a strategy starts it.
             refused = await client.delete("/api/v1/workflows/crashloop_api")
@@ -180,7 +219,7 @@ def test_seed_workflow_through_the_api_and_the_seed_sql(pg_dsn: str) -> None:
 
 def test_invalid_documents_name_the_field(pg_dsn: str) -> None:
     async def go() -> None:
-        async with harness(pg_dsn) as (_service, client):
+        async with harness(pg_dsn) as (_api, client):
             bad_type = seed_copy("bad_type")
             bad_type["steps"][1]["type"] = "teleport"
             response = await client.post("/api/v1/workflows", json=bad_type)
@@ -216,15 +255,15 @@ def test_invalid_documents_name_the_field(pg_dsn: str) -> None:
             assert locs(await client.post("/api/v1/strategies", json=strategy))[0][:2] == ["symptoms", 0]
 
             # Nothing was stored.
-            assert await _service.pool.fetchval("SELECT count(*) FROM workflows WHERE source = 'api'") == 0
-            assert await _service.pool.fetchval("SELECT count(*) FROM strategies WHERE source = 'api'") == 0
+            assert await _api.pool.fetchval("SELECT count(*) FROM workflows WHERE source = 'api'") == 0
+            assert await _api.pool.fetchval("SELECT count(*) FROM strategies WHERE source = 'api'") == 0
 
     asyncio.run(go())
 
 
 def test_rule_file_rules_are_read_only_and_api_rules_are_versioned(pg_dsn: str) -> None:
     async def go() -> None:
-        async with harness(pg_dsn) as (service, client):
+        async with harness(pg_dsn) as (api, client):
             assert (await client.post("/api/v1/workflows", json=SEED)).status_code == 409
             seed_url = "/api/v1/workflows/diagnose_pod_crashloop"
             assert (await client.put(seed_url, json=SEED)).status_code == 409
@@ -245,8 +284,8 @@ def test_rule_file_rules_are_read_only_and_api_rules_are_versioned(pg_dsn: str) 
             body = replaced.json()
             assert (body["version"], body["name"], body["active_version"]) == (2, "renamed", 2)
             assert replaced.headers[RELOAD_HEADER].startswith("ok")
-            assert service.rules.generation.workflows["versioned"].name == "renamed"
-            assert await service.pool.fetchval(
+            assert api.rules.generation.workflows["versioned"].name == "renamed"
+            assert await api.pool.fetchval(
                 "SELECT count(*) FROM workflow_versions WHERE workflow_id = 'versioned'") == 2
             mismatch = await client.put("/api/v1/workflows/versioned", json={**doc, "id": "other"})
             assert locs(mismatch) == [["id"]]
@@ -255,7 +294,7 @@ def test_rule_file_rules_are_read_only_and_api_rules_are_versioned(pg_dsn: str) 
             deleted = await client.delete("/api/v1/workflows/versioned")
             assert deleted.status_code == 204 and deleted.headers[RELOAD_HEADER].startswith("ok")
             assert (await client.get("/api/v1/workflows/versioned")).status_code == 404
-            assert "versioned" not in service.rules.generation.workflows
+            assert "versioned" not in api.rules.generation.workflows
             assert (await client.delete("/api/v1/workflows/versioned")).status_code == 404
 
     asyncio.run(go())
@@ -273,7 +312,7 @@ WAIT_WORKFLOW = {"id": "slow", "name": "Slow", "trigger_type": "manual",
 
 def test_cancel_a_running_execution(pg_dsn: str) -> None:
     async def go() -> None:
-        async with harness(pg_dsn, settings=Settings(live=False, virtual_time=False)) as (service, client):
+        async with harness(pg_dsn, settings=Settings(live=False, virtual_time=False)) as (api, client):
             assert (await client.post("/api/v1/workflows", json=WAIT_WORKFLOW)).status_code == 201
             started = await client.post("/api/v1/workflows/slow/execute",
                                         json={"incident": {"namespace": "shop"}, "context": {"who": "test"}})
@@ -300,14 +339,14 @@ def test_cancel_a_running_execution(pg_dsn: str) -> None:
             assert (await client.post("/api/v1/workflows/nope/execute")).status_code == 404
             bad_event = await client.post("/api/v1/workflows/slow/execute", json={"event": {"kind": "Pod"}})
             assert locs(bad_event) == [["body", "event"]]
-            assert service.runner.running() == []
+            assert api.runner.running() == []
 
     asyncio.run(go())
 
 
 def test_execution_list_filters_and_pages(pg_dsn: str) -> None:
     async def go() -> None:
-        async with harness(pg_dsn) as (_service, client):
+        async with harness(pg_dsn) as (_api, client):
             created = await client.post("/api/v1/workflows", json={**WAIT_WORKFLOW, "id": "quick"})
             assert created.status_code == 201
             ids = []
@@ -340,7 +379,7 @@ def test_execution_list_filters_and_pages(pg_dsn: str) -> None:
 
 def test_events_intake_and_dead_letters(pg_dsn: str) -> None:
     async def go() -> None:
-        async with harness(pg_dsn) as (service, client):
+        async with harness(pg_dsn) as (api, client):
             response = await client.post("/api/v1/events", json=BACKOFF)
             assert response.status_code == 202, response.text
             assert response.json() == {"received": 1, "accepted": 1, "duplicates": 0, "dead_letters": 0,
@@ -348,7 +387,7 @@ def test_events_intake_and_dead_letters(pg_dsn: str) -> None:
             mixed = await client.post("/api/v1/events", json=[BACKOFF, {"hello": "world"}])
             assert mixed.json() == {"received": 2, "accepted": 0, "duplicates": 1, "dead_letters": 1,
                                     "ignored": 0}
-            assert await service.pool.fetchval("SELECT state FROM events") == "pending"
+            assert await api.pool.fetchval("SELECT state FROM events") == "pending"
 
             not_json = await client.post("/api/v1/events", content=b"this is not json",
                                          headers={"content-type": "application/json"})
@@ -359,13 +398,13 @@ def test_events_intake_and_dead_letters(pg_dsn: str) -> None:
             assert lines.status_code == 202
             assert lines.json()["received"] == 2 and lines.json()["dead_letters"] == 1
 
-            letters = await service.pool.fetch("SELECT source, reason, raw FROM dead_letters ORDER BY id")
+            letters = await api.pool.fetch("SELECT source, reason, raw FROM dead_letters ORDER BY id")
             assert [r["source"] for r in letters] == ["http"] * 3
             assert "not an event" in letters[0]["reason"]
             assert letters[1]["raw"] == b"this is not json" and "not JSON" in letters[1]["reason"]
 
-            service.max_event_bytes = 1          # 1000 bytes per request
-            too_big = await client.post("/api/v1/events", json={"message": "x" * 2000})
+            async with api.client(max_event_bytes=1) as small:     # 1000 bytes per request
+                too_big = await small.post("/api/v1/events", json={"message": "x" * 2000})
             assert too_big.status_code == 413
 
             metrics = await client.get("/metrics")
@@ -378,14 +417,14 @@ def test_events_intake_and_dead_letters(pg_dsn: str) -> None:
 
 def test_incidents(pg_dsn: str) -> None:
     async def go() -> None:
-        async with harness(pg_dsn) as (service, client):
-            await service.pool.execute("""
+        async with harness(pg_dsn) as (api, client):
+            await api.pool.execute("""
                 INSERT INTO incidents (id, strategy_id, key, status, workflow_id, execution_id, namespace,
                                        events, opened_at)
                 VALUES ('inc-1', 'pod_crashloop', 'shop/checkout', 'closed', 'diagnose_pod_crashloop',
                         'exec-1', 'shop', 3, now() - interval '1 hour'),
                        ('inc-2', 'oom_killed', 'blog/web', 'open', 'diagnose_oom', NULL, 'blog', 1, now())""")
-            await service.pool.execute("""
+            await api.pool.execute("""
                 INSERT INTO events (id, state, incident_id, payload) VALUES
                     ('e1', 'attached', 'inc-1', '{}'), ('e2', 'attached', 'inc-1', '{}'),
                     ('e3', 'suppressed', 'inc-1', '{}')""")
@@ -414,41 +453,109 @@ def test_rules_status_and_an_invalid_reload(pg_dsn: str, tmp_path: Path) -> None
     shutil.copytree(REPO / "rules", rules_dir)
 
     async def go() -> None:
-        async with harness(pg_dsn) as (service, client):
+        async with harness(pg_dsn) as (api, client):
             status = (await client.get("/api/v1/rules/status")).json()
-            assert status["ok"] and status["generation"] == service.rules.status.generation
+            assert status["ok"] and status["generation"] == api.rules.status.generation
             assert status["workflows"] >= 1 and status["digest"] and status["cached_generation"] is None
 
-            service.rules = RulesManager(rules_dir, service.rulebase, service.pool)
-            assert await service.rules.reload("test")
-            before = service.rules.status.generation
-            ok = await client.post("/api/v1/rules/reload")
-            assert ok.status_code == 200 and ok.json()["ok"]
-            before = ok.json()["generation"]
+            rules = RulesManager(rules_dir, api.rulebase, StoredRules(api.pool))
+            assert await rules.reload("test")
+            before = rules.status.generation
+            async with api.client(rules=rules) as client:      # the same API on the copied rules
+                ok = await client.post("/api/v1/rules/reload")
+                assert ok.status_code == 200 and ok.json()["ok"]
+                before = ok.json()["generation"]
 
-            (rules_dir / "broken.yaml").write_text("id: broken\nsteps:\n  - id: a\n    type: teleport\n",
-                                                   encoding="utf-8")
-            refused = await client.post("/api/v1/rules/reload")
-            assert refused.status_code == 422, refused.text
-            body = refused.json()
-            assert not body["ok"] and body["generation"] == before
-            assert any(p.startswith(f"{rules_dir / 'broken.yaml'}:4:") for p in body["problems"]), body
-            assert service.rules.status.generation == before
+                (rules_dir / "broken.yaml").write_text("id: broken\nsteps:\n  - id: a\n    type: teleport\n",
+                                                       encoding="utf-8")
+                refused = await client.post("/api/v1/rules/reload")
+                assert refused.status_code == 422, refused.text
+                body = refused.json()
+                assert not body["ok"] and body["generation"] == before
+                assert any(p.startswith(f"{rules_dir / 'broken.yaml'}:4:") for p in body["problems"]), body
+                assert rules.status.generation == before
+                status = (await client.get("/api/v1/rules/status")).json()
+                assert not status["ok"] and status["generation"] == before and status["failures"] == 1
+
+                # A write still answers; its reload fails and says so, the old generation stays.
+                written = await client.post("/api/v1/workflows", json={**WAIT_WORKFLOW, "id": "while_broken"})
+                assert written.status_code == 201
+                assert written.json()["reload"]["ok"] is False
+                assert written.headers[RELOAD_HEADER].startswith(f"invalid; generation={before}")
+
+    asyncio.run(go())
+
+
+def test_rules_status_shows_the_stored_rules_left_out(pg_dsn: str) -> None:
+    async def go() -> None:
+        async with harness(pg_dsn) as (api, client):
+            assert (await client.get("/api/v1/rules/status")).json()["warnings"] == []
+            # As the seed's example INSERT: a stored workflow with no steps.
+            await api.pool.execute("INSERT INTO workflows (id, name, trigger_type, steps) "
+                                   "VALUES ('placeholder', 'Placeholder', 'manual', '[]')")
+            reloaded = await client.post("/api/v1/rules/reload")
+            assert reloaded.status_code == 200, reloaded.text
+            assert any(w.startswith("db:workflows/placeholder:") and w.endswith(": left out")
+                       for w in reloaded.json()["warnings"]), reloaded.json()
             status = (await client.get("/api/v1/rules/status")).json()
-            assert not status["ok"] and status["generation"] == before and status["failures"] == 1
+            assert status["ok"] and status["warnings"] == api.rules.status.warnings != []
+            assert "placeholder" not in api.rules.generation.workflows
 
-            # A write still answers; its reload fails and says so, the old generation stays.
-            written = await client.post("/api/v1/workflows", json={**WAIT_WORKFLOW, "id": "while_broken"})
-            assert written.status_code == 201
-            assert written.json()["reload"]["ok"] is False
-            assert written.headers[RELOAD_HEADER].startswith(f"invalid; generation={before}")
+    asyncio.run(go())
+
+
+def test_problem_locations_come_from_the_loader(pg_dsn: str) -> None:
+    async def go() -> None:
+        async with harness(pg_dsn) as (_api, client):
+            bad_graph = seed_copy("bad_graph")
+            bad_graph["steps"][2]["on_success"] = ["nowhere"]
+            bad_graph["steps"][4]["id"] = "collect_logs"
+            detail = (await client.post("/api/v1/workflows", json=bad_graph)).json()["detail"]
+            items = {tuple(item["loc"]): item for item in detail}
+            # The message names the edge list; loc is the exact item, msg says no place.
+            assert items[("steps", 2, "on_success", 0)] == {
+                "loc": ["steps", 2, "on_success", 0], "msg": "no step 'nowhere' in workflow 'bad_graph'",
+                "type": "rule_error"}
+            duplicate = items[("steps", 4, "id")]["msg"]
+            assert duplicate == "duplicate step id 'collect_logs' (first at steps.0.id)"
+            root = (await client.post("/api/v1/strategies", json=[1])).json()["detail"]
+            assert [(item["loc"], item["type"]) for item in root] == [([], "rule_error")]
+            assert not root[0]["msg"].startswith("(document)")
+
+    asyncio.run(go())
+
+
+def test_the_service_counts_the_executions_started_through_its_api(pg_dsn: str) -> None:
+    """The API hands executions to the service's Executions part, which counts them (the
+    API itself counts nothing: over the bare runner, nothing is counted)."""
+
+    async def go() -> None:
+        async with harness(pg_dsn) as (api, client):
+            created = await client.post("/api/v1/workflows", json={**WAIT_WORKFLOW, "id": "quick"})
+            assert created.status_code == 201
+            started = await client.post("/api/v1/workflows/quick/execute")
+            assert started.status_code == 202, started.text
+            assert api.stats.executions == 1
+            await wait_finished(client, started.json()["execution_id"])
+            deadline = time.monotonic() + 5
+            # Recorded first, then its task ends and the service's callback counts it.
+            while "aetherius_executions_running 0.0" not in (metrics := (await client.get("/metrics")).text):
+                assert time.monotonic() < deadline, metrics
+                await asyncio.sleep(0.01)
+            assert 'aetherius_executions_total{status="succeeded",workflow="quick"} 1.0' in metrics
+
+            async with api.client(executions=api.runner) as bare:
+                direct = await bare.post("/api/v1/workflows/quick/execute")
+                assert direct.status_code == 202
+                await wait_finished(bare, direct.json()["execution_id"])
+            assert api.stats.executions == 1
 
     asyncio.run(go())
 
 
 def test_probes(pg_dsn: str, nats_url: str, nats_prefix: str) -> None:
     async def go() -> None:
-        async with harness(pg_dsn) as (service, client):
+        async with harness(pg_dsn) as (api, client):
             assert (await client.get("/healthz")).json() == {"status": "ok"}
 
             no_nats = await client.get("/readyz")
@@ -456,16 +563,16 @@ def test_probes(pg_dsn: str, nats_url: str, nats_prefix: str) -> None:
 
             bus = Bus(nats_url, [f"{nats_prefix}.events"], stream=nats_prefix, durable=nats_prefix)
             await bus.connect()
-            service.bus = bus
+            api.health.bus = bus
             try:
                 ready = await client.get("/readyz")
                 assert ready.status_code == 200, ready.text
                 body = ready.json()
                 assert body["ready"] and body["reasons"] == []
                 assert body["checks"] == {"postgres": "ok", "nats": "ok", "redis": "degraded"}
-                assert body["redis"] == "degraded" and body["replica"] == service.replica
+                assert body["redis"] == "degraded" and body["replica"] == "api-test"
 
-                service.ready = False
+                api.health.ready = False
                 stopping = await client.get("/readyz")
                 assert stopping.status_code == 503
                 assert stopping.json()["reasons"] == ["the service is not ready (starting or stopping)"]

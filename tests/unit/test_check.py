@@ -639,3 +639,74 @@ def test_cli_check_of_a_missing_directory_fails(tmp_path, capsys):
     assert main(["check", str(missing)]) == 1
     out, _ = capsys.readouterr()
     assert out.strip() == f"{missing}:0: no such file or directory"
+
+
+# ------------------------------------------------------------------------------ locations as data
+
+
+def test_problems_keep_the_field_path_and_the_bare_message_apart(tmp_path):
+    text = """id: w
+steps:
+  - id: a
+    type: command
+    config:
+      action: get
+      argz: [pods]
+    on_success: [nowhere]
+"""
+    path = write(tmp_path, "wf.yaml", text)
+    found = {p.loc: p for p in problems(tmp_path)}
+    argz = found[("steps", 0, "config", "argz")]
+    assert (argz.msg, argz.named) == ("unknown field 'argz'", "steps.0.config.argz")
+    assert str(argz) == f"{path}:{line_of(text, 'argz:')}: steps.0.config.argz: unknown field 'argz'"
+    # The message names the edge list; the location is the exact item.
+    edge = found[("steps", 0, "on_success", 0)]
+    assert edge.msg == "no step 'nowhere' in workflow 'w'"
+    assert edge.message == "steps.0.on_success: no step 'nowhere' in workflow 'w'"
+
+
+def test_a_message_without_a_field_name_still_has_its_location(tmp_path):
+    text = f"""id: w
+steps:
+  - id: start
+    {WAIT}
+  - id: orphan
+    {WAIT}
+"""
+    problem = only_problem(tmp_path, "wf.yaml", text)
+    assert problem.loc == ("steps", 1, "id") and problem.named is None
+    assert problem.message == problem.msg == "step 'orphan' is unreachable from the first step 'start'"
+
+
+def test_bundle_entries_are_located_inside_their_own_document(tmp_path):
+    text = f"""workflows:
+  - id: w
+    steps:
+      - id: a
+        {WAIT.replace(chr(10) + '    ', chr(10) + '        ')}
+        bogus: 1
+"""
+    problem = only_problem(tmp_path, "bundle.yaml", text)
+    assert problem.line == line_of(text, "bogus:")
+    assert problem.loc == ("steps", 0, "bogus") and problem.msg == "unknown field 'bogus'"
+
+
+def test_a_document_without_lines_names_fields_instead_of_lines():
+    from engine.rules.check import validate
+    from engine.rules.loader import Origin, RuleSet, add_workflow
+
+    rules = RuleSet()
+    wait = {"type": "wait", "config": {"duration": "1s"}}
+    doc = {"id": "w", "steps": [{"id": "a", **wait, "on_success": ["b"]}, {"id": "b", **wait},
+                                {"id": "a", **wait}]}
+    add_workflow(rules, doc, Origin("<request body>", None))
+    duplicate = next(p for p in validate(rules) if p.loc == ("steps", 2, "id"))
+    assert duplicate.msg == "duplicate step id 'a' (first at steps.0.id)"
+    assert duplicate.line == 0
+
+
+def test_problems_sort_as_they_print():
+    a = Problem("f.yaml", 3, "zzz", ("b",), "b")
+    b = Problem("f.yaml", 3, "yyy", ("a",), "c")
+    assert sorted([b, a]) == [a, b]   # "b: zzz" < "c: yyy"
+    assert Problem("f.yaml", 2, "x") < a

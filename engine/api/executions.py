@@ -1,0 +1,143 @@
+"""Executions: started by hand, listed, read with their step runs, cancelled.
+
+Starting is ``executions.start`` and nothing else: it returns once the execution is
+recorded, so its id can be read back at once; counting and watching executions is the
+business of whoever implements :class:`~engine.api.deps.Executions` (the service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi.responses import JSONResponse
+
+from engine.api.deps import Deps, ExecutionsDep, QueriesDep, RulesDep
+from engine.api.models import (
+    CURSOR,
+    NOT_FOUND,
+    PREFIX,
+    UNAVAILABLE,
+    CancelResult,
+    ExecuteAccepted,
+    ExecuteRequest,
+    ExecutionDetail,
+    ExecutionPage,
+    ExecutionStatus,
+    Message,
+    RuleErrors,
+)
+from engine.correlation import event_context, incident_from_event
+from engine.events import parse_event
+from engine.exceptions import MalformedEvent
+from engine.storage.queries import BadCursor
+from engine.store import FINAL_EXECUTION
+
+log = logging.getLogger(__name__)
+
+CANCEL_WAIT = 5.0   # seconds a cancel waits for the execution to record its final status
+
+router = APIRouter(tags=["executions"])
+
+
+def _bad_event(msg: str) -> JSONResponse:
+    return JSONResponse(status_code=422, content={"detail": [
+        {"loc": ["body", "event"], "msg": msg, "type": "malformed_event"}]})
+
+
+@router.post("/workflows/{workflow_id}/execute", status_code=202, response_model=ExecuteAccepted,
+             summary="Start a workflow by hand",
+             responses={**NOT_FOUND, 409: {"model": Message, "description": "The workflow is inactive"},
+                        422: {"model": RuleErrors, "description": "The event cannot be read"},
+                        **UNAVAILABLE})
+async def execute_workflow(workflow_id: str, rules: RulesDep, executions: ExecutionsDep,
+                           body: Annotated[ExecuteRequest | None, Body()] = None) -> Any:
+    workflow = await rules.workflow(workflow_id)
+    if workflow is None:
+        raise HTTPException(404, f"no active workflow {workflow_id!r}")
+    if workflow.status not in ("active", "draft"):
+        raise HTTPException(409, f"workflow {workflow_id!r} is {workflow.status}")
+    body = body or ExecuteRequest()
+    incident: dict[str, Any] = {}
+    events: list[dict[str, Any]] = []
+    if body.event is not None:
+        try:
+            event = parse_event(body.event)
+        except MalformedEvent as exc:
+            return _bad_event(str(exc))
+        if event is None:
+            return _bad_event("this watch line carries no event")
+        incident = incident_from_event(event, "manual", workflow.trigger_config.severity)
+        events = [event_context(event)]
+    incident.update(body.incident or {})
+    started = await executions.start(workflow, incident=incident, events=events, context=body.context or {})
+    log.info("Workflow execution %s started by hand: workflow=%s version=%d", started.id, workflow.id,
+             workflow.version, extra={"execution_id": started.id})
+    return {"execution_id": started.id, "status": "running", "workflow_id": workflow.id,
+            "workflow_version": workflow.version, "dry_run": started.execution.dry_run,
+            "href": f"{PREFIX}/executions/{started.id}"}
+
+
+@router.get("/executions", response_model=ExecutionPage,
+            responses={400: {"model": Message, "description": "Invalid cursor"}, **UNAVAILABLE},
+            summary="List executions, newest first")
+async def list_executions(
+        q: QueriesDep,
+        workflow_id: str | None = None, status: ExecutionStatus | None = None,
+        incident_id: str | None = None,
+        since: Annotated[datetime | None, Query(description="started at or after (ISO 8601; UTC if no "
+                                                            "zone)")] = None,
+        until: Annotated[datetime | None, Query(description="started before")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        cursor: Annotated[str | None, Query(description=CURSOR)] = None) -> dict[str, Any]:
+    try:
+        page = await q.list_executions(workflow_id=workflow_id, status=status, incident_id=incident_id,
+                                       since=since, until=until, limit=limit, offset=offset, cursor=cursor)
+    except BadCursor as exc:
+        raise HTTPException(400, str(exc)) from None
+    return {"items": page.items, "limit": limit, "offset": 0 if cursor else offset,
+            "next_cursor": page.next_cursor}
+
+
+@router.get("/executions/{execution_id}", response_model=ExecutionDetail,
+            responses={**NOT_FOUND, **UNAVAILABLE}, summary="One execution with its step runs")
+async def get_execution(execution_id: str, q: QueriesDep, deps: Deps) -> dict[str, Any]:
+    row = await q.get_execution(execution_id)
+    if row is None:
+        raise HTTPException(404, f"no execution {execution_id!r}")
+    running = deps.executions.running() if deps.executions is not None else []
+    return {**row, "running_here": execution_id in running}
+
+
+@router.post("/executions/{execution_id}/cancel", response_model=CancelResult,
+             responses={**NOT_FOUND, **UNAVAILABLE,
+                        409: {"model": Message, "description": "Finished, or running on another replica"}},
+             summary="Cancel a running execution")
+async def cancel_execution(execution_id: str, q: QueriesDep, deps: Deps) -> dict[str, Any]:
+    found = await q.execution_status(execution_id)
+    executions = deps.executions
+    here = executions is not None and execution_id in executions.running()
+    if found is None and not here:
+        raise HTTPException(404, f"no execution {execution_id!r}")
+    if found is not None and found["status"] in FINAL_EXECUTION:
+        raise HTTPException(409, f"execution {execution_id!r} already finished: {found['status']}")
+    if executions is None or not here or not executions.cancel(execution_id):
+        owner = found["owner"] if found is not None else None
+        raise HTTPException(409, f"execution {execution_id!r} is not running on this replica "
+                                 f"({deps.replica}){f'; it runs on {owner}' if owner else ''}")
+    # The runner records the final status as the execution's task unwinds; the protocol
+    # hands out no task for executions it did not start here, so read the store briefly.
+    deadline = time.monotonic() + CANCEL_WAIT
+    status = "cancelling"
+    while time.monotonic() < deadline:
+        found = await q.execution_status(execution_id)
+        if found is not None and found["status"] in FINAL_EXECUTION:
+            status = found["status"]
+            break
+        await asyncio.sleep(0.01)
+    return {"execution_id": execution_id, "status": status}

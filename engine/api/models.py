@@ -1,0 +1,243 @@
+"""The API's request and response models, and the error responses its routes declare.
+
+The rule-file formats themselves (:class:`engine.rules.model.Workflow` and ``Strategy``)
+are added to the OpenAPI components by :mod:`engine.api.openapi`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PREFIX = "/api/v1"   # every route but the operational ones (/metrics, /healthz, /readyz)
+CURSOR = "next_cursor of the previous page (offset is then ignored)"
+ExecutionStatus = Literal["running", "succeeded", "failed", "cancelled", "timed_out"]
+Responses = dict[int | str, dict[str, Any]]
+
+
+class Message(BaseModel):
+    detail: str = Field(description="what went wrong")
+
+
+class RuleErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="path of the offending field inside the posted document "
+                                             "(empty: the document as a whole, or another rule)")
+    msg: str
+    type: str = Field(description="rule_error: this document; rule_conflict: it breaks another rule")
+
+
+class RuleErrors(BaseModel):
+    detail: list[RuleErrorItem]
+
+
+class ReloadResult(BaseModel):
+    ok: bool = Field(description="false: the rules are invalid and the previous generation stays active")
+    generation: int = Field(description="the active rule generation after the reload")
+    problems: list[str] = Field(default_factory=list, description="path:line: message")
+
+
+class WorkflowSummary(BaseModel):
+    id: str
+    name: str
+    description: str = ""
+    status: str
+    trigger_type: str
+    priority: int
+    version: int = Field(description="bumped by the database on every change")
+    source: str = Field(description="file (rules/), api, or sql")
+    created_at: datetime
+    updated_at: datetime
+    active: bool = Field(description="part of the active rule generation on this replica")
+    active_version: int | None = Field(description="the version the active generation runs")
+
+
+class WorkflowRecord(WorkflowSummary):
+    trigger_config: dict[str, Any]
+    timeout: str | None
+    steps: list[Any]
+    definition: dict[str, Any] = Field(description="the workflow spec, as in a rule file")
+    reload: ReloadResult | None = Field(default=None, description="outcome of the reload after a write")
+
+
+class WorkflowList(BaseModel):
+    items: list[WorkflowSummary]
+
+
+class StrategySummary(BaseModel):
+    id: str
+    name: str
+    category: str
+    workflow_id: str | None
+    priority: int
+    enabled: bool
+    version: int
+    source: str
+    created_at: datetime
+    updated_at: datetime
+    active: bool = Field(description="part of the active rule generation on this replica")
+
+
+class StrategyRecord(StrategySummary):
+    symptoms: list[Any]
+    definition: dict[str, Any] = Field(description="the strategy spec, as in a rule file")
+    reload: ReloadResult | None = Field(default=None, description="outcome of the reload after a write")
+
+
+class StrategyList(BaseModel):
+    items: list[StrategySummary]
+
+
+class ExecuteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event: Any = Field(default=None, description="one event in any shape the intake accepts; the "
+                                                 "incident context is built from it")
+    incident: dict[str, Any] | None = Field(default=None, description="incident fields (override those "
+                                                                       "taken from the event)")
+    context: dict[str, Any] | None = Field(default=None, description="extra variables, read as 'context'")
+
+
+class ExecuteAccepted(BaseModel):
+    execution_id: str
+    status: str = "running"
+    workflow_id: str
+    workflow_version: int
+    dry_run: bool
+    href: str
+
+
+class ExecutionSummary(BaseModel):
+    id: str
+    workflow_id: str
+    workflow_version: int
+    incident_id: str | None
+    status: str
+    dry_run: bool
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    duration_ms: float | None
+    owner: str | None = Field(description="the replica running it")
+
+
+class StepRunRecord(BaseModel):
+    seq: int
+    step_id: str
+    step_type: str
+    status: str
+    attempts: int
+    output: Any
+    error: str | None
+    error_kind: str | None
+    parent: int | None = Field(description="seq of the run that scheduled this one")
+    in_branch_of: int | None = Field(description="seq of the parallel run this ran inside")
+    branch: list[Any] = Field(description="the step ids it scheduled next")
+    started_at: datetime | None
+    attempt_started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: float | None
+
+
+class ExecutionDetail(ExecutionSummary):
+    context: dict[str, Any] = Field(description="incident, events and vars the execution started with")
+    steps: list[StepRunRecord] = Field(description="step runs, ordered by seq")
+    running_here: bool = Field(description="running on this replica (so it can be cancelled here)")
+
+
+class ExecutionPage(BaseModel):
+    items: list[ExecutionSummary]
+    limit: int
+    offset: int
+    next_cursor: str | None = Field(description="pass as 'cursor' for the next page; null on the last")
+
+
+class CancelResult(BaseModel):
+    execution_id: str
+    status: str = Field(description="'cancelled', or 'cancelling' if it had not stopped yet")
+
+
+class IncidentSummary(BaseModel):
+    id: str
+    strategy_id: str
+    key: str
+    status: str
+    severity: str | None
+    workflow_id: str | None
+    execution_id: str | None
+    namespace: str | None
+    workload: str | None
+    node: str | None
+    reason: str | None
+    events: int
+    late: int
+    suppressed: int
+    inhibited: dict[str, Any]
+    first_seen: datetime | None
+    last_seen: datetime | None
+    opened_at: datetime
+    closed_at: datetime | None
+    cooldown_until: datetime | None
+
+
+class IncidentDetail(IncidentSummary):
+    context: dict[str, Any]
+    event_states: dict[str, int] = Field(description="recorded events of the incident, counted by state")
+
+
+class IncidentPage(BaseModel):
+    items: list[IncidentSummary]
+    limit: int
+    offset: int
+    next_cursor: str | None
+
+
+class IngestResult(BaseModel):
+    received: int = Field(description="entries in the request")
+    accepted: int = Field(description="new events recorded and processed")
+    duplicates: int
+    dead_letters: int = Field(description="entries that could not be read, recorded as dead letters")
+    ignored: int = Field(description="watch lines that carry no event (BOOKMARK, DELETED)")
+
+
+class BadBody(BaseModel):
+    detail: str
+    dead_letters: int = 0
+
+
+class RulesStatus(BaseModel):
+    ok: bool
+    generation: int
+    reason: str
+    last_attempt: float
+    last_success: float
+    reloads: int
+    failures: int
+    problems: list[str] = Field(description="path:line: message, of the last reload if it failed")
+    warnings: list[str] = Field(description="stored rules left out of the active generation, and why")
+    digest: str | None = Field(description="digest of the active generation")
+    strategies: int | None = Field(description="strategies in the active generation (implicit included)")
+    workflows: int | None
+    files: int | None = Field(description="rule files read")
+    loaded_at: float | None
+    cached_generation: dict[str, Any] | None = Field(
+        description="the generation last published to Redis by any replica (null without Redis)")
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    ready: bool
+    checks: dict[str, str] = Field(description="postgres, nats, redis")
+    reasons: list[str] = Field(description="why it is not ready (empty when ready)")
+
+
+NOT_FOUND: Responses = {404: {"model": Message, "description": "No such id"}}
+CONFLICT: Responses = {409: {"model": Message, "description": "Conflict (for rules: defined in a rule file)"}}
+INVALID: Responses = {422: {"model": RuleErrors, "description": "Invalid: every problem, with its location"}}
+BAD_JSON: Responses = {400: {"model": Message, "description": "The body is not JSON"},
+                       413: {"model": Message, "description": "The body is too large"}}
+UNAVAILABLE: Responses = {503: {"model": Message, "description": "The service is not started"}}
