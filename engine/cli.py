@@ -20,7 +20,7 @@ from pathlib import Path
 
 from engine.config import load_config
 from engine.correlation import Incident
-from engine.exceptions import AetheriusError, RuleError
+from engine.exceptions import AetheriusError, ConfigError, RuleError
 from engine.rules.check import effective_strategies, load_valid
 
 log = logging.getLogger("engine.cli")
@@ -29,7 +29,7 @@ log = logging.getLogger("engine.cli")
 def _rules_dir(args: argparse.Namespace) -> Path:
     if getattr(args, "rules", None):
         return Path(args.rules)
-    return Path(load_config(getattr(args, "config", None))["rules"]["dir"])
+    return load_config(getattr(args, "config", None)).rules.dir
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -67,11 +67,8 @@ def _print_incident(incident: Incident, as_json: bool) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    from steps.base import Settings
-
-    config = load_config(getattr(args, "config", None))
     live = bool(getattr(args, "live", False))
-    return Settings.from_config(config, live=live, virtual_time=not live)
+    return load_config(getattr(args, "config", None)).step_settings(live=live, virtual_time=not live)
 
 
 _MARK = {"succeeded": "ok", "failed": "FAILED", "skipped": "skipped", "cancelled": "cancelled",
@@ -216,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine.service import serve
 
-    config = load_config(args.config)
+    config = load_config(args.config)   # an invalid one stops here, before any server starts
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         import uvloop
@@ -271,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return args.func(args)
+    except ConfigError as exc:
+        lines = [str(p) for p in exc.problems] or [str(exc)]
+        for line in lines:
+            print(line, file=sys.stderr)
+        print(f"aetherius: invalid configuration ({len(lines)} problem(s))", file=sys.stderr)
+        return 2
     except RuleError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -37,9 +37,9 @@ from typing import Any
 import orjson
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
-from engine import infra
+from engine.config import Config
 from engine.correlation import CLOSED, OPEN, PENDING, Correlator, Incident
-from engine.durations import parse_duration
+from engine.devservers import resolve
 from engine.events import Event, OccurrenceTracker, decode, parse_event
 from engine.exceptions import MalformedEvent
 from engine.metrics import Metrics
@@ -53,7 +53,6 @@ from engine.storage.db import create_pool, migrate
 from engine.storage.executions import PostgresStore
 from engine.storage.records import Repository
 from engine.store import FINAL_EXECUTION, Execution, StepRun
-from steps.base import Settings
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +71,16 @@ class _Batch:
     ignored: int = 0
 
 
-def _seconds(section: dict[str, Any], key: str, default: float) -> float:
-    return parse_duration(section.get(key, default))
-
-
 class Service:
-    def __init__(self, config: dict[str, Any], *, data_dir: str | Path | None = None) -> None:
+    def __init__(self, config: Config, *, data_dir: str | Path | None = None) -> None:
         self.config = config
-        svc = config.get("service") or {}
-        self.replica = str(svc.get("replica_id") or os.environ.get("HOSTNAME") or socket.gethostname())
-        self.data_dir = Path(data_dir or svc.get("data_dir") or "var")
-        self.lease = _seconds(svc, "lease", 15.0)
-        self.grace = _seconds(svc, "shutdown_grace", 20.0)
-        self.retention = _seconds(svc, "retention", 30 * 86400)
-        intake = config.get("intake") or {}
-        self.max_event_bytes = int(intake.get("max_event_bytes", 256 * 1024))
+        svc = config.service
+        self.replica = svc.replica_id or os.environ.get("HOSTNAME") or socket.gethostname()
+        self.data_dir = Path(data_dir or svc.data_dir)
+        self.lease = svc.lease
+        self.grace = svc.shutdown_grace
+        self.retention = svc.retention
+        self.max_event_bytes = config.intake.max_event_bytes
         self.metrics = Metrics()
         self.embedded: Any = None
         self.urls: Any = None
@@ -119,28 +113,25 @@ class Service:
 
     async def start(self) -> None:
         # Configured servers, or embedded ones started in the data directory (blocking: ~1 s).
-        self.urls, self.embedded = await asyncio.to_thread(infra.resolve, self.config, self.data_dir)
+        self.urls, self.embedded = await asyncio.to_thread(resolve, self.config, self.data_dir)
         mode = "embedded" if self.embedded is not None else "external"
         log.info("Aetherius Orchestrator %s starting (%s mode): replica %s; %s", _version(), mode,
                  self.replica, self.urls.description)
-        self.pool = await create_pool(self.urls.database_dsn, max_size=int(
-            (self.config.get("database") or {}).get("pool_size", 10)))
+        self.pool = await create_pool(self.urls.database_dsn, max_size=self.config.database.pool_size)
         await migrate(self.pool)
         self.repo = Repository(self.pool, self.replica)
         self.store = PostgresStore(self.pool, self.replica, self.lease)
         self.store.writer.start()
-        redis_prefix = (self.config.get("redis") or {}).get("prefix", "aetherius:")
-        self.cache = Cache(self.urls.redis_url, prefix=redis_prefix)
+        self.cache = Cache(self.urls.redis_url, prefix=self.config.redis.prefix)
         await self.cache.ping()
         self.rulebase = RuleBase([])
-        rules_dir = (self.config.get("rules") or {}).get("dir", "rules")
-        self.rules = RulesManager(rules_dir, self.rulebase, self.pool)
+        self.rules = RulesManager(self.config.rules.dir, self.rulebase, self.pool)
         self.rules.listeners.append(self._on_reload)
         if not await self.rules.reload("start"):
             await self.rules.reload_stored("start: rule files invalid, using the last stored rules")
         self.correlator = Correlator(AsyncIOScheduler(asyncio.get_running_loop()), track_event_ids=True)
         self.correlator.formed.subscribe(on_next=self._on_formed)
-        settings = Settings.from_config(self.config, live=True)
+        settings = self.config.step_settings(live=True)
         if not settings.agent_manager_url:
             log.warning("agent_manager.url is not configured: command and remediation steps answer "
                         "dry-run (set AETHERIUS_AGENT_MANAGER__URL)")
@@ -150,13 +141,9 @@ class Service:
         self.runner = WorkflowRunner(self.store, settings, http=make_client(), limiter=self._limit,
                                      lock=lambda name: self.cache.lock(name, ttl=120.0))
         self.runner.listeners.append(self._on_step)
-        nats_cfg = self.config.get("nats") or {}
-        self.bus = Bus(self.urls.nats_url, list(nats_cfg.get("subjects") or
-                                                 ["internal.event.critical", "internal.event.anomaly"]),
-                       stream=nats_cfg.get("stream", "AETHERIUS_EVENTS"),
-                       durable=nats_cfg.get("durable", "aetherius"),
-                       batch=int(nats_cfg.get("batch", 256)),
-                       ack_wait=_seconds(nats_cfg, "ack_wait", 30.0))
+        nats_cfg = self.config.nats
+        self.bus = Bus(self.urls.nats_url, list(nats_cfg.subjects), stream=nats_cfg.stream,
+                       durable=nats_cfg.durable, batch=nats_cfg.batch, ack_wait=nats_cfg.ack_wait)
         await self.bus.connect()
         # Messages recorded just before a stop may be redelivered: know their ids.
         for event_id in await self.repo.recent_event_ids(max(120.0, 4 * self.bus.ack_wait)):
@@ -707,10 +694,9 @@ class Service:
 
         from engine.api import create_app
 
-        http = self.config.get("http") or {}
-        config = uvicorn.Config(create_app(self), host=http.get("host", "0.0.0.0"),
-                                port=int(http.get("port", 8081)), log_level="warning", access_log=False,
-                                lifespan="off")
+        http = self.config.http
+        config = uvicorn.Config(create_app(self), host=http.host, port=http.port, log_level="warning",
+                                access_log=False, lifespan="off")
         server = uvicorn.Server(config)
         server.capture_signals = contextlib.nullcontext   # the service owns SIGTERM/SIGINT
         self.api_server = server
@@ -726,10 +712,8 @@ class Service:
 
     async def _limit(self, action: str, target: str) -> bool:
         assert self.cache is not None
-        rem = self.config.get("remediation") or {}
-        limit = rem.get("rate_limit") or {}
-        return await self.cache.allow(f"{action}:{target}", int(limit.get("max", 3)),
-                                      parse_duration(limit.get("per", "1h")))
+        limit = self.config.remediation.rate_limit
+        return await self.cache.allow(f"{action}:{target}", limit.max, limit.per)
 
     async def status(self) -> dict[str, Any]:
         return {
@@ -750,7 +734,7 @@ def _version() -> str:
     return __version__
 
 
-async def serve(config: dict[str, Any]) -> int:
+async def serve(config: Config) -> int:
     service = Service(config)
     await service.run()
     return 0

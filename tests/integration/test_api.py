@@ -21,6 +21,7 @@ import yaml
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from engine.api import RELOAD_HEADER, create_app
+from engine.config import Config
 from engine.correlation import Correlator
 from engine.rulebase import RuleBase
 from engine.runner import WorkflowRunner
@@ -46,7 +47,7 @@ FINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 async def harness(dsn: str, *, settings: Settings | None = None,
                   rules_dir: Path = REPO / "rules") -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
     pool = await create_pool(dsn, min_size=1, max_size=6)
-    service = Service({"intake": {"max_event_bytes": 64 * 1024}})
+    service = Service(Config.model_validate({"intake": {"max_event_bytes": 64 * 1024}}))
     rulebase = RuleBase([])
     runner = None
     try:
