@@ -20,6 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
+from engine import logs
 from engine.config import load_config
 from engine.correlation import Incident
 from engine.exceptions import AetheriusError, ConfigError, RuleError
@@ -216,7 +217,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from engine.service import serve
 
     config = load_config(args.config)   # an invalid one stops here, before any server starts
-    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    settings = config.logging
+    logs.configure(level=settings.level, format=settings.format, file=settings.file,
+                   max_bytes=settings.max_bytes, backups=settings.backups, verbose=args.verbose)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvicorn[standard] brings it
@@ -274,12 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Library chatter (one line per HTTP request) drowns the service's own lines.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Warnings and errors to stderr; ``serve`` adds its configured level, format and file.
+    logs.configure(level=logging.WARNING, verbose=args.verbose)
     try:
         return args.func(args)
     except ConfigError as exc:

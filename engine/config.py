@@ -24,11 +24,12 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -169,6 +170,15 @@ class NotificationsConfig(Section):
     webhooks: dict[str, SecretStr | None] = Field(default_factory=dict)   # name: url
 
 
+class LoggingConfig(Section):
+    level: Annotated[Literal["debug", "info", "warning", "error", "critical"],
+                     BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)] = "info"
+    format: Literal["text", "json"] = "text"
+    file: Path | None = Path("var/log/orchestrator.log")
+    max_bytes: Count = 10 * 1024 * 1024
+    backups: Count = 5
+
+
 class Config(Section):
     """The whole configuration. ``Config()`` is the default one."""
 
@@ -183,6 +193,7 @@ class Config(Section):
     intake: IntakeConfig = IntakeConfig()
     service: ServiceConfig = ServiceConfig()
     notifications: NotificationsConfig = NotificationsConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     def step_settings(self, *, live: bool = True, virtual_time: bool = False) -> Settings:
         """What steps read from this configuration, secrets in plain text."""

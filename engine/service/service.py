@@ -695,8 +695,9 @@ class Service:
         from engine.api import create_app
 
         http = self.config.http
+        # log_config=None: uvicorn's lines go through the service's one formatter (engine.logs).
         config = uvicorn.Config(create_app(self), host=http.host, port=http.port, log_level="warning",
-                                access_log=False, lifespan="off")
+                                access_log=False, lifespan="off", log_config=None)
         server = uvicorn.Server(config)
         server.capture_signals = contextlib.nullcontext   # the service owns SIGTERM/SIGINT
         self.api_server = server

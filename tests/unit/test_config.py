@@ -286,3 +286,14 @@ def test_the_shipped_file_lists_every_key_with_its_default_commented_out():
     shown = yaml.safe_load(uncommented)
     assert Config.model_validate(shown) == Config()
     assert set(_flatten(shown, set(flat_defaults()))) == set(flat_defaults())
+
+
+def test_logging_settings(tmp_path):
+    config = load_config(write(tmp_path, "logging: {level: DEBUG, format: json, file: null, max_bytes: 0}\n"),
+                         environ={"AETHERIUS_LOGGING__BACKUPS": "2"})
+    assert config.logging.model_dump() == {"level": "debug", "format": "json", "file": None, "max_bytes": 0,
+                                           "backups": 2}
+    found = problems(write(tmp_path, "logging:\n  format: xml\n  level: loud\n"))
+    assert [p.split(": ", 1)[1] for p in found] == [
+        "logging.format: Input should be 'text' or 'json'",
+        "logging.level: Input should be 'debug', 'info', 'warning', 'error' or 'critical'"]
