@@ -233,12 +233,9 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 
     Raises :class:`ConfigError` listing every problem, each with its file and line or its
     environment variable."""
-    data: dict[str, Any] = {}
-    source, lines = "", LineMap()
-    candidates = [Path(path)] if path else [p for p in DEFAULT_PATHS if p.exists()]
-    for file in candidates:
-        source = str(file)
-        data, lines = _read(file)
+    file = Path(path) if path else next((p for p in DEFAULT_PATHS if p.exists()), None)
+    data, lines = _read(file) if file is not None else ({}, LineMap())
+    source = str(file) if file is not None else ""
     from_env = _apply_environment(data, os.environ if environ is None else environ)
     try:
         return Config.model_validate(data)
