@@ -44,6 +44,7 @@ import httpx
 import nats
 import yaml
 
+from engine.config import Config
 from engine.devservers import resolve
 from engine.durations import parse_duration
 
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                   "database": {"dsn": os.environ.get("AETHERIUS_TEST_DATABASE_DSN") or None},
                   "redis": {"url": os.environ.get("AETHERIUS_TEST_REDIS_URL") or None}}
     work = Path(tempfile.mkdtemp(prefix="aetherius-bench-"))
-    urls, embedded = resolve(env_config, work / "var")
+    urls, embedded = resolve(Config.model_validate(env_config), work / "var")
     run = uuid.uuid4().hex[:8]
     stub = subprocess.Popen([sys.executable, "-m", "benchmarks.stub", str(args.stub_port)], cwd=ROOT)
     service = None

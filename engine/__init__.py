@@ -9,6 +9,8 @@ The package is layered; imports point one way (``.importlinter`` enforces it):
   ``engine.rulebase`` (strategies compiled into durable-rules), ``engine.correlation``
   (hits grouped into incidents), ``engine.replay``, ``engine.runner`` and ``engine.store``
   (the workflow runner decides, the store remembers), and ``steps`` (the step types);
+- ``engine.logs``: the one log formatter (ids on every line, text or JSON), standard library only;
+- ``engine.config``: the typed service configuration, every default in one place;
 - ``engine.storage``: everything PostgreSQL (pool, migrations, every SQL statement);
 - ``engine.service``: the long-lived service, a composition root of named parts;
 - ``engine.api``: the HTTP API, one router per resource;

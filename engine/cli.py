@@ -6,6 +6,8 @@
                                with each incident's workflow path in dry-run
 - ``aetherius run WORKFLOW --event FILE``  one workflow against one event
 - ``aetherius serve``          the service: NATS intake, PostgreSQL, Redis, HTTP API
+
+``--config FILE`` and ``-v`` go before or after the command (``aetherius serve --config FILE``).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import logging
 import sys
 from pathlib import Path
 
+from engine import logs
 from engine.config import load_config
 from engine.correlation import Incident
-from engine.exceptions import AetheriusError, RuleError
+from engine.exceptions import AetheriusError, ConfigError, RuleError
 from engine.rules.check import effective_strategies, load_valid
 
 log = logging.getLogger("engine.cli")
@@ -29,7 +32,7 @@ log = logging.getLogger("engine.cli")
 def _rules_dir(args: argparse.Namespace) -> Path:
     if getattr(args, "rules", None):
         return Path(args.rules)
-    return Path(load_config(getattr(args, "config", None))["rules"]["dir"])
+    return load_config(args.config).rules.dir
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -67,11 +70,8 @@ def _print_incident(incident: Incident, as_json: bool) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    from steps.base import Settings
-
-    config = load_config(getattr(args, "config", None))
     live = bool(getattr(args, "live", False))
-    return Settings.from_config(config, live=live, virtual_time=not live)
+    return load_config(args.config).step_settings(live=live, virtual_time=not live)
 
 
 _MARK = {"succeeded": "ok", "failed": "FAILED", "skipped": "skipped", "cancelled": "cancelled",
@@ -216,8 +216,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine.service import serve
 
-    config = load_config(args.config)
-    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    config = load_config(args.config)   # an invalid one stops here, before any server starts
+    settings = config.logging
+    logs.configure(level=settings.level, format=settings.format, file=settings.file,
+                   max_bytes=settings.max_bytes, backups=settings.backups, verbose=args.verbose)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvicorn[standard] brings it
@@ -225,20 +227,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return uvloop.run(serve(config))
 
 
+_CONFIG_HELP = "config file (default: config/config.yaml)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aetherius", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="config file (default: config/config.yaml)")
+    parser.add_argument("--config", help=_CONFIG_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # The same options after the command. SUPPRESS: a command that is not given them keeps
+    # what was given before it, instead of resetting it to a default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=_CONFIG_HELP)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    check = sub.add_parser("check", help="validate rule files and report every problem")
+    check = sub.add_parser("check", parents=[common], help="validate rule files and report every problem")
     check.add_argument("dir", nargs="?", help="rule directory or file (default: rules.dir)")
     check.set_defaults(func=cmd_check)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of rule files")
     schema.set_defaults(func=cmd_schema)
 
-    replay = sub.add_parser("replay", help="run a recorded event stream offline, on event time")
+    replay = sub.add_parser("replay", parents=[common],
+                            help="run a recorded event stream offline, on event time")
     replay.add_argument("file", help="JSON lines, watch output or a kubectl List ('-' for stdin)")
     replay.add_argument("--rules", help="rule directory (default: rules.dir)")
     replay.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -246,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run workflows against the configured services (default: dry-run)")
     replay.set_defaults(func=cmd_replay)
 
-    run = sub.add_parser("run", help="run one workflow against one event (dry-run unless --live)")
+    run = sub.add_parser("run", parents=[common],
+                         help="run one workflow against one event (dry-run unless --live)")
     run.add_argument("workflow", help="workflow id")
     run.add_argument("--event", required=True, help="a file with the triggering event")
     run.add_argument("--rules", help="rule directory (default: rules.dir)")
@@ -255,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="end with one JSON line for the execution")
     run.set_defaults(func=cmd_run)
 
-    serve = sub.add_parser("serve", help="run the service (NATS intake, PostgreSQL, Redis, HTTP API)")
+    serve = sub.add_parser("serve", parents=[common],
+                           help="run the service (NATS intake, PostgreSQL, Redis, HTTP API)")
     serve.set_defaults(func=cmd_serve)
     return parser
 
@@ -263,14 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Library chatter (one line per HTTP request) drowns the service's own lines.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Warnings and errors to stderr; ``serve`` adds its configured level, format and file.
+    logs.configure(level=logging.WARNING, verbose=args.verbose)
     try:
         return args.func(args)
+    except ConfigError as exc:
+        lines = [str(p) for p in exc.problems] or [str(exc)]
+        for line in lines:
+            print(line, file=sys.stderr)
+        print(f"aetherius: invalid configuration ({len(lines)} problem(s))", file=sys.stderr)
+        return 2
     except RuleError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -1,74 +1,342 @@
-"""Service configuration: ``config/config.yaml`` (or ``--config FILE``), then environment.
+"""Service configuration: one typed model holding every default.
 
-Any key can be overridden as ``AETHERIUS_<SECTION>__<KEY>`` (nested with more ``__``), for
-example ``AETHERIUS_NATS__URL=nats://nats:4222`` or ``AETHERIUS_AI__TIMEOUT=45s``. Values
-from the environment are parsed as YAML scalars, so ``true``, ``3`` and ``30s`` mean what
-they say. Secrets (webhook URLs, passwords) belong in the environment, not in files.
+The file is ``config/config.yaml`` (or ``--config FILE``); then the environment. Any key
+can be overridden as ``AETHERIUS_<SECTION>__<KEY>`` (nested with more ``__``), for example
+``AETHERIUS_NATS__URL=nats://nats:4222`` or ``AETHERIUS_AI__TIMEOUT=45s``. Values from the
+environment are parsed as YAML scalars, so ``true``, ``3`` and ``30s`` mean what they say,
+and an empty value means "not set" (``null``).
+
+Every section refuses unknown keys, so ``service: {leese: 5s}`` is an error and not a
+silently ignored line. :func:`load_config` reports every problem at once, each located
+where the operator should look: ``config.yaml:12: service.leese: unknown key (did you mean
+'lease'?)``, or the environment variable that set it. Durations are written as today
+(``30s``, ``5m``, ``30d`` or seconds) and held as float seconds.
+
+Secrets (webhook URLs, the database password and DSN) belong in the environment. They are
+held as :class:`~pydantic.SecretStr`, so neither a repr, a log line nor an error message
+shows them (errors never repeat the offending value); :meth:`Config.step_settings` and
+:func:`engine.devservers.database_dsn_from_config` hand the plain values to what uses them.
 """
 
 from __future__ import annotations
 
-import copy
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from engine.exceptions import ConfigError
+from engine.durations import Duration
+from engine.exceptions import ConfigError, ConfigProblem
+from engine.rules.yamlsource import LineMap, load_documents, yaml_error_line
+from steps.base import Settings
+from steps.remediation import ACTIONS
 
 ENV_PREFIX = "AETHERIUS_"
 DEFAULT_PATHS = (Path("config/config.yaml"),)
 
-DEFAULTS: dict[str, Any] = {
-    "rules": {"dir": "rules"},
-    "nats": {"url": None, "subjects": ["internal.event.critical", "internal.event.anomaly"]},
-    "ai": {"reasoning_service_url": None, "timeout": "30s", "max_retries": 3},
-    "agent_manager": {"url": None},
-    "database": {"dsn": None, "host": None, "port": 5432, "database": "aetherius_orchestrator",
-                 "user": "postgres"},
-    "redis": {"url": None},
-    "http": {"host": "0.0.0.0", "port": 8081},
-    "remediation": {"dry_run": True},
-    "notifications": {"slack": {"webhook_url": None}, "webhooks": {}},
-}
+Port = Annotated[int, Field(ge=0, le=65535)]
+Count = Annotated[int, Field(ge=0)]
+Positive = Annotated[int, Field(ge=1)]
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors; numbers are read as text where text is due
+    (``replica_id: 7``, a numeric password from the environment)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        # ``redis:`` with every key commented out is null in YAML: it means "all defaults".
+        if isinstance(data, dict):
+            return {key: {} if value is None and _is_section(cls, key) else value
+                    for key, value in data.items()}
+        return data
 
 
-def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> dict[str, Any]:
-    config = copy.deepcopy(DEFAULTS)
-    candidates = [Path(path)] if path else [p for p in DEFAULT_PATHS if p.exists()]
-    for file in candidates:
-        try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{file}: no such config file") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{file}: invalid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{file}: the config must be a mapping")
-        _merge(config, data)
-    env = os.environ if environ is None else environ
-    for name, raw in env.items():
+def _is_section(model: type[BaseModel], key: str) -> bool:
+    field = model.model_fields.get(key)
+    annotation = field.annotation if field is not None else None
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+class RulesConfig(Section):
+    dir: Path = Path("rules")
+
+
+class NatsConfig(Section):
+    url: str | None = None
+    subjects: tuple[str, ...] = ("internal.event.critical", "internal.event.anomaly")
+    stream: str = "AETHERIUS_EVENTS"
+    durable: str = "aetherius"
+    batch: Positive = 256
+    ack_wait: Duration = 30.0
+
+
+class AiConfig(Section):
+    reasoning_service_url: str | None = None
+    timeout: Duration = 30.0
+    max_retries: Count = 3
+
+
+class AgentManagerConfig(Section):
+    url: str | None = None
+    timeout: Duration = 30.0
+    cluster: str | None = None
+
+
+class DatabaseConfig(Section):
+    dsn: SecretStr | None = None
+    host: str | None = None
+    port: Port = 5432
+    database: str = "aetherius_orchestrator"
+    user: str = "postgres"
+    password: SecretStr | None = None
+    pool_size: Positive = 10
+
+
+class RedisConfig(Section):
+    url: str | None = None
+    prefix: str = "aetherius:"
+
+
+class HttpConfig(Section):
+    host: str = "0.0.0.0"
+    port: Port = 8081
+    public_url: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The base of links in notifications: ``public_url``, else this host's port."""
+        return self.public_url or f"http://localhost:{self.port}"
+
+
+class RateLimitConfig(Section):
+    max: Count = 3
+    per: Duration = 3600.0
+
+
+class RemediationConfig(Section):
+    dry_run: bool = True
+    allowed_actions: tuple[str, ...] = (
+        "patch_deployment", "increase_memory", "restart_rollout", "delete_pod", "cordon_node", "scale")
+    max_memory_factor: float = Field(2.0, gt=0)
+    max_memory_mib: Positive = 16384
+    max_replicas: Positive = 50
+    rate_limit: RateLimitConfig = RateLimitConfig()
+
+    @field_validator("allowed_actions")
+    @classmethod
+    def _known_actions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [action for action in value if action not in ACTIONS]
+        if unknown:
+            raise ValueError(f"unknown remediation action(s) {', '.join(map(repr, unknown))}; "
+                             f"known: {', '.join(sorted(ACTIONS))}")
+        return value
+
+
+class IntakeConfig(Section):
+    max_event_bytes: Positive = 256 * 1024
+
+
+class ServiceConfig(Section):
+    replica_id: str | None = None
+    data_dir: Path = Path("var")
+    lease: Duration = 15.0
+    shutdown_grace: Duration = 20.0
+    retention: Duration = 30 * 86400.0
+
+
+class SlackConfig(Section):
+    webhook_url: SecretStr | None = None
+
+
+class NotificationsConfig(Section):
+    slack: SlackConfig = SlackConfig()
+    webhooks: dict[str, SecretStr | None] = Field(default_factory=dict)   # name: url
+
+
+class LoggingConfig(Section):
+    level: Annotated[Literal["debug", "info", "warning", "error", "critical"],
+                     BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)] = "info"
+    format: Literal["text", "json"] = "text"
+    file: Path | None = Path("var/log/orchestrator.log")
+    max_bytes: Count = 10 * 1024 * 1024
+    backups: Count = 5
+
+
+class Config(Section):
+    """The whole configuration. ``Config()`` is the default one."""
+
+    rules: RulesConfig = RulesConfig()
+    nats: NatsConfig = NatsConfig()
+    ai: AiConfig = AiConfig()
+    agent_manager: AgentManagerConfig = AgentManagerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    redis: RedisConfig = RedisConfig()
+    http: HttpConfig = HttpConfig()
+    remediation: RemediationConfig = RemediationConfig()
+    intake: IntakeConfig = IntakeConfig()
+    service: ServiceConfig = ServiceConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    def step_settings(self, *, live: bool = True, virtual_time: bool = False) -> Settings:
+        """What steps read from this configuration, secrets in plain text."""
+        notes = self.notifications
+        return Settings(
+            agent_manager_url=self.agent_manager.url,
+            reasoning_service_url=self.ai.reasoning_service_url,
+            ai_timeout=self.ai.timeout,
+            ai_max_retries=self.ai.max_retries,
+            slack_webhook_url=plain(notes.slack.webhook_url),
+            webhooks={name: url for name, secret in notes.webhooks.items() if (url := plain(secret))},
+            command_timeout=self.agent_manager.timeout,
+            cluster=self.agent_manager.cluster,
+            dry_run=self.remediation.dry_run,
+            allowed_actions=frozenset(self.remediation.allowed_actions),
+            max_memory_factor=self.remediation.max_memory_factor,
+            max_memory_mib=self.remediation.max_memory_mib,
+            max_replicas=self.remediation.max_replicas,
+            public_url=self.http.base_url,
+            live=live,
+            virtual_time=virtual_time,
+        )
+
+
+def plain(secret: SecretStr | None) -> str | None:
+    """The secret's value, None when unset or empty (an empty variable means "not set")."""
+    return (secret.get_secret_value() or None) if secret is not None else None
+
+
+# --------------------------------------------------------------------------- loading
+
+Loc = tuple[str | int, ...]
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """The file (``path``, else ``config/config.yaml`` if it exists), then the environment.
+
+    Raises :class:`ConfigError` listing every problem, each with its file and line or its
+    environment variable."""
+    file = Path(path) if path else next((p for p in DEFAULT_PATHS if p.exists()), None)
+    data, lines = _read(file) if file is not None else ({}, LineMap())
+    source = str(file) if file is not None else ""
+    from_env = _apply_environment(data, os.environ if environ is None else environ)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [_problem(error, source, lines, from_env) for error in exc.errors(include_url=False)]
+        problems.sort(key=lambda p: (p.line is None, p.line or 0, p.source, p.key))
+        raise ConfigError(problems=problems) from None
+
+
+def _read(file: Path) -> tuple[dict[str, Any], LineMap]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: {exc.strerror}") from None
+    try:
+        documents = load_documents(text)
+    except yaml.YAMLError as exc:
+        line, message = yaml_error_line(exc, text)
+        raise ConfigError(problems=[ConfigProblem(str(file), line, "", message)]) from None
+    if not documents:
+        return {}, LineMap()
+    if len(documents) > 1:
+        raise ConfigError(problems=[ConfigProblem(str(file), 1, "", "one YAML document expected")])
+    data, lines = documents[0]
+    if not isinstance(data, dict):
+        raise ConfigError(problems=[ConfigProblem(str(file), 1, "", "the config must be a mapping")])
+    return data, lines
+
+
+def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[Loc, str]:
+    """Set ``AETHERIUS_<SECTION>__<KEY>`` values into ``data``; return which variable set which key."""
+    origins: dict[Loc, str] = {}
+    problems = []
+    for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
-        node = config
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
+        parts = tuple(p.lower() for p in name[len(ENV_PREFIX):].split("__"))
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"{name}: {part!r} is not a section")
+                problems.append(ConfigProblem(name, None, _dotted(parts[:i + 1]), "is not a section"))
+                break
             node = child
-        try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            node[parts[-1]] = raw
-    return config
+        else:
+            try:
+                node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+            except yaml.YAMLError:
+                node[parts[-1]] = raw
+            origins[parts] = name
+    if problems:
+        raise ConfigError(problems=problems)
+    return origins
+
+
+def _problem(error: Any, source: str, lines: LineMap, from_env: dict[Loc, str]) -> ConfigProblem:
+    loc: Loc = tuple(error["loc"])
+    key = _dotted(loc)
+    if error["type"] == "extra_forbidden":
+        message = "unknown key" + _suggestion(loc)
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ")
+    for end in range(len(loc), 0, -1):
+        variable = from_env.get(loc[:end])
+        if variable is not None:
+            return ConfigProblem(variable, None, key, message)
+    return ConfigProblem(source or "configuration", lines.line(loc) if source else None, key, message)
+
+
+def _suggestion(loc: Loc) -> str:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not _is_section(model, str(part)):
+            return ""
+        model = field.annotation  # type: ignore[assignment]  # a section, checked just above
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+
+
+def _dotted(loc: Loc) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int) and not isinstance(part, bool):   # a list index
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def flat_defaults(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, Any]:
+    """``{"service.lease": 15.0, ...}``: every key of the model with its default (for the docs' test)."""
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if _is_section(model, name):
+            out.update(flat_defaults(field.annotation, f"{prefix}{name}."))  # type: ignore[arg-type]
+        else:
+            out[prefix + name] = field.get_default(call_default_factory=True)
+    return out

@@ -258,14 +258,14 @@ class Correlator(Observer[Hit]):
             incident.status = OPEN
             incident.formed_at = now
             self.stats["incidents"] += 1
-            log.info("Strategy matched: %s key=%s incident=%s events=%d workflow=%s",
-                     incident.strategy.id, incident.key_text, incident.id, incident.events,
-                     incident.workflow_id,
+            log.info("Strategy matched: %s key=%s events=%d workflow=%s",
+                     incident.strategy.id, incident.key_text, incident.events, incident.workflow_id,
                      extra={"incident_id": incident.id, "strategy": incident.strategy.id})
             try:
                 self.formed.on_next(incident)
             except Exception:  # a subscriber's fault must not stop correlation
-                log.exception("incident subscriber failed for %s", incident.id)
+                log.exception("incident subscriber failed for %s", incident.id,
+                              extra={"incident_id": incident.id})
         elif incident.status == CLOSED and self.now() >= group.cooldown_until:
             del self._groups[gkey]  # forget it: memory stays bounded by live groups
 

@@ -6,7 +6,7 @@
      ├── MalformedEvent        an input could not become an Event (goes to dead letter)
      ├── RuleError             a rule directory has problems; ``.problems`` lists them all
      ├── ExpressionError       an expression is refused (syntax, sandbox, budget)
-     ├── ConfigError           the service configuration is invalid
+     ├── ConfigError           the service configuration is invalid; ``.problems`` lists them all
      ├── StoreError            the execution store failed
      ├── TransportError        an HTTP request did not get an answer (raised by the transport)
      │    └── TransportTimeout     ... within its timeout
@@ -44,6 +44,25 @@ class ExpressionError(AetheriusError):
 
 class ConfigError(AetheriusError):
     """The configuration is invalid."""
+
+    def __init__(self, message: str | None = None, problems: list[ConfigProblem] | None = None) -> None:
+        self.problems = list(problems or [])
+        super().__init__(message or "\n".join(str(p) for p in self.problems) or None)
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with the configuration: where (the file and line, or the environment
+    variable), which key (``service.lease``) and what. Never the value: it may be a secret."""
+
+    source: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line is not None else self.source
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
 
 
 Loc = tuple[str | int, ...]

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.exceptions import StepError, StepTimeout
+from engine.logs import FieldsAdapter
 from engine.rules.model import RetryPolicy, StepSpec, Workflow
 from engine.store import (
     CANCELLED,
@@ -61,14 +62,6 @@ def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random) -> floa
     if policy.jitter:
         base *= rng.uniform(1 - policy.jitter, 1 + policy.jitter)
     return max(0.0, base)
-
-
-class _ExecutionLog(logging.LoggerAdapter):
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        extra = self.extra or {}
-        prefix = " ".join(f"{k}={v}" for k, v in extra.items() if v is not None)
-        kwargs.setdefault("extra", {}).update(extra)
-        return f"{msg} [{prefix}]", kwargs
 
 
 @dataclass(frozen=True)
@@ -146,9 +139,8 @@ class WorkflowRunner:
         first = StepRun(seq=1, step_id=workflow.steps[0].id, step_type=workflow.steps[0].type)
         execution.runs.append(first)
         await self.store.create_execution(execution, first)
-        log.info("Workflow execution %s started: workflow=%s version=%d incident=%s dry_run=%s",
-                 execution.id, workflow.id, workflow.version, execution.incident_id, execution.dry_run,
-                 extra={"execution_id": execution.id, "incident_id": execution.incident_id})
+        log.info("Workflow execution %s started: workflow=%s version=%d dry_run=%s",
+                 execution.id, workflow.id, workflow.version, execution.dry_run, extra=_ids(execution))
         live = _Live(execution, workflow, self._names(execution, workflow), seq=1)
         return Started(execution, self._track(execution.id, self._drive(live, [first])))
 
@@ -222,7 +214,7 @@ class WorkflowRunner:
             elif run.in_branch_of is None:
                 pending.append(run)   # its parallel parent re-runs branch children itself
         log.info("Workflow execution %s resumed: %d step run(s) to finish", execution.id, len(pending),
-                 extra={"execution_id": execution.id})
+                 extra=_ids(execution))
         return await self._drive(live, pending)
 
     async def _drive(self, live: _Live, runs: list[StepRun]) -> Execution:
@@ -241,7 +233,7 @@ class WorkflowRunner:
                                 self._launch(live, nxt)
                 if self.draining:
                     log.info("Workflow execution %s paused for shutdown; it will be resumed", execution.id,
-                             extra={"execution_id": execution.id})
+                             extra=_ids(execution))
                     return execution
             execution.status = FAILED if live.failed_steps else SUCCEEDED
             if live.failed_steps:
@@ -281,7 +273,7 @@ class WorkflowRunner:
         log.info("Workflow execution %s finished: status=%s duration=%.3fs%s", execution.id,
                  execution.status, execution.duration or 0.0,
                  f" error={execution.error}" if execution.error else "",
-                 extra={"execution_id": execution.id, "incident_id": execution.incident_id})
+                 extra=_ids(execution))
 
     def _launch(self, live: _Live, run: StepRun) -> None:
         task = asyncio.create_task(self._step(live, run), name=f"step:{live.execution.id}:{run.step_id}")
@@ -325,8 +317,7 @@ class WorkflowRunner:
         execution, workflow = live.execution, live.workflow
         step = self.steps[spec.type]
         policy = spec.retry or workflow.retry or DEFAULT_RETRY
-        logger = _ExecutionLog(log, {"execution_id": execution.id, "incident_id": execution.incident_id,
-                                     "step_id": spec.id})
+        logger = FieldsAdapter(log, {**_ids(execution), "step_id": spec.id})
         ctx = StepContext(execution_id=execution.id, workflow=workflow, step=spec, run=run,
                           names=live.names, settings=self.settings, http=self.http,
                           dry_run=execution.dry_run, log=logger,
@@ -428,6 +419,11 @@ class WorkflowRunner:
             if existing.status == FAILED:
                 return False
         return True
+
+
+def _ids(execution: Execution) -> dict[str, Any]:
+    """The ``extra`` of a line about ``execution`` (rendered by :mod:`engine.logs`)."""
+    return {"incident_id": execution.incident_id, "execution_id": execution.id}
 
 
 def summary(execution: Execution) -> dict[str, Any]:

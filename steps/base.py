@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from engine.durations import parse_duration
 from engine.exceptions import ExpressionError, StepError
 from engine.templates import render
 from steps.http import HttpClient
@@ -35,14 +34,18 @@ class StepConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Settings:
-    """What steps read from the service configuration (never from rule files)."""
+    """What steps read from the service configuration (never from rule files).
+
+    Built by :meth:`engine.config.Config.step_settings`. The defaults here are those of an
+    empty configuration (a test keeps them equal), for tests and embedders that build one
+    by hand. Secrets are plain text here, so they are kept out of the repr."""
 
     agent_manager_url: str | None = None
     reasoning_service_url: str | None = None
     ai_timeout: float = 30.0
     ai_max_retries: int = 3
-    slack_webhook_url: str | None = None
-    webhooks: Mapping[str, str] = field(default_factory=dict)
+    slack_webhook_url: str | None = field(default=None, repr=False)
+    webhooks: Mapping[str, str] = field(default_factory=dict, repr=False)
     command_timeout: float = 30.0
     cluster: str | None = None
     # Remediation safety: dry-run unless this is False AND the workflow does not ask for it.
@@ -57,33 +60,6 @@ class Settings:
     live: bool = True
     # virtual_time=True (replay, dry-run ``run``): waits return at once instead of sleeping.
     virtual_time: bool = False
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, live: bool = True,
-                    virtual_time: bool = False) -> Settings:
-        ai = config.get("ai") or {}
-        rem = config.get("remediation") or {}
-        notes = config.get("notifications") or {}
-        http = config.get("http") or {}
-        allowed = rem.get("allowed_actions")
-        return cls(
-            agent_manager_url=(config.get("agent_manager") or {}).get("url"),
-            reasoning_service_url=ai.get("reasoning_service_url"),
-            ai_timeout=parse_duration(ai.get("timeout", 30)),
-            ai_max_retries=int(ai.get("max_retries", 3)),
-            slack_webhook_url=(notes.get("slack") or {}).get("webhook_url"),
-            webhooks=dict(notes.get("webhooks") or {}),
-            command_timeout=parse_duration((config.get("agent_manager") or {}).get("timeout", 30)),
-            cluster=(config.get("agent_manager") or {}).get("cluster"),
-            dry_run=bool(rem.get("dry_run", True)),
-            allowed_actions=frozenset(allowed) if allowed is not None else cls.allowed_actions,
-            max_memory_factor=float(rem.get("max_memory_factor", 2.0)),
-            max_memory_mib=int(rem.get("max_memory_mib", 16384)),
-            max_replicas=int(rem.get("max_replicas", 50)),
-            public_url=str(http.get("public_url") or f"http://localhost:{http.get('port', 8081)}"),
-            live=live,
-            virtual_time=virtual_time,
-        )
 
 
 @dataclass

@@ -84,6 +84,7 @@ from types import ModuleType
 from typing import IO, Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from engine.config import Config, DatabaseConfig, plain
 from engine.exceptions import AetheriusError
 
 try:  # the data-directory lock; fcntl is POSIX only
@@ -203,20 +204,22 @@ def dsn_with_database(dsn: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
 
 
-def database_dsn_from_config(database: dict[str, Any]) -> str | None:
+def database_dsn_from_config(database: DatabaseConfig) -> str | None:
     """``database.dsn``, else a URL built from ``database.host/port/database/user/password``
-    (a host starting with ``/`` is a unix-socket directory); None if neither is set."""
-    if database.get("dsn"):
-        return str(database["dsn"])
-    host = database.get("host")
+    (a host starting with ``/`` is a unix-socket directory); None if neither is set.
+    The one place the password leaves its :class:`~pydantic.SecretStr`."""
+    dsn = plain(database.dsn)
+    if dsn:
+        return dsn
+    host = database.host
     if not host:
         return None
-    host = str(host)
-    auth = quote(str(database.get("user") or "postgres"), safe="")
-    if database.get("password"):
-        auth += ":" + quote(str(database["password"]), safe="")
-    name = quote(str(database.get("database") or DEFAULT_DATABASE), safe="")
-    port = int(database.get("port") or 5432)
+    auth = quote(database.user, safe="")
+    password = plain(database.password)
+    if password:
+        auth += ":" + quote(password, safe="")
+    name = quote(database.database, safe="")
+    port = database.port
     if host.startswith("/"):
         return f"postgresql://{auth}@/{name}?host={quote(host, safe='/')}&port={port}"
     if ":" in host and not host.startswith("["):
@@ -803,22 +806,21 @@ class ServerURLs:
         return "servers: " + text
 
 
-def resolve(config: dict[str, Any], data_dir: str | os.PathLike[str] | None = None,
+def resolve(config: Config, data_dir: str | os.PathLike[str] | None = None,
             ) -> tuple[ServerURLs, EmbeddedServers | None]:
     """The servers to use: ``nats.url``, ``database.dsn`` (or ``database.host`` ...) and
     ``redis.url`` when configured, else embedded ones started in ``data_dir`` (default
     ``var/``). The caller stops the returned EmbeddedServers (None if all are external).
     Blocks while servers start (about a second); from async code use ``asyncio.to_thread``."""
-    nats_url = (config.get("nats") or {}).get("url")
-    database = config.get("database") or {}
-    database_dsn = database_dsn_from_config(database)
-    redis_url = (config.get("redis") or {}).get("url")
+    nats_url = config.nats.url
+    database_dsn = database_dsn_from_config(config.database)
+    redis_url = config.redis.url
     external = {"nats": bool(nats_url), "postgres": bool(database_dsn), "redis": bool(redis_url)}
     servers = None
     if not all(external.values()):
         servers = EmbeddedServers(
             data_dir, nats=not external["nats"], postgres=not external["postgres"],
-            redis=not external["redis"], database=str(database.get("database") or DEFAULT_DATABASE),
+            redis=not external["redis"], database=config.database.database,
         ).start()
         nats_url = nats_url or servers.nats_url
         database_dsn = database_dsn or servers.database_dsn

@@ -13,8 +13,9 @@ log = logging.getLogger(__name__)
 
 class ApiServer:
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        # log_config=None: uvicorn's lines go through the service's one formatter (engine.logs).
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                lifespan="off")
+                                lifespan="off", log_config=None)
         self.server = uvicorn.Server(config)
         # The service owns SIGTERM/SIGINT: uvicorn must not install its own handlers.
         self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]

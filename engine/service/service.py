@@ -38,8 +38,8 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from engine import __version__, devservers
 from engine.api import create_app
 from engine.api.deps import ApiDeps
+from engine.config import Config
 from engine.correlation import Correlator
-from engine.durations import parse_duration
 from engine.metrics import Metrics
 from engine.rulebase import RuleBase
 from engine.runner import WorkflowRunner
@@ -68,10 +68,6 @@ from steps.base import Settings
 log = logging.getLogger(__name__)
 
 
-def _seconds(section: dict[str, Any], key: str, default: float) -> float:
-    return parse_duration(section.get(key, default))
-
-
 @dataclass
 class Replica:
     """Everything a started replica holds; every part is there (built by Service.start)."""
@@ -90,15 +86,15 @@ class Replica:
 
 
 class Service:
-    def __init__(self, config: dict[str, Any], *, data_dir: str | Path | None = None) -> None:
+    def __init__(self, config: Config, *, data_dir: str | Path | None = None) -> None:
         self.config = config
-        svc = config.get("service") or {}
-        self.replica_id = str(svc.get("replica_id") or os.environ.get("HOSTNAME") or socket.gethostname())
-        self.data_dir = Path(data_dir or svc.get("data_dir") or "var")
-        self.lease = _seconds(svc, "lease", 15.0)
-        self.grace = _seconds(svc, "shutdown_grace", 20.0)
-        self.retention = _seconds(svc, "retention", 30 * 86400)
-        self.max_event_bytes = int((config.get("intake") or {}).get("max_event_bytes", 256 * 1024))
+        svc = config.service
+        self.replica_id = svc.replica_id or os.environ.get("HOSTNAME") or socket.gethostname()
+        self.data_dir = Path(data_dir or svc.data_dir)
+        self.lease = svc.lease
+        self.grace = svc.shutdown_grace
+        self.retention = svc.retention
+        self.max_event_bytes = config.intake.max_event_bytes
         self.metrics = Metrics()
         self._stop = asyncio.Event()
         self._replica: Replica | None = None   # while running
@@ -115,8 +111,7 @@ class Service:
         log.info("Aetherius Orchestrator %s starting (%s mode): replica %s; %s", __version__,
                  "embedded" if embedded is not None else "external", replica_id, urls.description)
 
-        pool = await create_pool(urls.database_dsn,
-                                 max_size=int((config.get("database") or {}).get("pool_size", 10)))
+        pool = await create_pool(urls.database_dsn, max_size=config.database.pool_size)
         stack.push_async_callback(pool.close)
         await migrate(pool)
         records = Repository(pool, replica_id)
@@ -125,28 +120,24 @@ class Service:
         store.writer.start()
         stack.push_async_callback(_shielded, store.writer.stop)
 
-        cache = Cache(urls.redis_url, prefix=(config.get("redis") or {}).get("prefix", "aetherius:"))
+        cache = Cache(urls.redis_url, prefix=config.redis.prefix)
         stack.push_async_callback(cache.close)
         await cache.ping()
         rulebase = RuleBase([])
         stack.callback(rulebase.close)
         stored_rules = StoredRules(pool)
-        rules = RulesManager((config.get("rules") or {}).get("dir", "rules"), rulebase, stored_rules)
+        rules = RulesManager(config.rules.dir, rulebase, stored_rules)
 
-        nats_cfg = config.get("nats") or {}
-        bus = Bus(urls.nats_url, list(nats_cfg.get("subjects") or
-                                      ["internal.event.critical", "internal.event.anomaly"]),
-                  stream=nats_cfg.get("stream", "AETHERIUS_EVENTS"),
-                  durable=nats_cfg.get("durable", "aetherius"),
-                  batch=int(nats_cfg.get("batch", 256)), ack_wait=_seconds(nats_cfg, "ack_wait", 30.0))
+        nats = config.nats
+        bus = Bus(urls.nats_url, list(nats.subjects), stream=nats.stream, durable=nats.durable,
+                  batch=nats.batch, ack_wait=nats.ack_wait)
         stack.push_async_callback(bus.close)
 
-        settings = Settings.from_config(config, live=True)
+        settings = config.step_settings(live=True)
         _announce(settings)
         http = make_client()
         stack.push_async_callback(http.aclose)
-        rate = (config.get("remediation") or {}).get("rate_limit") or {}
-        limit, per = int(rate.get("max", 3)), parse_duration(rate.get("per", "1h"))
+        limit, per = config.remediation.rate_limit.max, config.remediation.rate_limit.per
 
         async def allow(action: str, target: str) -> bool:
             return await cache.allow(f"{action}:{target}", limit, per)
@@ -184,12 +175,10 @@ class Service:
             intake.remember(event_id)
         await recovery.at_start()
 
-        http_cfg = config.get("http") or {}
         deps = ApiDeps(queries=Queries(pool), rules=rules, executions=executions, ingest=intake.ingest,
                        readiness=health.readiness, cached_generation=cache.active_generation,
                        metrics=self.metrics, max_event_bytes=self.max_event_bytes, replica=replica_id)
-        api = ApiServer(create_app(deps), str(http_cfg.get("host", "0.0.0.0")),
-                        int(http_cfg.get("port", 8081)))
+        api = ApiServer(create_app(deps), config.http.host, config.http.port)
         health.ready = True
         return Replica(health=health, intake=intake, incidents=incidents, executions=executions,
                        recovery=recovery, reloads=reloads, retention=Retention(records, self.retention),
@@ -270,7 +259,7 @@ async def _quietly(action: Any) -> None:
         await action()
 
 
-async def serve(config: dict[str, Any]) -> int:
+async def serve(config: Config) -> int:
     await Service(config).run()
     return 0
 

@@ -23,6 +23,7 @@ import psutil
 import pytest
 import redis.asyncio as aioredis
 
+from engine.config import Config
 from engine.devservers import RESERVED_PORTS, EmbeddedServers, InfraError, resolve
 
 pytestmark = pytest.mark.integration
@@ -245,7 +246,7 @@ def test_resolve_uses_configured_servers_and_hides_passwords(caplog: pytest.LogC
         "redis": {"url": "redis://:redis-secret@redis:6379/0"},
     }
     with caplog.at_level("INFO", logger="engine.devservers"):
-        urls, servers = resolve(config)
+        urls, servers = resolve(Config.model_validate(config))
     assert servers is None
     assert urls.database_dsn == config["database"]["dsn"]
     assert urls.modes == {"nats": "external", "postgres": "external", "redis": "external"}
@@ -262,7 +263,7 @@ def test_resolve_embeds_only_what_is_not_configured(tmp_path: Path) -> None:
                      "password": "p@ss"},
         "redis": {"url": None},
     }
-    urls, servers = resolve(config, tmp_path / "var")
+    urls, servers = resolve(Config.model_validate(config), tmp_path / "var")
     assert servers is not None
     try:
         assert urls.database_dsn == "postgresql://svc:p%40ss@db.example:5433/orch"

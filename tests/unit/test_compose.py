@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from engine.config import load_config
+from engine.config import load_config, plain
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = ("postgres", "redis", "nats")
@@ -79,15 +79,15 @@ def test_the_variables_reach_the_configuration(compose: dict) -> None:
     """The names are the ones engine.config reads (AETHERIUS_<SECTION>__<KEY>)."""
     env = _environment(compose["services"]["orchestrator"])
     config = load_config(REPO / "config" / "config.yaml", environ=env)
-    assert config["nats"]["url"] == "nats://nats:4222"
-    assert config["database"]["dsn"] == "postgresql://postgres:postgres@postgres:5432/aetherius_orchestrator"
-    assert config["redis"]["url"] == "redis://redis:6379/0"
-    assert config["http"]["port"] == 8081
-    assert config["rules"]["dir"] == "/app/rules"
+    assert config.nats.url == "nats://nats:4222"
+    assert plain(config.database.dsn) == "postgresql://postgres:postgres@postgres:5432/aetherius_orchestrator"
+    assert config.redis.url == "redis://redis:6379/0"
+    assert config.http.port == 8081
+    assert str(config.rules.dir) == "/app/rules"
     # unset on the host: empty, which the configuration reads as "not configured"
-    assert config["agent_manager"]["url"] is None
-    assert config["ai"]["reasoning_service_url"] is None
-    assert config["notifications"]["slack"]["webhook_url"] is None
+    assert config.agent_manager.url is None
+    assert config.ai.reasoning_service_url is None
+    assert config.notifications.slack.webhook_url is None
 
 
 def test_service_urls_and_secrets_come_from_the_host(raw: dict) -> None:
