@@ -35,12 +35,12 @@ from reactivex.subject import Subject
 from engine.events import Event
 from engine.rulebase import Hit
 from engine.rules.model import Strategy
+from engine.statuses import IncidentStatus
 
 log = logging.getLogger(__name__)
 
 MAX_SAMPLE_EVENTS = 20
 
-PENDING, OPEN, CLOSED = "pending", "open", "closed"
 
 
 _KEY_GETTERS: dict[tuple[str, ...], Any] = {}
@@ -78,7 +78,7 @@ class Incident:
     objects: set[str] = field(default_factory=set)
     sample_ids: list[str] = field(default_factory=list)
     event_ids: list[str] = field(default_factory=list)   # every record of the burst (pending)
-    status: str = PENDING
+    status: IncidentStatus = IncidentStatus.FORMING
     formed_at: float | None = None
     closed_at: float | None = None
     # Where the burst is recorded (set by the service): the incident row its events count
@@ -190,11 +190,11 @@ class Correlator(Observer[Hit]):
         group = self._groups.get(gkey)
         if now is None:
             now = self.now()
-        if group is None or (group.incident.status == CLOSED and now >= group.cooldown_until):
+        if group is None or (group.incident.status == IncidentStatus.CLOSED and now >= group.cooldown_until):
             group = self._start(strategy, gkey, event, now)
         incident = group.incident
         count = event.count
-        if incident.status == PENDING:
+        if incident.status == IncidentStatus.FORMING:
             incident.events += count
             incident.records += 1
             incident.last_seen = max(incident.last_seen, event.time)
@@ -204,7 +204,7 @@ class Correlator(Observer[Hit]):
             if self.track_event_ids:
                 incident.event_ids.append(event.id)
             group.last_hit = now
-        elif incident.status == OPEN:
+        elif incident.status == IncidentStatus.OPEN:
             incident.late += count
             incident.last_seen = max(incident.last_seen, event.time)
             self.stats["late"] += count
@@ -248,14 +248,14 @@ class Correlator(Observer[Hit]):
         if group is None:
             return
         incident = group.incident
-        if incident.status == PENDING:
+        if incident.status == IncidentStatus.FORMING:
             c = incident.strategy.correlation
             due = min(group.last_hit + c.quiet, group.first_hit + c.max_window)
             now = self.now()
             if now + 1e-9 < due:
                 self._arm(gkey, group, due)
                 return
-            incident.status = OPEN
+            incident.status = IncidentStatus.OPEN
             incident.formed_at = now
             self.stats["incidents"] += 1
             log.info("Strategy matched: %s key=%s events=%d workflow=%s",
@@ -266,23 +266,23 @@ class Correlator(Observer[Hit]):
             except Exception:  # a subscriber's fault must not stop correlation
                 log.exception("incident subscriber failed for %s", incident.id,
                               extra={"incident_id": incident.id})
-        elif incident.status == CLOSED and self.now() >= group.cooldown_until:
+        elif incident.status == IncidentStatus.CLOSED and self.now() >= group.cooldown_until:
             del self._groups[gkey]  # forget it: memory stays bounded by live groups
 
     def close(self, incident: Incident) -> None:
         """The incident's workflow ended: start its cooldown."""
         gkey = (incident.strategy.id, incident.key)
         group = self._groups.get(gkey)
-        if group is None or group.incident is not incident or incident.status == CLOSED:
+        if group is None or group.incident is not incident or incident.status == IncidentStatus.CLOSED:
             return
         now = self.now()
-        incident.status = CLOSED
+        incident.status = IncidentStatus.CLOSED
         incident.closed_at = now
         group.cooldown_until = now + incident.strategy.correlation.cooldown
         self._arm(gkey, group, group.cooldown_until)
 
     def open_incidents(self) -> list[Incident]:
-        return [g.incident for g in self._groups.values() if g.incident.status != CLOSED]
+        return [g.incident for g in self._groups.values() if g.incident.status != IncidentStatus.CLOSED]
 
     def group_count(self) -> int:
         return len(self._groups)

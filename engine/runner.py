@@ -33,20 +33,8 @@ from typing import Any
 from engine.exceptions import StepError, StepTimeout
 from engine.logs import FieldsAdapter
 from engine.rules.model import RetryPolicy, StepSpec, Workflow
-from engine.store import (
-    CANCELLED,
-    FAILED,
-    FINAL_STEP,
-    PENDING,
-    RUNNING,
-    SKIPPED,
-    SUCCEEDED,
-    TIMED_OUT,
-    Execution,
-    MemoryStore,
-    StepRun,
-    Store,
-)
+from engine.statuses import FINAL_STEP, ExecutionStatus, StepStatus
+from engine.store import Execution, MemoryStore, StepRun, Store
 from steps import REGISTRY
 from steps.base import Settings, Step, StepContext, StepResult
 from steps.http import HttpClient
@@ -159,7 +147,7 @@ class WorkflowRunner:
         """Continue an execution from the store: unfinished runs run again (same
         idempotency key), finished ones are only read back into the context."""
         execution = await self.store.load_execution(execution_id)
-        if execution is None or execution.status != RUNNING:
+        if execution is None or execution.status != ExecutionStatus.RUNNING:
             return execution
         return await self.resume_loaded(execution, workflow)
 
@@ -235,24 +223,25 @@ class WorkflowRunner:
                     log.info("Workflow execution %s paused for shutdown; it will be resumed", execution.id,
                              extra=_ids(execution))
                     return execution
-            execution.status = FAILED if live.failed_steps else SUCCEEDED
+            execution.status = ExecutionStatus.FAILED if live.failed_steps else ExecutionStatus.SUCCEEDED
             if live.failed_steps:
                 execution.error = f"step(s) failed: {', '.join(live.failed_steps)}"
         except TimeoutError:
-            execution.status, execution.error = TIMED_OUT, f"workflow timeout {workflow.timeout:g}s"
+            execution.status = ExecutionStatus.TIMED_OUT
+            execution.error = f"workflow timeout {workflow.timeout:g}s"
         except asyncio.CancelledError:
             if self.draining:
                 # Shutdown past the grace period: the store keeps it running, to resume.
                 for task in live.tasks:
                     task.cancel()
                 raise
-            execution.status, execution.error = CANCELLED, "cancelled"
-            await self._stop_tasks(live, CANCELLED)
+            execution.status, execution.error = ExecutionStatus.CANCELLED, "cancelled"
+            await self._stop_tasks(live, StepStatus.CANCELLED)
             await asyncio.shield(self._finish(execution))
             raise
         finally:
-            if execution.status == TIMED_OUT:
-                await self._stop_tasks(live, TIMED_OUT)
+            if execution.status == ExecutionStatus.TIMED_OUT:
+                await self._stop_tasks(live, StepStatus.TIMED_OUT)
         await asyncio.shield(self._finish(execution))
         return execution
 
@@ -298,7 +287,7 @@ class WorkflowRunner:
         began = time.perf_counter()
         spec = live.workflow.step(run.step_id)
         result, step_time = await self._attempts(live, spec, run)
-        if run.status == FAILED:
+        if run.status == StepStatus.FAILED:
             run.branch = list(spec.on_failure)
             # A branch child's failure is judged by its parallel step's join.
             if run.in_branch_of is None:
@@ -330,7 +319,7 @@ class WorkflowRunner:
             run.attempt_started_at = now
             if run.started_at is None:
                 run.started_at = now
-            run.status = RUNNING
+            run.status = StepStatus.RUNNING
             await self.store.start_attempt(execution.id, run)
             logger.info("Executing %s step %s (attempt %d/%d)", spec.type, spec.id, run.attempts,
                         policy.max_attempts)
@@ -351,7 +340,8 @@ class WorkflowRunner:
                 error = StepError(f"{type(exc).__name__}: {exc}", retryable=False)
             else:
                 step_time += time.perf_counter() - t0
-                run.status = SKIPPED if result.status == SKIPPED else SUCCEEDED
+                skipped = result.status == StepStatus.SKIPPED
+                run.status = StepStatus.SKIPPED if skipped else StepStatus.SUCCEEDED
                 run.output, run.error, run.error_kind = result.output, None, None
                 run.finished_at = time.time()
                 self._remember(live, run, result)
@@ -361,7 +351,7 @@ class WorkflowRunner:
             retry = (error.retryable and error.kind not in policy.non_retryable
                      and run.attempts < policy.max_attempts)
             if not retry:
-                run.status, run.output, run.finished_at = FAILED, error.output, time.time()
+                run.status, run.output, run.finished_at = StepStatus.FAILED, error.output, time.time()
                 logger.warning("Step %s failed after %d attempt(s): %s: %s", spec.id, run.attempts,
                                error.kind, error)
                 self._remember(live, run)
@@ -388,7 +378,7 @@ class WorkflowRunner:
         }
         if result is not None:
             live.names.update(result.context)
-        elif run.status in (SUCCEEDED, SKIPPED) and run.step_type in self.steps:
+        elif run.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED) and run.step_type in self.steps:
             # Resuming: rebuild what the step had put in the context from its output.
             live.names.update(self.steps[run.step_type].context_from_output(run.output))
 
@@ -399,7 +389,7 @@ class WorkflowRunner:
         for step_id in step_ids:
             previous = done.get(step_id)
             if previous is not None:      # resumed: this child already finished
-                if previous.status == FAILED:
+                if previous.status == StepStatus.FAILED:
                     return False
                 continue
             existing = next((r for r in live.execution.runs if r.in_branch_of == parent.seq
@@ -412,11 +402,11 @@ class WorkflowRunner:
             except asyncio.CancelledError:
                 # The join no longer needs this branch: record its run as cancelled.
                 if existing.status not in FINAL_STEP:
-                    existing.status, existing.error = CANCELLED, "branch cancelled by the join"
+                    existing.status, existing.error = StepStatus.CANCELLED, "branch cancelled by the join"
                     existing.finished_at = time.time()
                     await asyncio.shield(self.store.finish_step(live.execution.id, existing, []))
                 raise
-            if existing.status == FAILED:
+            if existing.status == StepStatus.FAILED:
                 return False
         return True
 
@@ -433,7 +423,7 @@ def summary(execution: Execution) -> dict[str, Any]:
         "version": execution.workflow_version, "status": execution.status, "error": execution.error,
         "dry_run": execution.dry_run,
         "steps": [{"id": r.step_id, "type": r.step_type, "status": r.status, "attempts": r.attempts,
-                   **({"error": r.error} if r.error and r.status != SUCCEEDED else {})}
+                   **({"error": r.error} if r.error and r.status != StepStatus.SUCCEEDED else {})}
                   for r in sorted(execution.runs, key=lambda r: (r.started_at or float("inf"), r.seq))
-                  if r.status != PENDING],
+                  if r.status != StepStatus.PENDING],
     }

@@ -24,10 +24,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED, CANCELLED, TIMED_OUT = (
-    "pending", "running", "succeeded", "failed", "skipped", "cancelled", "timed_out")
-FINAL_STEP = frozenset({SUCCEEDED, FAILED, SKIPPED, CANCELLED, TIMED_OUT})
-FINAL_EXECUTION = frozenset({SUCCEEDED, FAILED, CANCELLED, TIMED_OUT})
+from engine.statuses import FINAL_EXECUTION, FINAL_STEP, ExecutionStatus, StepStatus
+
+__all__ = ["FINAL_EXECUTION", "FINAL_STEP", "Execution", "MemoryStore", "StepRun", "Store"]
 
 
 @dataclass
@@ -38,7 +37,7 @@ class StepRun:
     step_id: str
     step_type: str
     parent: int | None = None          # the run that scheduled this one
-    status: str = PENDING
+    status: str = StepStatus.PENDING
     attempts: int = 0
     output: Any = None
     error: str | None = None
@@ -55,7 +54,7 @@ class Execution:
     id: str
     workflow_id: str
     workflow_version: int
-    status: str = RUNNING
+    status: str = ExecutionStatus.RUNNING
     incident_id: str | None = None
     context: dict[str, Any] = field(default_factory=dict)   # incident, events, trigger
     dry_run: bool = True
@@ -116,7 +115,7 @@ class MemoryStore:
 
     async def start_attempt(self, execution_id: str, run: StepRun) -> None:
         saved = self._run(execution_id, run.seq)
-        saved.status, saved.attempts = RUNNING, run.attempts
+        saved.status, saved.attempts = StepStatus.RUNNING, run.attempts
         saved.started_at, saved.attempt_started_at = run.started_at, run.attempt_started_at
         self.log.append(("start_attempt", execution_id, (run.step_id, run.attempts)))
 

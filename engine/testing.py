@@ -25,7 +25,8 @@ from typing import Any
 from engine.correlation import Incident
 from engine.service.bus import Message
 from engine.service.contracts import DeadLetter, EventRow
-from engine.store import FINAL_EXECUTION, RUNNING, MemoryStore
+from engine.statuses import FINAL_EXECUTION, ExecutionStatus
+from engine.store import MemoryStore
 
 
 @dataclass
@@ -202,8 +203,8 @@ class MemoryExecutionStore(MemoryStore):
         self.orphans: set[str] = set()         # execution ids whose owner is gone
 
     async def claim_orphans(self, running_here: list[str], limit: int = 100) -> list[str]:
-        claimed = [e.id for e in self.executions.values()
-                   if e.status == RUNNING and e.id not in running_here and e.id in self.orphans][:limit]
+        claimed = [e.id for e in self.executions.values() if e.status == ExecutionStatus.RUNNING
+                   and e.id not in running_here and e.id in self.orphans][:limit]
         for execution_id in claimed:
             self.orphans.discard(execution_id)
             self.owners[execution_id] = self.replica

@@ -34,8 +34,8 @@ from engine.api.models import (
 from engine.correlation import event_context, incident_from_event
 from engine.events import parse_event
 from engine.exceptions import MalformedEvent
+from engine.statuses import FINAL_EXECUTION
 from engine.storage.queries import BadCursor
-from engine.store import FINAL_EXECUTION
 
 log = logging.getLogger(__name__)
 

@@ -119,7 +119,7 @@ class Cache:
             try:
                 value = await self.client.get(self.prefix + name)
                 self._up()
-                return True, value.decode() if value else None
+                return True, (value.decode() if isinstance(value, bytes) else value) or None
             except (RedisError, OSError) as exc:
                 self._down(exc, "cooldowns")
         until, incident = self._local_cooldowns.get(name, (0.0, None))
@@ -163,7 +163,7 @@ class Cache:
                 self._up()
             except (RedisError, OSError) as exc:
                 self._down(exc, "locks")
-        if held_in_redis:
+        if held_in_redis and self.client is not None:
             try:
                 yield
             finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from engine.metrics import Metrics
@@ -17,11 +17,12 @@ from engine.rules.model import Workflow
 from engine.runner import Started, WorkflowRunner
 from engine.service.background import Background
 from engine.service.contracts import Stats
-from engine.store import FINAL_EXECUTION, Execution
+from engine.statuses import FINAL_EXECUTION
+from engine.store import Execution
 
 log = logging.getLogger(__name__)
 
-Finished = Callable[[Execution], Awaitable[None]]
+Finished = Callable[[Execution], Coroutine[Any, Any, None]]
 
 
 class Executions:

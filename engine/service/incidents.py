@@ -68,8 +68,11 @@ class Incidents:
             state = "suppressed" if outcome == "cooling" else "attached"
             await self.records.attach_events(incident.event_ids, other, state)
             await self.records.repoint_events(incident.id, other)
-            counted = "suppressed" if outcome == "cooling" else "late"
-            await self.records.add_to_incident(other, **{counted: incident.events + incident.late})
+            count = incident.events + incident.late
+            if outcome == "cooling":
+                await self.records.add_to_incident(other, suppressed=count)
+            else:
+                await self.records.add_to_incident(other, late=count)
             self.correlator.close(incident)
             return
         incident.event_ids = []

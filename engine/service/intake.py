@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from engine.correlation import CLOSED, OPEN, PENDING, Correlator
+from engine.correlation import Correlator
 from engine.events import Event, OccurrenceTracker, decode, parse_event
 from engine.exceptions import MalformedEvent
 from engine.metrics import Metrics
@@ -30,6 +30,7 @@ from engine.rulebase import RuleBase
 from engine.service.background import Background
 from engine.service.bus import Message
 from engine.service.contracts import DeadLetter, EventRow, Records, Stats
+from engine.statuses import IncidentStatus
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +177,12 @@ class Intake:
         if hit.inhibited_by:
             add("inhibited", event.count)
             return ("inhibited", hit.strategy.id, record_id or incident.id)
-        if incident.status == PENDING:
+        if incident.status == IncidentStatus.FORMING:
             return ("pending", hit.strategy.id, None)
-        if incident.status == OPEN:
+        if incident.status == IncidentStatus.OPEN:
             add("late", event.count)
             return ("attached", hit.strategy.id, record_id)
-        assert incident.status == CLOSED
+        assert incident.status == IncidentStatus.CLOSED
         add("suppressed", event.count)
         return ("suppressed", hit.strategy.id, record_id)
 

@@ -18,6 +18,7 @@ from engine.service.cache import Cache
 from engine.service.contracts import ExecutionStore, Records, Workflows
 from engine.service.executions import Executions
 from engine.service.intake import Intake
+from engine.statuses import ExecutionStatus
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class Recovery:
         for execution_id in await self.store.claim_orphans(running):
             execution = await self.store.load_execution(execution_id)
             # Checked again here: an execution may have started while we claimed.
-            if execution is None or execution.status != "running":
+            if execution is None or execution.status != ExecutionStatus.RUNNING:
                 continue
             if execution_id in self.executions.running():
                 continue

@@ -86,8 +86,8 @@ class Client(httpx.AsyncClient):
     httpx's own; other requests go through the full client.
     """
 
-    def __init__(self, transport: httpx.AsyncBaseTransport, **kwargs: object) -> None:
-        super().__init__(transport=transport, **kwargs)
+    def __init__(self, transport: httpx.AsyncBaseTransport, *, timeout: float = 30.0) -> None:
+        super().__init__(transport=transport, timeout=timeout)
         self._direct = transport
 
     async def post_json(self, url: str, payload: object, timeout: float) -> httpx.Response:

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 import asyncpg
 
 from engine.exceptions import StoreError
-from engine.store import RUNNING, Execution, StepRun
+from engine.statuses import ExecutionStatus
+from engine.store import Execution, StepRun
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,8 @@ class PostgresStore:
         return execution
 
     async def unfinished_executions(self) -> list[str]:
-        rows = await self.pool.fetch("SELECT id FROM workflow_executions WHERE status = $1", RUNNING)
+        rows = await self.pool.fetch("SELECT id FROM workflow_executions WHERE status = $1",
+                                     ExecutionStatus.RUNNING.value)
         return [r["id"] for r in rows]
 
     # ------------------------------------------------------------------ ownership

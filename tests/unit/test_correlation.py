@@ -9,10 +9,13 @@ import pytest
 import reactivex
 from reactivex.scheduler import HistoricalScheduler
 
-from engine.correlation import CLOSED, OPEN, PENDING, Correlator, Incident, correlation_key
+from engine.correlation import Correlator, Incident, correlation_key
 from engine.events import Event
 from engine.rulebase import Hit
 from engine.rules.model import Strategy
+from engine.statuses import IncidentStatus
+
+PENDING, OPEN, CLOSED = IncidentStatus.FORMING, IncidentStatus.OPEN, IncidentStatus.CLOSED
 
 T0 = 1_790_000_000.0  # 2026-09-21T14:13:20Z
 QUIET, MAX_WINDOW, COOLDOWN = 30.0, 300.0, 600.0
