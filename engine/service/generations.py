@@ -139,7 +139,9 @@ class RulesManager:
             self._notify(True)
             return True
         self.rulebase.swap(strategies.values())
-        number = self.rulebase.generation.number if self.rulebase.generation else 0
+        # Counted here, not by the rule base (whose numbers are unique per process, across
+        # rule bases): a replica's first generation is 1, and each one activated adds 1.
+        number = current.number + 1 if current is not None else 1
         self.generation = Generation(number, strategies, dict(rules.workflows), digest,
                                      files=len(rules.files))
         for wf in rules.workflows.values():

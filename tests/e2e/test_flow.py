@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,21 @@ def test_http_events_go_the_same_way(service, pg_dsn):
     response = service.post("/api/v1/events", body)
     assert response.status_code == 202, response.text
     service.wait_for(lambda: _sql(pg_dsn, "SELECT id FROM incidents WHERE key = 'shop/checkout'"))
+
+
+def test_a_fresh_start_is_generation_one_and_one_api_write_is_one_reload(service):
+    """The service hears of its own write through NOTIFY; that is no news, not a second
+    generation (and mirroring the rule files at start-up is none either)."""
+    def reloads() -> list[tuple[str, str]]:
+        return re.findall(r"Rules reloaded: generation (\d+) .*?\[([^,\]]+),", service.log())
+
+    assert reloads() == [("1", "start")]
+    assert service.get("/api/v1/rules/status")["generation"] == 1
+    note = {"id": "note", "type": "notification", "config": {"channel": "log", "message": "hi"}}
+    workflow = {"id": "by_hand", "trigger_type": "manual", "steps": [note]}
+    created = service.post("/api/v1/workflows", workflow)
+    assert created.status_code == 201, created.text
+    assert created.json()["reload"]["generation"] == 2
+    time.sleep(1.5)       # NOTIFY arrives within milliseconds; give it ample time
+    assert reloads() == [("1", "start"), ("2", "api")]
+    assert service.get("/api/v1/rules/status")["generation"] == 2
