@@ -4,10 +4,12 @@ What the rule base (:mod:`engine.rulebase`) posts and how it reads what fired ar
 here, once per generation of strategies:
 
 - **Priorities.** durable-rules gives an event to the one rule with the lowest ``pri``.
-  A strategy's hits fire at ``(1000 - priority) * 10``; ``-1`` from there a hit inhibited
-  by another strategy, ``+5`` a resolve symptom. Sequence stages fire before everything
-  (``pri 0``) and re-post a flagged copy; the drain of unmatched final-stage events fires
-  after everything.
+  Each strategy gets a band of ten ``pri`` values from its rank in
+  :func:`engine.rules.precedence.by_precedence` (the one place that breaks ties), so no two
+  strategies share a ``pri`` and the winner never depends on declaration order. In a
+  band: ``+0`` a hit, ``-1`` a hit inhibited by another strategy, ``+5`` a resolve symptom.
+  Sequence stages fire before everything (``pri 0``) and re-post a flagged copy; the drain
+  of unmatched final-stage events fires after every band.
 - **Markers.** Every event carries ``ev=1`` and no fact does, so a fact can never match an
   event pattern. Regexes are evaluated in Python and posted as ``rx<N>`` flags.
 - **Joins** (inhibition, sequence stages) are one rule per alternative of the symptom
@@ -27,6 +29,7 @@ from durable import lang as dl
 
 from engine.rules.conditions import AllOf, AnyOf, Node, Test, conjuncts, leaves
 from engine.rules.model import Strategy
+from engine.rules.precedence import by_precedence
 
 
 @dataclass(frozen=True)
@@ -111,12 +114,14 @@ def compile_rules(number: int, strategies: dict[str, Strategy]) -> CompiledRuleS
         # nested $and loses the join tests that follow it.
         return _compile_node(node, rx_index) & (dl.m.ev == 1)
 
+    ranked = by_precedence(strategies.values())
+    drain = _band(len(ranked) + 1)   # after every strategy's band
     rs = dl.ruleset(name)
     with rs:
-        for s in strategies.values():
-            base = (1000 - s.priority) * 10
+        for rank, s in enumerate(ranked):
+            base = _band(rank)
             if s.match == "sequence":
-                _compile_sequence(s, base, cond, meta)
+                _compile_sequence(s, base, drain, cond, meta)
                 continue
             targets = [(i, rule) for i in inhibitors.values() for rule in i.inhibits
                        if s.category in rule.categories or s.id in rule.strategies]
@@ -142,7 +147,13 @@ def compile_rules(number: int, strategies: dict[str, Strategy]) -> CompiledRuleS
     return compiled
 
 
-def _compile_sequence(s: Strategy, base: int, cond: Callable[[Node], Any], meta: list) -> None:
+def _band(rank: int) -> int:
+    """The ``pri`` of the hits of the strategy ranked ``rank`` (0 wins): above the stages'
+    0, ten apart so that its inhibited (-1) and resolve (+5) rules fit in between."""
+    return 10 * (rank + 1)
+
+
+def _compile_sequence(s: Strategy, base: int, drain: int, cond: Callable[[Node], Any], meta: list) -> None:
     n = len(s.symptoms)
     for k, symptom in enumerate(s.symptoms):
         flag = stage_flag(s.id, k)
@@ -162,7 +173,7 @@ def _compile_sequence(s: Strategy, base: int, cond: Callable[[Node], Any], meta:
                     _action(meta, "hit", s.id, "e"))
             # Consume unmatched final-symptom events so none waits in the engine for a
             # stage fact that arrives later (order matters: symptom 1 comes first).
-            dl.when_all(dl.pri(1_000_000), cond(symptom.tree))(_action(meta, "drain", s.id, "m"))
+            dl.when_all(dl.pri(drain), cond(symptom.tree))(_action(meta, "drain", s.id, "m"))
 
 
 def _safe(ident: str) -> str:
