@@ -176,19 +176,26 @@ def _check_loops(rules: RuleSet, wf: Workflow, graph: dict[str, list[str]], inde
 
 
 def validate(rules: RuleSet) -> list[Problem]:
-    """Add the whole-set problems to ``rules.problems`` and return them all, sorted."""
+    """Add the whole-set problems to ``rules.problems`` and return them all, sorted.
+
+    A reference to an id that a file with a syntax error may define (``rules.may_define``)
+    is not reported: the syntax error is, once, and fixing it may well settle the reference.
+    Problems that cannot come from the missing documents (inside one workflow, a reference
+    to an id that file never names) are reported as usual."""
     for wf in rules.workflows.values():
         _check_workflow(rules, wf)
         origin = rules.origin("workflow", wf.id)
         if (wf.trigger_type == "event" and not wf.trigger_config.event_reason
-                and not any(s.workflow_id == wf.id for s in rules.strategies.values())):
+                and not any(s.workflow_id == wf.id for s in rules.strategies.values())
+                and not rules.may_define(wf.id)):
             rules.problem(origin, ("trigger_type",),
                           f"workflow {wf.id!r} has trigger_type event but neither "
                           "trigger_config.event_reason nor a strategy that starts it")
     for strategy in rules.strategies.values():
         origin = rules.origin("strategy", strategy.id)
-        if strategy.workflow_id not in rules.workflows and (
-                "workflow", strategy.workflow_id) not in rules.invalid:
+        if (strategy.workflow_id not in rules.workflows
+                and ("workflow", strategy.workflow_id) not in rules.invalid
+                and not rules.may_define(strategy.workflow_id)):
             rules.problem(origin, ("workflow_id",),
                           f"strategy {strategy.id!r} names missing workflow {strategy.workflow_id!r}")
         for i, symptom in enumerate(strategy.symptoms):
@@ -202,7 +209,8 @@ def validate(rules: RuleSet) -> list[Problem]:
                               "an inhibiting strategy must be correlated by the same field "
                               f"(correlation.key: {rule.equal})", named=f"inhibits.{i}.equal")
             for j, target in enumerate(rule.strategies):
-                if target not in rules.strategies and ("strategy", target) not in rules.invalid:
+                if (target not in rules.strategies and ("strategy", target) not in rules.invalid
+                        and not rules.may_define(target)):
                     rules.problem(origin, ("inhibits", i, "strategies", j), f"no strategy {target!r}",
                                   named=f"inhibits.{i}.strategies")
     rules.problems.sort()
