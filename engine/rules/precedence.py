@@ -136,6 +136,8 @@ class TieWarning:
     winner_path: str
     winner_line: int
     example: tuple[tuple[str, Any], ...] = ()   # (field, value) such an event has, e.g. reason
+    # The field inside the loser's document (as Problem.loc): a strategy's or the workflow's.
+    loc: tuple[str | int, ...] = ("priority",)
 
     kind: ClassVar[str] = "tie"
 
@@ -146,7 +148,7 @@ class TieWarning:
         return {"kind": self.kind, "path": self.path, "line": self.line, "message": self.message,
                 "loser": self.loser, "winner": self.winner, "priority": self.priority,
                 "winner_path": self.winner_path, "winner_line": self.winner_line,
-                "example": dict(self.example)}
+                "example": dict(self.example), "loc": list(self.loc)}
 
 
 Locate = Callable[[Strategy], tuple[str, int, str]]   # -> (path, line, how to name it)

@@ -141,7 +141,8 @@ def test_the_crashloop_tie_is_warned_with_both_locations(with_api_workflow):
     assert "'pod_crashloop' wins" in text
     assert "explicit strategy beats a workflow's implicit trigger" in text
     assert "raise the workflow's priority above 10" in text
-    assert warning.as_dict()["winner"] == "pod_crashloop"
+    assert warning.loc == ("priority",)
+    assert warning.as_dict()["winner"] == "pod_crashloop" and warning.as_dict()["loc"] == ["priority"]
 
 
 def test_check_prints_the_warning_and_still_exits_0(with_api_workflow, capsys):
