@@ -6,7 +6,8 @@ The package is layered; imports point one way (``.importlinter`` enforces it):
   ``engine.events`` (intake: any accepted event shape -> one :class:`Event`),
   ``engine.rules`` (the rule language: models, loader, checks, conditions, schema),
   ``engine.expressions`` / ``engine.templates`` (the sandboxed expression language),
-  ``engine.rulebase`` (strategies compiled into durable-rules), ``engine.correlation``
+  ``engine.rulebase`` (events matched against strategies compiled into durable-rules by
+  ``engine.rulecompiler``), ``engine.correlation``
   (hits grouped into incidents), ``engine.replay``, ``engine.runner`` and ``engine.store``
   (the workflow runner decides, the store remembers), and ``steps`` (the step types);
 - ``engine.logs``: the one log formatter (ids on every line, text or JSON), standard library only;

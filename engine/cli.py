@@ -24,7 +24,7 @@ from engine import logs
 from engine.config import load_config
 from engine.correlation import Incident
 from engine.exceptions import AetheriusError, ConfigError, RuleError
-from engine.rules.check import effective_strategies, load_valid
+from engine.rules.check import effective_strategies, load_valid, rule_warnings
 
 log = logging.getLogger("engine.cli")
 
@@ -45,8 +45,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{len(exc.problems)} problem(s) found in {directory}", file=sys.stderr)
         return 1
     strategies = effective_strategies(rules)
+    warnings = rule_warnings(rules)   # worth a look, but the rules are valid: exit 0
+    for warning in warnings:
+        print(warning)
     print(f"OK: {len(rules.files)} file(s), {len(strategies)} strategies "
-          f"({len(rules.strategies)} explicit), {len(rules.workflows)} workflows")
+          f"({len(rules.strategies)} explicit), {len(rules.workflows)} workflows"
+          + (f", {len(warnings)} warning(s)" if warnings else ""))
     return 0
 
 

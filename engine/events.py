@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import orjson
 
@@ -152,6 +152,14 @@ def _workload_from_name(name: str) -> tuple[str | None, str | None]:
         if match:
             return wkind, match.group("base")
     return None, name
+
+
+@overload
+def _text(obj: dict, key: str, where: str, *, required: Literal[True]) -> str: ...
+
+
+@overload
+def _text(obj: dict, key: str, where: str, *, required: bool = False) -> str | None: ...
 
 
 def _text(obj: dict, key: str, where: str, *, required: bool = False) -> str | None:
@@ -372,8 +380,7 @@ class OccurrenceTracker:
     def observe(self, event: Event) -> bool:
         if event.source == "kubernetes":
             self._learn_node(event)
-        key = (event.event_uid, event.object_key, event.reason) if event.event_uid else (
-            None, event.object_key, event.reason)
+        key: tuple[str | None, ...] = (event.event_uid or None, event.object_key, event.reason)
         if event.source != "kubernetes" and not event.event_uid:
             # agent-manager already counts per envelope; its ids make duplicates visible.
             key = (event.id,)

@@ -1,7 +1,8 @@
 """The rule base: strategies compiled into a durable-rules rule set, one generation at a time.
 
-Each event is posted to the current generation as a durable-rules *event*; rules compiled
-from the strategies fire and say which strategy it is a hit for. Facts hold the state that
+Each event is posted to the current generation (a :class:`~engine.rulecompiler.CompiledRuleSet`,
+compiled by :mod:`engine.rulecompiler`) as a durable-rules *event*; its rules fire and say
+which strategy it is a hit for. Facts hold the state that
 outlives one event:
 
 - **inhibit** facts, derived when an inhibiting strategy (NodeNotReady) matches: while
@@ -28,18 +29,16 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import durable_rules_engine
 import orjson
 from durable import engine as durable_engine
-from durable import lang as dl
 
 from engine.events import Event
-from engine.rules.conditions import AllOf, AnyOf, Node, Test, conjuncts, leaves
+from engine.rulecompiler import CompiledRuleSet, View, compile_rules, stage_flag
 from engine.rules.model import Strategy
 
 log = logging.getLogger(__name__)
@@ -71,28 +70,6 @@ class _Fact:
     expires: float
 
 
-@dataclass(frozen=True)
-class _View:
-    fields: tuple[str, ...]
-    regexes: tuple[tuple[str, str, re.Pattern], ...]  # (flag name, field, pattern)
-
-
-@dataclass
-class Generation:
-    number: int
-    name: str
-    strategies: dict[str, Strategy]
-    # Per event reason: the fields the rules that can match it read (posted to the
-    # engine, and the memo key) and the regexes to evaluate; ``default`` for the rest.
-    views: dict[str, _View]
-    default: _View
-    inhibitors: dict[str, Strategy]
-    sequences: dict[str, Strategy]
-    handle: Any = None
-    meta: dict[str, tuple] = field(default_factory=dict)
-    memo: dict = field(default_factory=dict)
-
-
 class RuleBase:
     """Matches events against the current generation of strategies.
 
@@ -106,20 +83,22 @@ class RuleBase:
         self._facts: dict[str, _Fact] = {}
         self._expiry: list[tuple[float, str]] = []
         self._seq_ids = itertools.count()
-        self.generation: Generation | None = None
+        self.generation: CompiledRuleSet | None = None
         self.stats = {"posted": 0, "memo_hits": 0, "hits": 0, "inhibited": 0, "unmatched": 0}
         self.swap(strategies)
 
     # ------------------------------------------------------------------ generations
 
-    def swap(self, strategies: Iterable[Strategy]) -> Generation:
+    def swap(self, strategies: Iterable[Strategy]) -> CompiledRuleSet:
         """Compile and activate a new generation; carry live facts over; drop the old one.
 
         Raises nothing for valid strategies (validate them with :mod:`engine.rules.check` first);
         if compilation fails, the current generation stays active and the error propagates.
         """
         number = next(self._names)
-        gen = self._compile(number, {s.id: s for s in strategies})
+        gen = compile_rules(number, {s.id: s for s in strategies})
+        self._host.register_rulesets({gen.name: gen.definition})
+        gen.handle = self._host._ruleset_directory[gen.name]._handle
         old = self.generation
         self.generation = gen
         carried = 0
@@ -135,7 +114,7 @@ class RuleBase:
                   number, len(gen.strategies), carried)
         return gen
 
-    def _drop(self, gen: Generation) -> None:
+    def _drop(self, gen: CompiledRuleSet) -> None:
         ruleset = self._host._ruleset_directory.pop(gen.name, None)
         if ruleset is not None:
             self._host._ruleset_list.remove(ruleset)
@@ -143,116 +122,10 @@ class RuleBase:
         gen.memo.clear()
 
     @staticmethod
-    def _fact_applies(gen: Generation, body: dict) -> bool:
+    def _fact_applies(gen: CompiledRuleSet, body: dict) -> bool:
         if body["t"] == "inhibit":
             return body["by"] in gen.inhibitors
         return body["s"] in gen.sequences
-
-    # ------------------------------------------------------------------ compile
-
-    def _compile(self, number: int, strategies: dict[str, Strategy]) -> Generation:
-        name = f"aetherius_g{number}"
-        regexes: dict[tuple[str, str], int] = {}
-        by_reason: dict[str, set[str]] = {}
-        rx_by_reason: dict[str, set[tuple[str, str]]] = {}
-        unpinned: set[str] = set()
-        rx_unpinned: set[tuple[str, str]] = set()
-        inhibitors = {s.id: s for s in strategies.values() if s.inhibits}
-        sequences = {s.id: s for s in strategies.values() if s.match == "sequence"}
-        # Inhibition joins on its field whatever the reason, so every view carries it.
-        joins = {f for s in inhibitors.values() for rule in s.inhibits for f in rule.equal}
-        for s in strategies.values():
-            for symptom in [*s.symptoms, *s.resolve]:
-                used = {"reason"} | (set(s.same) if s.match == "sequence" else set())
-                rx: set[tuple[str, str]] = set()
-                for leaf in leaves(symptom.tree):
-                    used.add(leaf.field)
-                    if leaf.op == "regex":
-                        regexes.setdefault((leaf.field, leaf.value), len(regexes))
-                        rx.add((leaf.field, leaf.value))
-                reasons = _pinned_reasons(symptom.tree)
-                if reasons is None:
-                    unpinned |= used
-                    rx_unpinned |= rx
-                else:
-                    for reason in reasons:
-                        by_reason.setdefault(reason, set()).update(used)
-                        rx_by_reason.setdefault(reason, set()).update(rx)
-
-        def view(fields: set[str], rx: set[tuple[str, str]]) -> _View:
-            ordered = sorted(rx, key=lambda k: regexes[k])
-            return _View(tuple(sorted(fields | unpinned | joins)),
-                         tuple((f"rx{regexes[k]}", k[0], re.compile(k[1])) for k in ordered))
-
-        gen = Generation(
-            number=number, name=name, strategies=strategies,
-            views={r: view(f, rx_by_reason.get(r, set()) | rx_unpinned) for r, f in by_reason.items()},
-            default=view({"reason"}, rx_unpinned),
-            inhibitors=inhibitors, sequences=sequences,
-        )
-        rx_index = {key: i for key, i in regexes.items()}
-        meta: list[tuple] = []  # per rule, in definition order: what its firing means
-
-        def cond(node: Node):
-            # Every event carries ev=1 and no fact does, so a fact can never match an event
-            # pattern (a symptom of only negative tests would otherwise match any fact).
-            # The marker goes last: durable's `a & b` flattens only a left-hand $and, and a
-            # nested $and loses the join tests that follow it.
-            return _compile_node(node, rx_index) & (dl.m.ev == 1)
-
-        rs = dl.ruleset(name)
-        with rs:
-            for s in strategies.values():
-                base = (1000 - s.priority) * 10
-                if s.match == "sequence":
-                    self._compile_sequence(s, base, cond, meta)
-                    continue
-                targets = [(i, rule) for i in inhibitors.values() for rule in i.inhibits
-                           if s.category in rule.categories or s.id in rule.strategies]
-                for symptom in s.symptoms:
-                    when = cond(symptom.tree)
-                    dl.when_all(dl.pri(base), when)(_action(meta, "hit", s.id, "m"))
-                    for inhibitor, rule in targets:
-                        eq = rule.equal[0]
-                        # durable-rules drops join tests that follow an $or, so a joined
-                        # pattern is one rule per alternative of the symptom (its DNF).
-                        for conj in conjuncts(symptom.tree):
-                            dl.when_all(
-                                dl.pri(base - 1),
-                                dl.c.f << ((dl.m.t == "inhibit") & (dl.m.by == inhibitor.id)),
-                                dl.c.e << (cond(conj) & (getattr(dl.m, eq) == dl.c.f.value)),
-                            )(_action(meta, "inhibited", s.id, "e", inhibitor.id))
-                for symptom in s.resolve:
-                    dl.when_all(dl.pri(base + 5), cond(symptom.tree))(_action(meta, "resolve", s.id, "m"))
-        _, definition = rs.define()
-        dl._rulesets.pop(name, None)
-        # define() names rules r_0, r_1, ... in the order they were declared.
-        gen.meta = {f"r_{i}": m for i, m in enumerate(meta)}
-        self._host.register_rulesets({name: definition})
-        gen.handle = self._host._ruleset_directory[name]._handle
-        return gen
-
-    def _compile_sequence(self, s: Strategy, base: int, cond, meta: list) -> None:
-        n = len(s.symptoms)
-        for k, symptom in enumerate(s.symptoms):
-            flag = f"seq_{_safe(s.id)}_{k}"
-            if k < n - 1:
-                # The flag keeps the re-posted copy from entering the same stage again.
-                when = cond(symptom.tree) & -getattr(dl.m, flag)
-                if k == 0:
-                    dl.when_all(dl.pri(0), when)(_action(meta, "stage", s.id, "m", k))
-                else:
-                    for conj in conjuncts(symptom.tree):   # see the inhibited rules: no $or in joins
-                        joined = cond(conj) & -getattr(dl.m, flag) & _same(s)
-                        dl.when_all(dl.pri(0), _stage_fact(s, k - 1), dl.c.e << joined)(
-                            _action(meta, "stage", s.id, "e", k))
-            else:
-                for conj in conjuncts(symptom.tree):
-                    dl.when_all(dl.pri(base), _stage_fact(s, k - 1), dl.c.e << (cond(conj) & _same(s)))(
-                        _action(meta, "hit", s.id, "e"))
-                # Consume unmatched final-symptom events so none waits in the engine for a
-                # stage fact that arrives later (order matters: symptom 1 comes first).
-                dl.when_all(dl.pri(1_000_000), cond(symptom.tree))(_action(meta, "drain", s.id, "m"))
 
     # ------------------------------------------------------------------ matching
 
@@ -278,7 +151,7 @@ class RuleBase:
             gen.memo[memo_key] = tuple(outcome)
         return self._hits(gen, event, outcome)
 
-    def _hits(self, gen: Generation, event: Event, outcome: Iterable[tuple]) -> list[Hit]:
+    def _hits(self, gen: CompiledRuleSet, event: Event, outcome: Iterable[tuple]) -> list[Hit]:
         hits = []
         for kind, sid, *rest in outcome:
             if kind == "hit":
@@ -292,7 +165,7 @@ class RuleBase:
             self.stats["unmatched"] += 1
         return hits
 
-    def _message(self, view: _View, event: Event, flags: dict) -> dict:
+    def _message(self, view: View, event: Event, flags: dict) -> dict:
         msg: dict[str, Any] = {"id": f"{event.id}#{next(self._seq_ids)}", "ev": 1}
         for name in view.fields:
             value = getattr(event, name)
@@ -305,7 +178,7 @@ class RuleBase:
         msg.update(flags)
         return msg
 
-    def _assert_event(self, gen: Generation, message: dict) -> list[tuple]:
+    def _assert_event(self, gen: CompiledRuleSet, message: dict) -> list[tuple]:
         """Post one event and return what fired, as (kind, sid, fact, *extra) tuples.
 
         This is ``Host.post`` + ``do_actions`` without their per-action Python closures
@@ -329,7 +202,7 @@ class RuleBase:
             payload = durable_rules_engine.complete_and_start_action(handle, state)
         return fired
 
-    def _engine_fact(self, gen: Generation, body: dict, retract: bool = False) -> None:
+    def _engine_fact(self, gen: CompiledRuleSet, body: dict, retract: bool = False) -> None:
         """Assert or retract a fact. No rule fires on a fact alone (every event pattern
         needs ev=1), but if one ever did, its action is drained here rather than hang."""
         call = durable_rules_engine.retract_fact if retract else durable_rules_engine.assert_fact
@@ -342,7 +215,7 @@ class RuleBase:
             log.warning("a rule fired on a fact alone (ignored): %s", payload[:200])
             payload = durable_rules_engine.complete_and_start_action(gen.handle, state)
 
-    def _post(self, gen: Generation, view: _View, event: Event, now: float) -> tuple[list[tuple], bool]:
+    def _post(self, gen: CompiledRuleSet, view: View, event: Event, now: float) -> tuple[list[tuple], bool]:
         """Post until no stage re-posts; return (outcome, pure). ``pure`` is False when
         the post changed facts, so its outcome must not be memoized."""
         outcome: list[tuple] = []
@@ -357,7 +230,7 @@ class RuleBase:
                 if kind == "stage":
                     k = rest[0]
                     self._add_stage_fact(gen, strategy, k, event, now)
-                    flags[f"seq_{_safe(sid)}_{k}"] = 1
+                    flags[stage_flag(sid, k)] = 1
                     pure = False
                     again = True  # the event goes on to the other rules, flagged
                 elif kind == "hit":
@@ -378,8 +251,14 @@ class RuleBase:
 
     # ------------------------------------------------------------------ facts
 
+    @property
+    def _active(self) -> CompiledRuleSet:
+        if self.generation is None:
+            raise RuntimeError("the rule base is closed")
+        return self.generation
+
     def _assert(self, key: str, body: dict, expires: float) -> None:
-        gen = self.generation
+        gen = self._active
         if key in self._facts:
             self._facts[key].expires = max(self._facts[key].expires, expires)
         else:
@@ -391,8 +270,9 @@ class RuleBase:
     def _retract(self, key: str) -> None:
         fact = self._facts.pop(key, None)
         if fact is not None:
-            self._engine_fact(self.generation, fact.body, retract=True)
-            self.generation.memo.clear()
+            gen = self._active
+            self._engine_fact(gen, fact.body, retract=True)
+            gen.memo.clear()
 
     def _expire(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] <= now:
@@ -401,7 +281,7 @@ class RuleBase:
             if fact is not None and fact.expires <= now:
                 self._retract(key)
 
-    def _add_inhibit_facts(self, gen: Generation, s: Strategy, event: Event, now: float) -> None:
+    def _add_inhibit_facts(self, gen: CompiledRuleSet, s: Strategy, event: Event, now: float) -> None:
         for rule in s.inhibits:
             value = getattr(event, rule.equal[0])
             if value:
@@ -415,7 +295,7 @@ class RuleBase:
             if value:
                 self._retract(f"inhibit:{s.id}:{value}")
 
-    def _add_stage_fact(self, gen: Generation, s: Strategy, k: int, event: Event, now: float) -> None:
+    def _add_stage_fact(self, gen: CompiledRuleSet, s: Strategy, k: int, event: Event, now: float) -> None:
         same = {f: getattr(event, f) for f in s.same}
         key = f"stage:{s.id}:{k}:" + "/".join(str(v) for v in same.values())
         joins = {f"j_{f}": v for f, v in same.items() if v is not None}
@@ -429,88 +309,3 @@ class RuleBase:
         if self.generation is not None:
             self._drop(self.generation)
             self.generation = None
-
-
-# ---------------------------------------------------------------------- compile helpers
-
-
-def _safe(ident: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", ident)
-
-
-def _pinned_reasons(node: Node) -> set[str] | None:
-    if isinstance(node, Test):
-        if node.field == "reason" and node.op == "eq":
-            return {node.value}
-        if node.field == "reason" and node.op == "in":
-            return set(node.value)
-        return None
-    if isinstance(node, AllOf):
-        for part in node.parts:
-            found = _pinned_reasons(part)
-            if found is not None:
-                return found
-        return None
-    found_all: set[str] = set()
-    for part in node.parts:
-        found = _pinned_reasons(part)
-        if found is None:
-            return None
-        found_all |= found
-    return found_all
-
-
-def _stage_fact(s: Strategy, k: int):
-    return dl.c.f << ((dl.m.t == "stage") & (dl.m.s == s.id) & (dl.m.k == k))
-
-
-def _same(s: Strategy):
-    expr = None
-    for f in s.same:
-        part = getattr(dl.m, f) == getattr(dl.c.f, f"j_{f}")
-        expr = part if expr is None else expr & part
-    return expr
-
-
-def _compile_node(node: Node, rx_index: dict) -> Any:
-    if isinstance(node, AllOf | AnyOf):
-        parts = [_compile_node(p, rx_index) for p in node.parts]
-        expr = parts[0]
-        for part in parts[1:]:
-            expr = (expr & part) if isinstance(node, AllOf) else (expr | part)
-        return expr
-    attr = getattr(dl.m, node.field)
-    op, value = node.op, node.value
-    if op == "eq":
-        return attr == value
-    if op == "ne":
-        return (-getattr(dl.m, node.field)) | (attr != value)
-    if op == "differs":   # internal: present and not equal (a branch of ne / not_in)
-        return attr != value
-    if op == "in":
-        expr = attr == value[0]
-        for v in value[1:]:
-            expr = expr | (getattr(dl.m, node.field) == v)
-        return expr
-    if op == "not_in":
-        expr = -getattr(dl.m, node.field)
-        inner = getattr(dl.m, node.field) != value[0]
-        for v in value[1:]:
-            inner = inner & (getattr(dl.m, node.field) != v)
-        return expr | inner
-    if op == "exists":
-        return +attr if value else -attr
-    if op == "regex":
-        return getattr(dl.m, f"rx{rx_index[(node.field, value)]}") == 1
-    return {"gt": attr > value, "gte": attr >= value, "lt": attr < value, "lte": attr <= value}[op]
-
-
-def _action(meta: list, kind: str, sid: str, ref: str, *extra: Any):
-    """Record what a rule's firing means. The engine loop reads it by rule name; the
-    callable itself never runs (durable-rules only requires one)."""
-    meta.append((kind, sid, ref, *extra))
-
-    def action(c: Any) -> None:  # pragma: no cover - never called, see _assert_event
-        raise AssertionError("rule actions are dispatched by RuleBase._assert_event")
-
-    return action

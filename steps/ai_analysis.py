@@ -147,7 +147,8 @@ class AIAnalysis(Step):
                         break
                     if attempt < settings.ai_max_retries:
                         await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
-        elif not settings.live:
+        elif not settings.live and settings.reasoning_service_url:
+            # Not configured reads the same live or not; configured, dry-run did not call it.
             reason = "dry-run: reasoning-service not called"
         output = classify(ctx.incident, events, evidence)
         output.update(source="builtin", fallback_reason=reason)

@@ -116,7 +116,11 @@ class StepContext:
 
 
 class Step:
-    """A step type. Subclasses set ``type_name`` and ``Config`` and implement ``run``."""
+    """A step type. Subclasses set ``type_name`` and ``Config`` and implement ``run``.
+
+    ``config`` is always an instance of the subclass's ``Config`` (validated when rules
+    load); it is typed ``Any`` here so that each subclass can name its own config class.
+    """
 
     type_name: ClassVar[str]
     Config: ClassVar[type[StepConfig]] = StepConfig
@@ -131,17 +135,17 @@ class Step:
         return {}
 
     @classmethod
-    def branch_steps(cls, config: StepConfig) -> list[str]:
+    def branch_steps(cls, config: Any) -> list[str]:
         """Step ids this step runs itself, inside it (a parallel step's branches)."""
         return []
 
     @classmethod
-    def targets(cls, config: StepConfig) -> list[str]:
+    def targets(cls, config: Any) -> list[str]:
         """Step ids this config may jump to (besides on_success / on_failure)."""
         return []
 
     @classmethod
-    def expressions(cls, config: StepConfig) -> list[tuple[tuple, str]]:
+    def expressions(cls, config: Any) -> list[tuple[tuple, str]]:
         """(location inside config, source) of every expression the config holds."""
         return []
 

@@ -66,6 +66,14 @@ def agent_request(ctx: StepContext, tool: str, action: str, args: list[str],
     }
 
 
+def not_called(ctx: StepContext) -> str:
+    """Why agent-manager was not called, in the words the service would use: a missing URL
+    first (the service has the same configuration), then dry-run."""
+    if not ctx.settings.agent_manager_url:
+        return "agent_manager.url is not configured"
+    return "dry-run: agent-manager not called"
+
+
 async def call_agent_manager(ctx: StepContext, request: dict[str, Any]) -> dict[str, Any]:
     """POST to agent-manager's commands API; a failed command raises CommandFailed."""
     base = ctx.settings.agent_manager_url
@@ -97,7 +105,7 @@ class Command(Step):
                                 target, config.cluster)
         if not ctx.settings.live or not ctx.settings.agent_manager_url:
             # Offline (replay, run without --live) or no agent-manager configured: say what
-            # would have run.
-            return StepResult(output={"status": "dry_run", "exit_code": 0, "stdout": "", "stderr": "",
-                                      "request": request})
+            # would have run, and that it did not.
+            return StepResult(output={"status": "dry_run", "dry_run": True, "reason": not_called(ctx),
+                                      "exit_code": 0, "stdout": "", "stderr": "", "request": request})
         return StepResult(output=await call_agent_manager(ctx, request))

@@ -4,10 +4,15 @@ The message is a template filled from the context; the notification adds what an
 on-call engineer needs: the incident, the root cause, what was done, and a link back to
 the execution. Webhook URLs are secrets: they come from the environment or the service
 config (by name, for generic webhooks), never from rule files, and never reach the log.
+
+Without a configured URL the step is ``skipped`` (Slack) or refused (a named webhook), live
+or not, so ``aetherius run`` and ``replay`` record what the service would. In dry-run with
+a URL, nothing is sent and the output says so (``sent: false, dry_run: true``).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from pydantic import model_validator
@@ -88,15 +93,18 @@ class Notification(Step):
             payload, service = {k: note[k] for k in ("title", "message", "text", "execution_url",
                                                       "incident", "analysis", "actions")}, "webhook"
             missing = f"webhook {config.webhook!r} is not configured (notifications.webhooks)"
-        if not ctx.settings.live:
-            return StepResult(output={"channel": channel, "sent": False, "dry_run": True,
-                                      "text": note["text"]})
+        # Without a URL, dry-run (replay, run without --live) ends the step as the service
+        # would with the same configuration: skipped (slack) or refused (a named webhook).
         if not url:
             if channel == "webhook":
                 raise NotAllowed(missing)
-            ctx.log.warning("Notification not sent: %s; text: %s", missing, note["text"].replace("\n", " | "))
+            ctx.log.log(logging.WARNING if ctx.settings.live else logging.INFO,
+                        "Notification not sent: %s; text: %s", missing, note["text"].replace("\n", " | "))
             return StepResult(status="skipped", output={"channel": channel, "sent": False,
                                                         "reason": missing, "text": note["text"]})
+        if not ctx.settings.live:
+            return StepResult(output={"channel": channel, "sent": False, "dry_run": True,
+                                      "reason": "dry-run: nothing was sent", "text": note["text"]})
         await post_json(ctx.http, url, payload, timeout=10.0, service=service)
         ctx.log.info("Notification sent to %s%s", channel, f" {config.webhook}" if config.webhook else "")
         return StepResult(output={"channel": channel, "sent": True, "text": note["text"]})

@@ -25,7 +25,7 @@ from pydantic import Field, field_validator
 
 from engine.exceptions import NotAllowed
 from steps.base import Step, StepConfig, StepContext, StepResult
-from steps.command import agent_request, call_agent_manager
+from steps.command import agent_request, call_agent_manager, not_called
 
 ACTIONS = frozenset(
     {"patch_deployment", "increase_memory", "restart_rollout", "delete_pod", "cordon_node", "scale"}
@@ -138,7 +138,7 @@ class Remediation(Step):
                              "(remediation.rate_limit); not applied")
         if not ctx.settings.live or not ctx.settings.agent_manager_url:
             return StepResult(output={"status": "dry_run", "applied": False, "dry_run": True,
-                                      "action": action, "request": request})
+                                      "reason": not_called(ctx), "action": action, "request": request})
         ctx.log.info("Remediation %s on %s/%s (dry_run=%s, key=%s)", action, target.get("kind"),
                      target.get("name"), dry_run, request["idempotency_key"])
         if ctx.lock is not None:

@@ -4,7 +4,8 @@
 types and invalid step configs. This module adds what needs the whole set: edges to
 missing steps, unreachable steps, loops without a wait, strategies naming missing
 workflows, inhibit rules naming missing strategies, and sandbox refusals of expressions.
-It also derives the implicit strategy of a workflow with ``trigger_type: event``.
+It also derives the implicit strategy of a workflow with ``trigger_type: event``, and
+warns (:func:`rule_warnings`) about strategies that tie for the same event.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from engine.expressions import Expression
 from engine.rules.conditions import conjuncts
 from engine.rules.loader import RuleSet, load_rules
 from engine.rules.model import Correlation, Strategy, Symptom, Workflow
+from engine.rules.precedence import TieWarning, tie_warnings
 from engine.templates import placeholders, walk_strings
 from steps import REGISTRY
 
@@ -23,11 +25,13 @@ from steps import REGISTRY
 def implicit_strategy(wf: Workflow) -> Strategy:
     """The seed's ``trigger_config`` (event_reason, severity) as a strategy."""
     reason = wf.trigger_config.event_reason
-    return Strategy(
+    strategy = Strategy(
         id=f"workflow:{wf.id}", name=wf.name or wf.id, category="workflow_trigger",
         symptoms=[Symptom(conditions={"reason": reason})], workflow_id=wf.id,
         priority=wf.priority, severity=wf.trigger_config.severity, correlation=Correlation(),
     )
+    strategy._implicit = True
+    return strategy
 
 
 def effective_strategies(rules: RuleSet) -> dict[str, Strategy]:
@@ -41,6 +45,24 @@ def effective_strategies(rules: RuleSet) -> dict[str, Strategy]:
             strategy = implicit_strategy(wf)
             out[strategy.id] = strategy
     return out
+
+
+def _locate(rules: RuleSet, strategy: Strategy) -> tuple[str, int, str]:
+    """Where an operator changes the strategy's priority, and how to name it."""
+    if strategy.implicit:
+        origin = rules.origin("workflow", strategy.workflow_id)
+        name = f"the implicit trigger {strategy.id!r} of workflow {strategy.workflow_id!r}"
+    else:
+        origin = rules.origin("strategy", strategy.id)
+        name = f"strategy {strategy.id!r}"
+    return origin.path, origin.line("priority"), name
+
+
+def rule_warnings(rules: RuleSet) -> list[TieWarning]:
+    """What ``aetherius check`` warns about without refusing the rules (it still exits 0),
+    as data with locations: pairs of enabled strategies that can match the same event at
+    equal priority, and which of them wins (:mod:`engine.rules.precedence`)."""
+    return tie_warnings(effective_strategies(rules).values(), lambda s: _locate(rules, s))
 
 
 def _edges(step) -> list[tuple[tuple, str]]:
@@ -154,19 +176,26 @@ def _check_loops(rules: RuleSet, wf: Workflow, graph: dict[str, list[str]], inde
 
 
 def validate(rules: RuleSet) -> list[Problem]:
-    """Add the whole-set problems to ``rules.problems`` and return them all, sorted."""
+    """Add the whole-set problems to ``rules.problems`` and return them all, sorted.
+
+    A reference to an id that a file with a syntax error may define (``rules.may_define``)
+    is not reported: the syntax error is, once, and fixing it may well settle the reference.
+    Problems that cannot come from the missing documents (inside one workflow, a reference
+    to an id that file never names) are reported as usual."""
     for wf in rules.workflows.values():
         _check_workflow(rules, wf)
         origin = rules.origin("workflow", wf.id)
         if (wf.trigger_type == "event" and not wf.trigger_config.event_reason
-                and not any(s.workflow_id == wf.id for s in rules.strategies.values())):
+                and not any(s.workflow_id == wf.id for s in rules.strategies.values())
+                and not rules.may_define(wf.id)):
             rules.problem(origin, ("trigger_type",),
                           f"workflow {wf.id!r} has trigger_type event but neither "
                           "trigger_config.event_reason nor a strategy that starts it")
     for strategy in rules.strategies.values():
         origin = rules.origin("strategy", strategy.id)
-        if strategy.workflow_id not in rules.workflows and (
-                "workflow", strategy.workflow_id) not in rules.invalid:
+        if (strategy.workflow_id not in rules.workflows
+                and ("workflow", strategy.workflow_id) not in rules.invalid
+                and not rules.may_define(strategy.workflow_id)):
             rules.problem(origin, ("workflow_id",),
                           f"strategy {strategy.id!r} names missing workflow {strategy.workflow_id!r}")
         for i, symptom in enumerate(strategy.symptoms):
@@ -180,7 +209,8 @@ def validate(rules: RuleSet) -> list[Problem]:
                               "an inhibiting strategy must be correlated by the same field "
                               f"(correlation.key: {rule.equal})", named=f"inhibits.{i}.equal")
             for j, target in enumerate(rule.strategies):
-                if target not in rules.strategies and ("strategy", target) not in rules.invalid:
+                if (target not in rules.strategies and ("strategy", target) not in rules.invalid
+                        and not rules.may_define(target)):
                     rules.problem(origin, ("inhibits", i, "strategies", j), f"no strategy {target!r}",
                                   named=f"inhibits.{i}.strategies")
     rules.problems.sort()

@@ -9,10 +9,14 @@ document in a file is one of:
 
 :func:`load_rules` reads them all and returns a :class:`RuleSet` plus every problem found,
 each with ``path:line``. Cross-file checks (graphs, references) live in :mod:`engine.rules.check`.
+A file with a YAML syntax error contributes that one problem and no documents; it is
+remembered in ``RuleSet.unparsed`` so that the checks do not report what its missing
+documents would have defined as missing.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +64,18 @@ class RuleSet:
     problems: list[Problem] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     invalid: set[tuple[str, str]] = field(default_factory=set)  # ids whose spec has problems
+    # Files whose documents are missing (a YAML syntax error: their text; unreadable: None).
+    unparsed: dict[str, str | None] = field(default_factory=dict)
+
+    def may_define(self, ident: str) -> bool:
+        """Whether a file that could not be parsed may hold ``ident`` (a workflow or strategy
+        id, defined or referred to there): its text names it as a word, or it could not even
+        be read. Cross-file checks stay silent about such ids: an error about them would be
+        a consequence of the syntax error, already reported."""
+        if not self.unparsed:
+            return False
+        word = re.compile(rf"(?<![A-Za-z0-9_]){re.escape(ident)}(?![A-Za-z0-9_])")
+        return any(text is None or word.search(text) for text in self.unparsed.values())
 
     def origin(self, kind: str, ident: str) -> Origin:
         return self.origins.get((kind, ident)) or Origin("<api>", LineMap())
@@ -188,6 +204,7 @@ def load_text(rules: RuleSet, text: str, path: str) -> None:
     except yaml.YAMLError as exc:
         line, message = yaml_error_line(exc, text)
         rules.problems.append(Problem(path, line, message))
+        rules.unparsed[path] = text
         return
     for data, lines in documents:
         _add_document(rules, data, path, lines)
@@ -206,6 +223,7 @@ def load_rules(directory: str | Path) -> RuleSet:
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             rules.problems.append(Problem(str(file), 0, f"cannot read: {exc}"))
+            rules.unparsed[str(file)] = None
             continue
         load_text(rules, text, str(file))
     return rules

@@ -150,6 +150,9 @@ class Strategy(Spec):
     inhibits: list[Inhibit] = Field(default_factory=list)
     resolve: list[Symptom] = Field(default_factory=list)
     inhibit_ttl: Duration = 3600.0
+    # Set on the strategy a workflow's trigger_config implies (engine.rules.check), never
+    # read from a rule file: it loses ties to explicit strategies (engine.rules.precedence).
+    _implicit: bool = PrivateAttr(default=False)
     _s = field_validator("same")(classmethod(lambda cls, v: _event_fields(v)))
 
     @model_validator(mode="after")
@@ -157,6 +160,11 @@ class Strategy(Spec):
         if self.match == "sequence" and len(self.symptoms) < 2:
             raise ValueError("match: sequence needs at least two symptoms")
         return self
+
+    @property
+    def implicit(self) -> bool:
+        """True for a workflow's implicit trigger ``workflow:<id>``."""
+        return self._implicit
 
     @property
     def key_fields(self) -> list[str]:

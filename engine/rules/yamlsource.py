@@ -84,12 +84,11 @@ def load_documents(text: str) -> list[tuple[Any, LineMap]]:
 def yaml_error_line(exc: yaml.YAMLError, text: str = "") -> tuple[int, str]:
     problem_mark = getattr(exc, "problem_mark", None)
     context_mark = getattr(exc, "context_mark", None)
-    mark = problem_mark or context_mark
     last_line = max(1, len(text.splitlines())) if text else None
     # At the end of the stream (an unclosed bracket) the opening is the useful place.
-    if (mark is problem_mark and context_mark is not None and last_line is not None
-            and problem_mark.line + 1 > last_line):
-        mark = context_mark
+    at_end = (problem_mark is not None and context_mark is not None and last_line is not None
+              and problem_mark.line + 1 > last_line)
+    mark = context_mark if at_end else (problem_mark or context_mark)
     line = mark.line + 1 if mark is not None else 1
     problem = getattr(exc, "problem", None) or str(exc)
     context = getattr(exc, "context", None)

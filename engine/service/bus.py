@@ -19,11 +19,32 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 log = logging.getLogger(__name__)
+
+#: How long one pull waits for messages. An idle fetch ends with a TimeoutError: not a failure.
+FETCH_TIMEOUT = 0.5
+
+
+class _Trouble:
+    """One warning per run of failures of one kind: the first logs a WARNING line (no
+    traceback), the repeats only DEBUG, and the first success after them one INFO line."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failures = 0
+
+    def failed(self, exc: BaseException, then: str = "retrying") -> None:
+        self.failures += 1
+        level = logging.WARNING if self.failures == 1 else logging.DEBUG
+        log.log(level, "%s (%s: %s); %s", self.what, type(exc).__name__, exc, then)
+
+    def ok(self) -> None:
+        if self.failures:
+            log.info("%s: works again after %d failure(s)", self.what, self.failures)
+            self.failures = 0
 
 
 @dataclass
@@ -47,7 +68,8 @@ Handler = Callable[[list[Message]], Awaitable[None]]
 class Bus:
     def __init__(self, url: str, subjects: list[str], *, stream: str = "AETHERIUS_EVENTS",
                  durable: str = "aetherius", batch: int = 256, ack_wait: float = 30.0,
-                 max_ack_pending: int = 4096, duplicate_window: float = 120.0) -> None:
+                 max_ack_pending: int = 4096, duplicate_window: float = 120.0,
+                 fetch_timeout: float = FETCH_TIMEOUT) -> None:
         self.url = url
         self.subjects = subjects
         self.stream = stream
@@ -56,8 +78,11 @@ class Bus:
         self.ack_wait = ack_wait
         self.max_ack_pending = max_ack_pending
         self.duplicate_window = duplicate_window
+        self.fetch_timeout = fetch_timeout
         self.nc: nats.NATS | None = None
-        self.js = None
+        self.js: JetStreamContext | None = None
+        self._fetch_trouble = _Trouble("NATS fetch failed")
+        self._connection_trouble = _Trouble("NATS connection error")
         self.mode = "disconnected"
         self._stopping = asyncio.Event()
         self._plain_queue: asyncio.Queue[Message] | None = None
@@ -65,7 +90,9 @@ class Bus:
 
     async def connect(self) -> None:
         self.nc = await nats.connect(self.url, name="aetherius-orchestrator", max_reconnect_attempts=-1,
-                                     reconnect_time_wait=1)
+                                     reconnect_time_wait=1, error_cb=self._on_error,
+                                     disconnected_cb=self._on_disconnected,
+                                     reconnected_cb=self._on_reconnected)
         try:
             self.js = self.nc.jetstream()
             await self._ensure_stream()
@@ -78,6 +105,24 @@ class Bus:
             log.warning("JETSTREAM IS NOT AVAILABLE (%s: %s): falling back to a plain NATS subscription. "
                         "Events published while this service is down WILL BE LOST, and none are "
                         "redelivered.", type(exc).__name__, exc)
+
+    # nats-py's default error callback logs a traceback for every failed reconnect attempt
+    # (one a second while the server is down); these say it once.
+
+    async def _on_error(self, exc: Exception) -> None:
+        self._connection_trouble.failed(exc, "the client keeps reconnecting")
+
+    async def _on_disconnected(self) -> None:
+        if self._stopping.is_set():
+            return
+        if self.nc is not None and self.nc.is_closed:
+            log.warning("NATS connection to %s closed", self.url)
+        else:
+            log.warning("NATS disconnected from %s; reconnecting", self.url)
+
+    async def _on_reconnected(self) -> None:
+        self._connection_trouble.ok()
+        log.info("NATS reconnected to %s", self.url)
 
     async def _ensure_stream(self) -> None:
         assert self.js is not None
@@ -112,17 +157,26 @@ class Bus:
         assert self.js is not None
         sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
         self._subs.append(sub)
+        trouble = self._fetch_trouble
         while not self._stopping.is_set():
             try:
-                msgs = await sub.fetch(self.batch, timeout=0.5)
-            except NatsTimeout:
-                continue
-            except Exception as exc:  # a reconnect in progress: wait and go on
+                msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
+            except TimeoutError:
+                # Nothing arrived within the timeout: the idle case, not a failure. nats-py
+                # raises nats.errors.TimeoutError, or on one of its paths (the no-wait probe
+                # answered just before the deadline) a bare asyncio.TimeoutError; in Python
+                # 3.11 both are TimeoutError.
+                msgs = []
+            except Exception as exc:  # a reconnect in progress, a closed connection...
                 if self._stopping.is_set():
                     break
-                log.warning("NATS fetch failed (%s: %s); retrying", type(exc).__name__, exc)
-                await asyncio.sleep(0.5)
+                trouble.failed(exc)
+                # Back off (0.5 s doubling to 5 s), but stop() still ends the wait at once.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), min(0.5 * 2 ** (trouble.failures - 1), 5.0))
                 continue
+            if self.connected:
+                trouble.ok()
             if msgs:
                 # Bounded in-flight work: the next fetch waits until this batch is recorded.
                 try:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.rulebase import RuleBase
-from engine.rules.check import effective_strategies, validate
+from engine.rules.check import effective_strategies, rule_warnings, validate
 from engine.rules.generation import Generation, ReloadStatus
 from engine.rules.loader import Origin, RuleSet, add_strategy, add_workflow, load_rules
 from engine.rules.model import Strategy, Workflow
@@ -107,9 +107,13 @@ class RulesManager:
                 break
             warnings += [f"{p}: left out" for p in problems if p.path in stored_bad]
             excluded |= stored_bad
-        status.warnings = warnings
         for warning in warnings:
             log.warning("Stored rule %s", warning)
+        if not problems:
+            # Strategies that tie for the same event: valid, but worth a look (the winner is
+            # defined: engine.rules.precedence).
+            warnings += [str(w) for w in rule_warnings(rules)]
+        status.warnings = warnings
         if problems:
             status.ok, status.problems = False, problems
             status.failures += 1

@@ -586,3 +586,19 @@ def test_probes(pg_dsn: str, nats_url: str, nats_prefix: str) -> None:
             assert "Workflow" in spec["components"]["schemas"]
 
     asyncio.run(go())
+
+
+def test_a_workflow_whose_trigger_ties_with_a_builtin_strategy_is_shown_in_the_status(pg_dsn: str) -> None:
+    """The papercut: posting a workflow triggered by CrashLoopBackOff never ran it, silently.
+    The tie is now defined (the explicit strategy wins) and shown where the operator looks."""
+
+    async def go() -> None:
+        async with harness(pg_dsn) as (_api, client):
+            doc = {**seed_copy("crashloop_mine"), "trigger_config": {"event_reason": "CrashLoopBackOff"}}
+            created = await client.post("/api/v1/workflows", json=doc)
+            assert created.status_code == 201, created.text
+            warnings = (await client.get("/api/v1/rules/status")).json()["warnings"]
+            tie = [w for w in warnings if "workflow:crashloop_mine" in w and "pod_crashloop" in w]
+            assert tie, warnings
+
+    asyncio.run(go())

@@ -310,3 +310,76 @@ def test_jetstream_unacked_message_is_redelivered_after_ack_wait_and_acked_one_i
         assert took < 2, took
 
     asyncio.run(go())
+
+
+# ---------------------------------------------------------------------------- idle and failing
+
+
+def _bus_records(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "engine.service.bus" and r.levelno >= level]
+
+
+def test_jetstream_idle_bus_logs_no_warning(nats_url, nats_prefix, caplog):
+    # An idle pull consumer's fetch ends with a TimeoutError (sometimes nats-py's own, sometimes
+    # a bare asyncio one): that is the normal idle case, not "NATS fetch failed".
+    caplog.set_level(logging.DEBUG, logger="engine.service.bus")
+    subjects = [f"{nats_prefix}.event.critical"]
+
+    async def idle(bus: Bus, seconds: float) -> None:
+        await bus.connect()
+        assert bus.mode == "jetstream"
+        handler = Collector()
+        task = asyncio.create_task(bus.run(handler))
+        try:
+            await asyncio.sleep(seconds)
+            # Still fetching: a message published after the idle spell arrives.
+            publisher = await nats.connect(nats_url)
+            try:
+                await publisher.jetstream().publish(subjects[0], b"after-idle")
+            finally:
+                await publisher.close()
+            await handler.wait_for(lambda: [m.data for m in handler.messages] == [b"after-idle"], 5)
+        finally:
+            bus.stop()
+            await _ended(task)
+            await bus.close()
+
+    async def go() -> None:
+        # Longer than two default fetch timeouts, then ~1000 fetches of 2 ms: those reach
+        # nats-py's bare-asyncio.TimeoutError path (the old code's warning) within a second.
+        await idle(Bus(nats_url, subjects, stream=f"{nats_prefix}_EVENTS", durable=f"{nats_prefix}_a"),
+                   2.5 * Bus(nats_url, subjects).fetch_timeout)
+        await idle(Bus(nats_url, subjects, stream=f"{nats_prefix}_EVENTS", durable=f"{nats_prefix}_b",
+                       fetch_timeout=0.002), 2.0)
+
+    asyncio.run(go())
+    assert _bus_records(caplog) == [], caplog.text
+    assert "fetch failed" not in caplog.text
+
+
+def test_jetstream_fetch_failure_is_logged_once_without_a_traceback(nats_url, nats_prefix, caplog):
+    caplog.set_level(logging.DEBUG, logger="engine.service.bus")
+
+    async def go() -> float:
+        bus = Bus(nats_url, [f"{nats_prefix}.event.critical"], stream=f"{nats_prefix}_EVENTS",
+                  durable=f"{nats_prefix}_durable", fetch_timeout=0.1)
+        await bus.connect()
+        task = asyncio.create_task(bus.run(Collector()))
+        try:
+            await asyncio.sleep(0.3)
+            assert bus.nc is not None
+            await bus.nc.close()        # every fetch from now on fails: a real failure
+            await asyncio.sleep(2.0)    # failures at about 0, 0.5 and 1.5 s (backing off)
+        finally:
+            bus.stop()
+            took = await _ended(task)
+            await bus.close()
+        return took
+
+    took = asyncio.run(go())
+    failed = [r for r in _bus_records(caplog, logging.DEBUG) if "NATS fetch failed" in r.getMessage()]
+    assert len(failed) >= 2, caplog.text                     # it kept retrying...
+    assert failed[0].levelno == logging.WARNING               # ...said so once...
+    assert all(r.levelno == logging.DEBUG for r in failed[1:]), caplog.text
+    assert all(r.exc_info is None for r in caplog.records), caplog.text   # ...and no traceback
+    assert took < 1.0, took                                   # stop() cuts the back-off short

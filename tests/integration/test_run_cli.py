@@ -103,10 +103,33 @@ def test_run_without_json_prints_each_step_as_it_runs(capsys):
         SEED_PATH, ["command", "command", "ai_analysis", "decision", "remediation", "notification"],
         strict=True)]
     finished = [line.strip() for line in lines if line.startswith("   ")]
+    # No Slack webhook in config.yaml: skipped, as the service marks it (issue 7; this line
+    # used to read "notify_success: ok", which the service never said).
     assert finished == ["collect_logs: ok", "check_resources: ok", "ai_analysis: ok", "decide_action: ok",
-                        "execute_remediation: skipped", "notify_success: ok"]
+                        "execute_remediation: skipped", "notify_success: skipped"]
     assert lines[-1].startswith("execution exec-")
     assert lines[-1].endswith("[dry-run]: succeeded")
+
+
+def test_run_dry_run_with_a_webhook_configured_sends_nothing_and_says_so(monkeypatch, capsys, slack):
+    monkeypatch.setenv("AETHERIUS_NOTIFICATIONS__SLACK__WEBHOOK_URL", slack.url)
+
+    code, lines = cli(capsys, *run_args("--json"))
+
+    assert code == 0
+    final = json.loads(lines[-1])
+    assert {s["id"]: s["status"] for s in final["steps"]}["notify_success"] == "succeeded"
+    assert slack.requests == []
+
+
+def test_replay_marks_notifications_skipped_without_a_webhook_like_the_service(capsys):
+    code, lines = cli(capsys, "replay", "--json", "--rules", str(RULES), str(STREAM))
+
+    assert code == 0
+    executions = [json.loads(line) for line in lines if json.loads(line)["kind"] == "execution"]
+    notifications = [s for e in executions for s in e["steps"] if s["type"] == "notification"]
+    assert notifications and {s["status"] for s in notifications} == {"skipped"}
+    assert {e["status"] for e in executions} == {"succeeded"}   # a skipped step fails nothing
 
 
 def test_run_unknown_workflow_is_an_error(capsys):
