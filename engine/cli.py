@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from engine import logs
+from engine.cli_admin import add_commands
 from engine.config import load_config
 from engine.correlation import Incident
 from engine.exceptions import AetheriusError, ConfigError, RuleError
@@ -275,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common],
                            help="run the service (NATS intake, PostgreSQL, Redis, HTTP API)")
     serve.set_defaults(func=cmd_serve)
+    add_commands(sub, common)
     return parser
 
 

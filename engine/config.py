@@ -115,9 +115,11 @@ class RedisConfig(Section):
 
 
 class HttpConfig(Section):
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: Port = 8081
     public_url: str | None = None
+    metrics_public: bool = True
+    allowed_origins: tuple[str, ...] = ()
 
     @property
     def base_url(self) -> str:
@@ -161,6 +163,22 @@ class ServiceConfig(Section):
     retention: Duration = 30 * 86400.0
 
 
+class AuthConfig(Section):
+    bootstrap_token: SecretStr | None = None
+    token_cache: Duration = 2.0
+
+    @field_validator("bootstrap_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (make one with: aetherius token new)")
+        return value
+
+
+class AuditConfig(Section):
+    retention: Duration = 365 * 86400.0
+
+
 class SlackConfig(Section):
     webhook_url: SecretStr | None = None
 
@@ -194,6 +212,8 @@ class Config(Section):
     service: ServiceConfig = ServiceConfig()
     notifications: NotificationsConfig = NotificationsConfig()
     logging: LoggingConfig = LoggingConfig()
+    auth: AuthConfig = AuthConfig()
+    audit: AuditConfig = AuditConfig()
 
     def step_settings(self, *, live: bool = True, virtual_time: bool = False) -> Settings:
         """What steps read from this configuration, secrets in plain text."""

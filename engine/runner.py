@@ -26,7 +26,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +36,15 @@ from engine.rules.model import RetryPolicy, StepSpec, Workflow
 from engine.statuses import FINAL_STEP, ExecutionStatus, StepStatus
 from engine.store import Execution, MemoryStore, StepRun, Store
 from steps import REGISTRY
-from steps.base import Settings, Step, StepContext, StepResult
+from steps.base import Settings, Step, StepAudit, StepContext, StepResult
 from steps.http import HttpClient
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RETRY = RetryPolicy()
+
+# ``async audit(execution, step id, action, detail)``: puts a step's action on the audit trail.
+Audit = Callable[[Execution, str, str, dict[str, Any]], Awaitable[None]]
 
 
 def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random) -> float:
@@ -82,7 +85,7 @@ class WorkflowRunner:
     def __init__(self, store: Store | None = None, settings: Settings | None = None, *,
                  http: HttpClient | None = None, registry: dict[str, type[Step]] | None = None,
                  rng: random.Random | None = None, measure_overhead: bool = False,
-                 limiter: Any = None, lock: Any = None) -> None:
+                 limiter: Any = None, lock: Any = None, audit: Audit | None = None) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.settings = settings or Settings(live=False)
         # Whoever makes the HTTP client closes it; None is enough when nothing calls out.
@@ -98,6 +101,9 @@ class WorkflowRunner:
         self.limiter = limiter
         # Shared per-key lock: ``lock(name)`` -> async context manager (one remediation per target).
         self.lock = lock
+        # The audit trail: ``async audit(execution, step id, action, detail)`` for what a step
+        # must put on record (each remediation request sent to agent-manager).
+        self.audit = audit
         # Draining (service shutdown): start no new step; executions stay "running" in the
         # store, to be resumed by this or another replica.
         self.draining = False
@@ -311,7 +317,7 @@ class WorkflowRunner:
                           names=live.names, settings=self.settings, http=self.http,
                           dry_run=execution.dry_run, log=logger,
                           run_branch=lambda ids: self._branch(live, run, ids), limiter=self.limiter,
-                          lock=self.lock)
+                          lock=self.lock, audit=self._audit_for(execution, spec.id))
         step_time = 0.0
         while True:
             run.attempts += 1
@@ -362,6 +368,16 @@ class WorkflowRunner:
             logger.info("Step %s attempt %d failed (%s: %s); retrying in %.2fs", spec.id, run.attempts,
                         error.kind, error, delay)
             await asyncio.sleep(delay)
+
+    def _audit_for(self, execution: Execution, step_id: str) -> StepAudit | None:
+        audit = self.audit
+        if audit is None:
+            return None
+
+        async def record(action: str, detail: dict[str, Any]) -> None:
+            await audit(execution, step_id, action, detail)
+
+        return record
 
     def _notify(self, what: str, execution: Execution, run: StepRun) -> None:
         for listener in self.listeners:

@@ -76,6 +76,9 @@ class StepResult:
     context: dict[str, Any] = field(default_factory=dict)
 
 
+StepAudit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
 @dataclass
 class StepContext:
     """Everything a step may use while it runs."""
@@ -94,6 +97,9 @@ class StepContext:
     limiter: Callable[[str, str], Awaitable[bool]] | None = None
     # ``lock(name)``: an async context manager held by one replica at a time.
     lock: Callable[[str], Any] | None = None
+    # ``audit(action, detail)``: puts this step's action on the audit trail (the service's);
+    # None where there is none (replay, run).
+    audit: StepAudit | None = None
 
     @property
     def idempotency_key(self) -> str:

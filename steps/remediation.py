@@ -112,6 +112,16 @@ class Remediation(Step):
     type_name = "remediation"
     Config = RemediationConfig
 
+    @staticmethod
+    async def _send(ctx: StepContext, request: dict[str, Any]) -> dict[str, Any]:
+        """Every request is on the audit trail before it leaves, dry-run or not."""
+        if ctx.audit is not None:
+            await ctx.audit("remediation.request", {
+                "idempotency_key": request["idempotency_key"], "action": request["action"],
+                "target": request["target"], "dry_run": request["dry_run"], "params": request.get("params"),
+                "attempt": ctx.attempt})
+        return await call_agent_manager(ctx, request)
+
     async def run(self, ctx: StepContext, config: RemediationConfig) -> StepResult:
         params = ctx.render(config.params)
         action = config.action
@@ -144,8 +154,8 @@ class Remediation(Step):
         if ctx.lock is not None:
             # One change to a given object at a time, across every replica.
             async with ctx.lock(f"remediation:{where}"):
-                answer = await call_agent_manager(ctx, request)
+                answer = await self._send(ctx, request)
         else:
-            answer = await call_agent_manager(ctx, request)
+            answer = await self._send(ctx, request)
         return StepResult(output={**answer, "applied": not dry_run, "dry_run": dry_run,
                                   "action": action, "target": target})

@@ -10,6 +10,8 @@ One router per resource, each given only the parts it needs (:mod:`engine.api.de
     incidents.py     /incidents
     events.py        /events                   HTTP intake (JSON or NDJSON)
     rules_status.py  /rules/status, /rules/reload
+    admin.py         /tokens, /audit           the admin role only
+    auth.py          who may call what: one table of route -> permission
     operations.py    /metrics, /healthz, /readyz
     models.py, body.py, openapi.py             shapes, bounded bodies, the OpenAPI document
 
@@ -20,10 +22,11 @@ only when a request needs it. The API never imports the service, which builds th
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from engine import __version__
-from engine.api import events, executions, incidents, openapi, operations, rules, rules_status
+from engine.api import admin, events, executions, incidents, openapi, operations, rules, rules_status
+from engine.api.auth import authorize
 from engine.api.deps import ApiDeps
 from engine.api.models import PREFIX
 from engine.api.rules import RELOAD_HEADER
@@ -38,8 +41,10 @@ def create_app(deps: ApiDeps) -> FastAPI:
         openapi_tags=openapi.TAGS,
     )
     app.state.deps = deps
-    for router in (rules.router, executions.router, incidents.router, events.router, rules_status.router):
-        app.include_router(router, prefix=PREFIX)
+    for router in (rules.router, executions.router, incidents.router, events.router, rules_status.router,
+                   admin.router):
+        # Every /api/v1 route: a token whose role has the route's permission (engine.api.auth).
+        app.include_router(router, prefix=PREFIX, dependencies=[Depends(authorize)])
     app.include_router(operations.router)
     openapi.install(app)
     return app

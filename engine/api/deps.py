@@ -11,16 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException, Request
 
+from engine.auth import Principal, Role
 from engine.metrics import Metrics
 from engine.rules.generation import Generation, ReloadStatus
 from engine.rules.model import Workflow
 from engine.runner import Started
-from engine.storage.queries import Queries
+from engine.storage.queries import Page, Queries
 
 STARTING = "the service is starting"
 
@@ -59,6 +61,35 @@ class Executions(Protocol):
         ...
 
 
+class Verifier(Protocol):
+    """Tokens to principals (``engine.storage.tokens.Tokens``)."""
+
+    async def verify(self, token: str) -> Principal | None: ...
+
+
+class TokenAdmin(Protocol):
+    """Issuing, listing and revoking tokens (``engine.storage.tokens.Tokens``)."""
+
+    async def issue(self, name: str, role: Role, by: Principal, expires_in: float | None = None,
+                    token: str | None = None) -> tuple[str, dict[str, Any]] | None: ...
+
+    async def list(self) -> list[dict[str, Any]]: ...
+
+    async def revoke(self, name: str, by: Principal) -> bool: ...
+
+
+class Audit(Protocol):
+    """The audit trail (``engine.storage.audit.AuditLog``)."""
+
+    async def record(self, who: Principal, action: str, target_kind: str | None = None,
+                     target_id: str | None = None, detail: dict[str, Any] | None = None) -> None: ...
+
+    async def page(self, *, actor: str | None = None, action: str | None = None,
+                   target_kind: str | None = None, target_id: str | None = None,
+                   since: datetime | None = None, until: datetime | None = None, limit: int = 50,
+                   offset: int = 0, cursor: str | None = None) -> Page: ...
+
+
 # (raw bytes or decoded JSON, subject, message id, headers), source -> counts: accepted,
 # duplicates, dead_letters, ignored. The intake behind NATS and HTTP alike.
 IngestItem = tuple[Any, str | None, str | None, dict]
@@ -78,8 +109,13 @@ class ApiDeps:
     readiness: Readiness
     cached_generation: CachedGeneration
     metrics: Metrics
+    auth: Verifier
+    tokens: TokenAdmin | None
+    audit: Audit | None
     max_event_bytes: int = 256 * 1024   # one event; an HTTP request may carry 1000 of them
     replica: str = ""
+    metrics_public: bool = True         # /metrics without a token
+    allowed_origins: frozenset[str] = frozenset()   # browser origins allowed to write
 
 
 def api_deps(request: Request) -> ApiDeps:
@@ -108,6 +144,18 @@ def _executions(deps: Deps) -> Executions:
     return deps.executions
 
 
+def _tokens(deps: Deps) -> TokenAdmin:
+    if deps.tokens is None:
+        raise HTTPException(503, STARTING)
+    return deps.tokens
+
+
+def _audit(deps: Deps) -> Audit:
+    if deps.audit is None:
+        raise HTTPException(503, STARTING)
+    return deps.audit
+
+
 def _ingest(deps: Deps) -> Ingest:
     if deps.ingest is None:
         raise HTTPException(503, STARTING)
@@ -118,3 +166,5 @@ QueriesDep = Annotated[Queries, Depends(_queries)]
 RulesDep = Annotated[Rules, Depends(_rules)]
 ExecutionsDep = Annotated[Executions, Depends(_executions)]
 IngestDep = Annotated[Ingest, Depends(_ingest)]
+TokensDep = Annotated[TokenAdmin, Depends(_tokens)]
+AuditDep = Annotated[Audit, Depends(_audit)]

@@ -16,7 +16,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Query
 from fastapi.responses import JSONResponse
 
-from engine.api.deps import Deps, ExecutionsDep, QueriesDep, RulesDep
+from engine.api.auth import Who
+from engine.api.deps import AuditDep, Deps, ExecutionsDep, QueriesDep, RulesDep
 from engine.api.models import (
     CURSOR,
     NOT_FOUND,
@@ -54,8 +55,8 @@ def _bad_event(msg: str) -> JSONResponse:
              responses={**NOT_FOUND, 409: {"model": Message, "description": "The workflow is inactive"},
                         422: {"model": RuleErrors, "description": "The event cannot be read"},
                         **UNAVAILABLE})
-async def execute_workflow(workflow_id: str, rules: RulesDep, executions: ExecutionsDep,
-                           body: Annotated[ExecuteRequest | None, Body()] = None) -> Any:
+async def execute_workflow(workflow_id: str, rules: RulesDep, executions: ExecutionsDep, audit: AuditDep,
+                           who: Who, body: Annotated[ExecuteRequest | None, Body()] = None) -> Any:
     workflow = await rules.workflow(workflow_id)
     if workflow is None:
         raise HTTPException(404, f"no active workflow {workflow_id!r}")
@@ -75,8 +76,12 @@ async def execute_workflow(workflow_id: str, rules: RulesDep, executions: Execut
         events = [event_context(event)]
     incident.update(body.incident or {})
     started = await executions.start(workflow, incident=incident, events=events, context=body.context or {})
-    log.info("Workflow execution %s started by hand: workflow=%s version=%d", started.id, workflow.id,
-             workflow.version, extra={"execution_id": started.id})
+    log.info("Workflow execution %s started by hand by %s: workflow=%s version=%d", started.id, who.label,
+             workflow.id, workflow.version, extra={"execution_id": started.id})
+    await audit.record(who, "execution.start", "execution", started.id, {
+        "workflow_id": workflow.id, "workflow_version": workflow.version,
+        "dry_run": started.execution.dry_run, "event": body.event is not None,
+        "incident_fields": sorted(body.incident or {}), "context_fields": sorted(body.context or {})})
     return {"execution_id": started.id, "status": "running", "workflow_id": workflow.id,
             "workflow_version": workflow.version, "dry_run": started.execution.dry_run,
             "href": f"{PREFIX}/executions/{started.id}"}
@@ -118,7 +123,8 @@ async def get_execution(execution_id: str, q: QueriesDep, deps: Deps) -> dict[st
              responses={**NOT_FOUND, **UNAVAILABLE,
                         409: {"model": Message, "description": "Finished, or running on another replica"}},
              summary="Cancel a running execution")
-async def cancel_execution(execution_id: str, q: QueriesDep, deps: Deps) -> dict[str, Any]:
+async def cancel_execution(execution_id: str, q: QueriesDep, deps: Deps, audit: AuditDep,
+                           who: Who) -> dict[str, Any]:
     found = await q.execution_status(execution_id)
     executions = deps.executions
     here = executions is not None and execution_id in executions.running()
@@ -130,6 +136,7 @@ async def cancel_execution(execution_id: str, q: QueriesDep, deps: Deps) -> dict
         owner = found["owner"] if found is not None else None
         raise HTTPException(409, f"execution {execution_id!r} is not running on this replica "
                                  f"({deps.replica}){f'; it runs on {owner}' if owner else ''}")
+    await audit.record(who, "execution.cancel", "execution", execution_id)
     # The runner records the final status as the execution's task unwinds; the protocol
     # hands out no task for executions it did not start here, so read the store briefly.
     deadline = time.monotonic() + CANCEL_WAIT

@@ -231,8 +231,8 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     model_config = ConfigDict(extra="allow")
     ready: bool
-    checks: dict[str, str] = Field(description="postgres, nats, redis")
-    reasons: list[str] = Field(description="why it is not ready (empty when ready)")
+    checks: dict[str, str] | None = Field(default=None, description="postgres, nats, redis (with a token)")
+    reasons: list[str] | None = Field(default=None, description="why it is not ready (with a token)")
 
 
 NOT_FOUND: Responses = {404: {"model": Message, "description": "No such id"}}

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from engine.api.auth import Who
 from engine.api.body import json_body
 from engine.api.deps import QueriesDep, Rules, RulesDep
 from engine.api.models import (
@@ -37,6 +38,7 @@ from engine.api.models import (
     WorkflowList,
     WorkflowRecord,
 )
+from engine.auth import Principal
 from engine.rules.check import validate
 from engine.rules.generation import Generation
 from engine.rules.loader import Origin, RuleSet, add_strategy, add_workflow
@@ -65,9 +67,9 @@ class Kind:
     add: Callable[[RuleSet, Any, Origin], None]                  # the loader's add_workflow, ...
     of: Callable[[RuleSet | Generation], dict[str, Any]]         # the rules of this kind in a set
     get: Callable[[Queries, str], Awaitable[Row | None]]
-    insert: Callable[[Queries, str, Row], Awaitable[Row | None]]
-    update: Callable[[Queries, str, Row], Awaitable[Row | None]]
-    delete: Callable[[Queries, str], Awaitable[bool]]
+    insert: Callable[[Queries, str, Row, Principal], Awaitable[Row | None]]   # audited as the principal's
+    update: Callable[[Queries, str, Row, Principal], Awaitable[Row | None]]
+    delete: Callable[[Queries, str, Principal], Awaitable[bool]]
     values: Callable[[Any, Any], Row]                            # (document, its spec) -> columns
     summary: Callable[[Row, Generation | None], Row]             # a row as listed
     definition: Callable[[Row], Row]                             # its spec, as in a rule file
@@ -203,7 +205,8 @@ async def _get(kind: Kind, ident: str, q: Queries, rules: Rules) -> Row:
     return _record(kind, row, rules)
 
 
-async def _create(kind: Kind, request: Request, response: Response, q: Queries, rules: Rules) -> Any:
+async def _create(kind: Kind, request: Request, response: Response, q: Queries, rules: Rules,
+                  who: Principal) -> Any:
     raw = await json_body(request)
     ident = raw.get("id") if isinstance(raw, dict) else None
     if isinstance(ident, str):
@@ -218,7 +221,7 @@ async def _create(kind: Kind, request: Request, response: Response, q: Queries, 
     spec, errors = await _check(kind, raw, q, rules.generation, None)
     if errors:
         return _unprocessable(errors)
-    row = await kind.insert(q, spec.id, kind.values(raw, spec))
+    row = await kind.insert(q, spec.id, kind.values(raw, spec), who)
     if row is None:
         raise HTTPException(409, f"{kind.name} {spec.id!r} was created meanwhile")
     reloaded = await _reload(rules, response)
@@ -226,7 +229,7 @@ async def _create(kind: Kind, request: Request, response: Response, q: Queries, 
 
 
 async def _replace(kind: Kind, ident: str, request: Request, response: Response, q: Queries,
-                   rules: Rules) -> Any:
+                   rules: Rules, who: Principal) -> Any:
     raw = await json_body(request)
     if isinstance(raw, dict):
         raw.setdefault("id", ident)   # a PUT body may leave the id to the path
@@ -241,14 +244,14 @@ async def _replace(kind: Kind, ident: str, request: Request, response: Response,
     spec, errors = await _check(kind, raw, q, rules.generation, (kind.name, ident))
     if errors:
         return _unprocessable(errors)
-    row = await kind.update(q, ident, kind.values(raw, spec))
+    row = await kind.update(q, ident, kind.values(raw, spec), who)
     if row is None:
         raise HTTPException(409, f"{kind.name} {ident!r} was deleted or taken over by a rule file meanwhile")
     reloaded = await _reload(rules, response)
     return _record(kind, row, rules, reloaded)
 
 
-async def _delete(kind: Kind, ident: str, q: Queries, rules: Rules) -> Response:
+async def _delete(kind: Kind, ident: str, q: Queries, rules: Rules, who: Principal) -> Response:
     existing = await kind.get(q, ident)
     if existing is None:
         raise HTTPException(404, f"no {kind.name} {ident!r}")
@@ -257,7 +260,7 @@ async def _delete(kind: Kind, ident: str, q: Queries, rules: Rules) -> Response:
     broken = await _broken_by_delete(kind, ident, q, rules.generation)
     if broken:
         raise HTTPException(409, f"deleting {kind.name} {ident!r} would break: {'; '.join(broken)}")
-    if not await kind.delete(q, ident):
+    if not await kind.delete(q, ident, who):
         raise HTTPException(404, f"no {kind.name} {ident!r}")
     response = Response(status_code=204)
     await _reload(rules, response)
@@ -296,8 +299,9 @@ async def get_workflow(workflow_id: str, q: QueriesDep, rules: RulesDep) -> Row:
 @router.post("/workflows", status_code=201, response_model=WorkflowRecord, tags=["workflows"],
              responses={**BAD_JSON, **CONFLICT, **INVALID, **UNAVAILABLE}, summary="Create a workflow",
              openapi_extra=_spec_body("Workflow", "A workflow exactly as in a rule file, as JSON"))
-async def create_workflow(request: Request, response: Response, q: QueriesDep, rules: RulesDep) -> Any:
-    return await _create(WORKFLOW, request, response, q, rules)
+async def create_workflow(request: Request, response: Response, q: QueriesDep, rules: RulesDep,
+                          who: Who) -> Any:
+    return await _create(WORKFLOW, request, response, q, rules, who)
 
 
 @router.put("/workflows/{workflow_id}", response_model=WorkflowRecord, tags=["workflows"],
@@ -305,14 +309,14 @@ async def create_workflow(request: Request, response: Response, q: QueriesDep, r
             summary="Replace a workflow (its version is bumped)",
             openapi_extra=_spec_body("Workflow", "The whole workflow; 'id' may be omitted"))
 async def replace_workflow(workflow_id: str, request: Request, response: Response, q: QueriesDep,
-                           rules: RulesDep) -> Any:
-    return await _replace(WORKFLOW, workflow_id, request, response, q, rules)
+                           rules: RulesDep, who: Who) -> Any:
+    return await _replace(WORKFLOW, workflow_id, request, response, q, rules, who)
 
 
 @router.delete("/workflows/{workflow_id}", status_code=204, tags=["workflows"], response_class=Response,
                responses={**DELETED, **NOT_FOUND, **CONFLICT, **UNAVAILABLE}, summary="Delete a workflow")
-async def delete_workflow(workflow_id: str, q: QueriesDep, rules: RulesDep) -> Response:
-    return await _delete(WORKFLOW, workflow_id, q, rules)
+async def delete_workflow(workflow_id: str, q: QueriesDep, rules: RulesDep, who: Who) -> Response:
+    return await _delete(WORKFLOW, workflow_id, q, rules, who)
 
 
 @router.get("/strategies", response_model=StrategyList, tags=["strategies"], responses=UNAVAILABLE,
@@ -332,8 +336,9 @@ async def get_strategy(strategy_id: str, q: QueriesDep, rules: RulesDep) -> Row:
 @router.post("/strategies", status_code=201, response_model=StrategyRecord, tags=["strategies"],
              responses={**BAD_JSON, **CONFLICT, **INVALID, **UNAVAILABLE}, summary="Create a strategy",
              openapi_extra=_spec_body("Strategy", "A strategy exactly as in a rule file, as JSON"))
-async def create_strategy(request: Request, response: Response, q: QueriesDep, rules: RulesDep) -> Any:
-    return await _create(STRATEGY, request, response, q, rules)
+async def create_strategy(request: Request, response: Response, q: QueriesDep, rules: RulesDep,
+                          who: Who) -> Any:
+    return await _create(STRATEGY, request, response, q, rules, who)
 
 
 @router.put("/strategies/{strategy_id}", response_model=StrategyRecord, tags=["strategies"],
@@ -341,11 +346,11 @@ async def create_strategy(request: Request, response: Response, q: QueriesDep, r
             summary="Replace a strategy (its version is bumped)",
             openapi_extra=_spec_body("Strategy", "The whole strategy; 'id' may be omitted"))
 async def replace_strategy(strategy_id: str, request: Request, response: Response, q: QueriesDep,
-                           rules: RulesDep) -> Any:
-    return await _replace(STRATEGY, strategy_id, request, response, q, rules)
+                           rules: RulesDep, who: Who) -> Any:
+    return await _replace(STRATEGY, strategy_id, request, response, q, rules, who)
 
 
 @router.delete("/strategies/{strategy_id}", status_code=204, tags=["strategies"], response_class=Response,
                responses={**DELETED, **NOT_FOUND, **CONFLICT, **UNAVAILABLE}, summary="Delete a strategy")
-async def delete_strategy(strategy_id: str, q: QueriesDep, rules: RulesDep) -> Response:
-    return await _delete(STRATEGY, strategy_id, q, rules)
+async def delete_strategy(strategy_id: str, q: QueriesDep, rules: RulesDep, who: Who) -> Response:
+    return await _delete(STRATEGY, strategy_id, q, rules, who)

@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from engine.api.deps import Deps, Rules, RulesDep
+from engine.api.auth import Who
+from engine.api.deps import AuditDep, Deps, Rules, RulesDep
 from engine.api.models import UNAVAILABLE, RulesStatus
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,13 @@ async def get_rules_status(rules: RulesDep, deps: Deps) -> dict[str, Any]:
                                                                    "generation stays active"},
                         **UNAVAILABLE},
              summary="Reload rule files and stored rules now")
-async def reload_rules(rules: RulesDep, deps: Deps) -> Any:
+async def reload_rules(rules: RulesDep, deps: Deps, audit: AuditDep, who: Who) -> Any:
+    before = rules.generation.digest if rules.generation is not None else None
     ok = await rules.reload("api")
     body = await _status(rules, deps)
+    await audit.record(who, "rules.reload", "rules", None, {
+        "ok": ok, "before": before, "after": body["digest"], "generation": body["generation"],
+        "problems": len(body["problems"])})
     if not ok:
         return JSONResponse(status_code=422, content=RulesStatus(**body).model_dump(mode="json"))
     return body

@@ -123,8 +123,10 @@ class RulesManager:
             return False
         strategies = effective_strategies(rules)
         if self.stored is not None:
+            paths = {key: origin.path for key, origin in files.origins.items()}
             versions = await self.stored.mirror({i: _dump(files.workflows[i]) for i in files.workflows},
-                                                {i: _dump(files.strategies[i]) for i in files.strategies})
+                                                {i: _dump(files.strategies[i]) for i in files.strategies},
+                                                paths, str(self.directory))
             for wf_id, version in versions.items():
                 if wf_id in rules.workflows:     # not a stored rule that was left out
                     rules.workflows[wf_id].version = version

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from engine.auth import Principal
 from engine.metrics import Metrics
 from engine.rules.generation import ReloadStatus
 from engine.service.background import Background
@@ -26,15 +27,22 @@ from engine.service.generations import RulesManager
 log = logging.getLogger(__name__)
 
 
+class ReloadAudit(Protocol):
+    async def record(self, who: Principal, action: str, target_kind: str | None = None,
+                     target_id: str | None = None, detail: dict[str, Any] | None = None) -> None: ...
+
+
 class Reloads:
     def __init__(self, rules: RulesManager, *, changes: RuleChanges | None, metrics: Metrics, cache: Cache,
-                 background: Background, replica: str, coalesce: float = 0.05, poll: float = 10.0) -> None:
+                 background: Background, replica: str, audit: ReloadAudit | None = None,
+                 coalesce: float = 0.05, poll: float = 10.0) -> None:
         self.rules = rules
         self.changes = changes
         self.metrics = metrics
         self.cache = cache
         self.background = background
         self.replica = replica
+        self.audit = audit
         self.coalesce = coalesce
         self.poll = poll
         self._requested = asyncio.Event()
@@ -47,7 +55,15 @@ class Reloads:
         self._requested.set()
 
     async def reload(self, reason: str) -> bool:
-        return await self.rules.reload(reason)
+        if reason != "SIGHUP" or self.audit is None:
+            return await self.rules.reload(reason)
+        # Someone with a shell asked: on the record, with the digests before and after.
+        before = self.rules.generation.digest if self.rules.generation else None
+        ok = await self.rules.reload(reason)
+        after = self.rules.generation.digest if self.rules.generation else None
+        await self.audit.record(Principal("system", "SIGHUP"), "rules.reload", "rules", None,
+                                {"ok": ok, "before": before, "after": after, "replica": self.replica})
+        return ok
 
     def _reloaded(self, ok: bool, status: ReloadStatus) -> None:
         self._baseline_stale = True

@@ -38,13 +38,15 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from engine import __version__, devservers
 from engine.api import create_app
 from engine.api.deps import ApiDeps
-from engine.config import Config
+from engine.auth import Principal
+from engine.config import Config, plain
 from engine.correlation import Correlator
 from engine.metrics import Metrics
 from engine.rulebase import RuleBase
 from engine.runner import WorkflowRunner
 from engine.service.api_server import ApiServer
 from engine.service.background import Background
+from engine.service.bootstrap import ensure_admin
 from engine.service.bus import Bus
 from engine.service.cache import Cache
 from engine.service.contracts import Stats
@@ -57,11 +59,13 @@ from engine.service.recovery import Recovery
 from engine.service.reloads import Reloads
 from engine.service.retention import Retention
 from engine.service.transport import make_client
+from engine.storage.audit import AuditLog
 from engine.storage.db import create_pool, migrate
 from engine.storage.executions import PostgresStore
 from engine.storage.queries import Queries
 from engine.storage.records import Repository
 from engine.storage.rules import StoredRules
+from engine.storage.tokens import Tokens
 from engine.store import Execution, StepRun
 from steps.base import Settings
 
@@ -119,6 +123,9 @@ class Service:
         store = PostgresStore(pool, replica_id, self.lease)
         store.writer.start()
         stack.push_async_callback(_shielded, store.writer.stop)
+        audit = AuditLog(pool)
+        tokens = Tokens(pool, cache_seconds=config.auth.token_cache)
+        await ensure_admin(tokens, plain(config.auth.bootstrap_token))
 
         cache = Cache(urls.redis_url, prefix=config.redis.prefix)
         stack.push_async_callback(cache.close)
@@ -142,8 +149,13 @@ class Service:
         async def allow(action: str, target: str) -> bool:
             return await cache.allow(f"{action}:{target}", limit, per)
 
+        system = Principal("system", replica_id)
+
+        async def audit_step(execution: Execution, step_id: str, action: str, detail: dict[str, Any]) -> None:
+            await audit.record(system, action, "execution", execution.id, {**detail, "step_id": step_id})
+
         runner = WorkflowRunner(store, settings, http=http, limiter=allow,
-                                lock=lambda name: cache.lock(name, ttl=120.0))
+                                lock=lambda name: cache.lock(name, ttl=120.0), audit=audit_step)
         runner.listeners.append(self._step_finished)
         background = Background()
         stack.push_async_callback(background.wait, 5.0)
@@ -160,7 +172,7 @@ class Service:
                         stats=stats, background=background, record_lock=record_lock,
                         max_event_bytes=self.max_event_bytes)
         reloads = Reloads(rules, changes=stored_rules, metrics=self.metrics, cache=cache,
-                          background=background, replica=replica_id)
+                          background=background, replica=replica_id, audit=audit)
         if not await rules.reload("start"):
             await rules.reload_stored("start: rule files invalid, using the last stored rules")
 
@@ -177,11 +189,15 @@ class Service:
 
         deps = ApiDeps(queries=Queries(pool), rules=rules, executions=executions, ingest=intake.ingest,
                        readiness=health.readiness, cached_generation=cache.active_generation,
-                       metrics=self.metrics, max_event_bytes=self.max_event_bytes, replica=replica_id)
+                       metrics=self.metrics, auth=tokens, tokens=tokens, audit=audit,
+                       max_event_bytes=self.max_event_bytes, replica=replica_id,
+                       metrics_public=config.http.metrics_public,
+                       allowed_origins=frozenset(config.http.allowed_origins))
         api = ApiServer(create_app(deps), config.http.host, config.http.port)
         health.ready = True
         return Replica(health=health, intake=intake, incidents=incidents, executions=executions,
-                       recovery=recovery, reloads=reloads, retention=Retention(records, self.retention),
+                       recovery=recovery, reloads=reloads,
+                       retention=Retention(records, self.retention, audit, config.audit.retention),
                        rules=rules, bus=bus, api=api, background=background)
 
     # ------------------------------------------------------------------ running

@@ -17,6 +17,9 @@ from typing import Any
 import asyncpg
 import orjson
 
+from engine.auth import Principal
+from engine.storage.actors import acting_as
+
 WORKFLOW_FIELDS = ("name", "description", "trigger_type", "trigger_config", "status", "priority", "timeout",
                    "steps", "definition")
 STRATEGY_FIELDS = ("name", "category", "symptoms", "workflow_id", "priority", "enabled", "definition")
@@ -62,7 +65,7 @@ class Page:
     next_cursor: str | None
 
 
-class _Where:
+class Where:
     """Builds ``WHERE a = $1 AND ...`` with numbered arguments."""
 
     def __init__(self) -> None:
@@ -95,7 +98,7 @@ class Queries:
     # ------------------------------------------------------------------ workflows
 
     async def list_workflows(self, status: str | None = None, source: str | None = None) -> list[dict]:
-        where = _Where()
+        where = Where()
         if status:
             where.add("status = {}", status)
         if source:
@@ -109,35 +112,40 @@ class Queries:
         row = await self.pool.fetchrow("SELECT * FROM workflows WHERE id = $1", workflow_id)
         return None if row is None else dict(row)
 
-    async def insert_workflow(self, workflow_id: str, values: dict[str, Any]) -> dict[str, Any] | None:
-        """Insert as ``source = 'api'``; None if the id is taken."""
-        row = await self.pool.fetchrow(f"""
-            INSERT INTO workflows (id, {", ".join(WORKFLOW_FIELDS)}, source)
-            VALUES ($1, {", ".join(f"${i}" for i in range(2, len(WORKFLOW_FIELDS) + 2))}, 'api')
-            ON CONFLICT (id) DO NOTHING RETURNING *""",
-            workflow_id, *(values[k] for k in WORKFLOW_FIELDS))
+    async def insert_workflow(self, workflow_id: str, values: dict[str, Any],
+                              who: Principal) -> dict[str, Any] | None:
+        """Insert as ``source = 'api'``; None if the id is taken. Audited as ``who``'s."""
+        async with acting_as(self.pool, who) as conn:
+            row = await conn.fetchrow(f"""
+                INSERT INTO workflows (id, {", ".join(WORKFLOW_FIELDS)}, source)
+                VALUES ($1, {", ".join(f"${i}" for i in range(2, len(WORKFLOW_FIELDS) + 2))}, 'api')
+                ON CONFLICT (id) DO NOTHING RETURNING *""",
+                workflow_id, *(values[k] for k in WORKFLOW_FIELDS))
         return None if row is None else dict(row)
 
-    async def update_workflow(self, workflow_id: str, values: dict[str, Any]) -> dict[str, Any] | None:
+    async def update_workflow(self, workflow_id: str, values: dict[str, Any],
+                              who: Principal) -> dict[str, Any] | None:
         """Replace a workflow not defined in a rule file (its version is bumped by the
         trigger when anything changed); None if there is no such row."""
         sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(WORKFLOW_FIELDS, start=2))
-        row = await self.pool.fetchrow(
-            f"UPDATE workflows SET {sets} WHERE id = $1 AND source <> 'file' RETURNING *",
-            workflow_id, *(values[k] for k in WORKFLOW_FIELDS))
+        async with acting_as(self.pool, who) as conn:
+            row = await conn.fetchrow(
+                f"UPDATE workflows SET {sets} WHERE id = $1 AND source <> 'file' RETURNING *",
+                workflow_id, *(values[k] for k in WORKFLOW_FIELDS))
         return None if row is None else dict(row)
 
-    async def delete_workflow(self, workflow_id: str) -> bool:
+    async def delete_workflow(self, workflow_id: str, who: Principal) -> bool:
         """Delete a workflow not defined in a rule file. Its versions stay in
         ``workflow_versions``, so executions that pinned one still resume."""
-        deleted = await self.pool.fetchval(
-            "DELETE FROM workflows WHERE id = $1 AND source <> 'file' RETURNING id", workflow_id)
+        async with acting_as(self.pool, who) as conn:
+            deleted = await conn.fetchval(
+                "DELETE FROM workflows WHERE id = $1 AND source <> 'file' RETURNING id", workflow_id)
         return deleted is not None
 
     # ------------------------------------------------------------------ strategies
 
     async def list_strategies(self, enabled: bool | None = None, source: str | None = None) -> list[dict]:
-        where = _Where()
+        where = Where()
         if enabled is not None:
             where.add("enabled = {}", enabled)
         if source:
@@ -157,24 +165,29 @@ class Queries:
                                      ids)
         return [dict(r) for r in rows]
 
-    async def insert_strategy(self, strategy_id: str, values: dict[str, Any]) -> dict[str, Any] | None:
-        row = await self.pool.fetchrow(f"""
-            INSERT INTO strategies (id, {", ".join(STRATEGY_FIELDS)}, source)
-            VALUES ($1, {", ".join(f"${i}" for i in range(2, len(STRATEGY_FIELDS) + 2))}, 'api')
-            ON CONFLICT (id) DO NOTHING RETURNING *""",
-            strategy_id, *(values[k] for k in STRATEGY_FIELDS))
+    async def insert_strategy(self, strategy_id: str, values: dict[str, Any],
+                              who: Principal) -> dict[str, Any] | None:
+        async with acting_as(self.pool, who) as conn:
+            row = await conn.fetchrow(f"""
+                INSERT INTO strategies (id, {", ".join(STRATEGY_FIELDS)}, source)
+                VALUES ($1, {", ".join(f"${i}" for i in range(2, len(STRATEGY_FIELDS) + 2))}, 'api')
+                ON CONFLICT (id) DO NOTHING RETURNING *""",
+                strategy_id, *(values[k] for k in STRATEGY_FIELDS))
         return None if row is None else dict(row)
 
-    async def update_strategy(self, strategy_id: str, values: dict[str, Any]) -> dict[str, Any] | None:
+    async def update_strategy(self, strategy_id: str, values: dict[str, Any],
+                              who: Principal) -> dict[str, Any] | None:
         sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(STRATEGY_FIELDS, start=2))
-        row = await self.pool.fetchrow(
-            f"UPDATE strategies SET {sets} WHERE id = $1 AND source <> 'file' RETURNING *",
-            strategy_id, *(values[k] for k in STRATEGY_FIELDS))
+        async with acting_as(self.pool, who) as conn:
+            row = await conn.fetchrow(
+                f"UPDATE strategies SET {sets} WHERE id = $1 AND source <> 'file' RETURNING *",
+                strategy_id, *(values[k] for k in STRATEGY_FIELDS))
         return None if row is None else dict(row)
 
-    async def delete_strategy(self, strategy_id: str) -> bool:
-        deleted = await self.pool.fetchval(
-            "DELETE FROM strategies WHERE id = $1 AND source <> 'file' RETURNING id", strategy_id)
+    async def delete_strategy(self, strategy_id: str, who: Principal) -> bool:
+        async with acting_as(self.pool, who) as conn:
+            deleted = await conn.fetchval(
+                "DELETE FROM strategies WHERE id = $1 AND source <> 'file' RETURNING id", strategy_id)
         return deleted is not None
 
     # ------------------------------------------------------------------ executions
@@ -193,7 +206,7 @@ class Queries:
                             cursor: str | None) -> Page:
         """One page of ``table`` filtered by equality and time, newest first, by offset or
         by a cursor (the last row's time and id) that stays stable while rows are added."""
-        where = _Where()
+        where = Where()
         for column, value in equal.items():
             if value is not None:
                 where.add(f"{column} = {{}}", value)

@@ -4,11 +4,13 @@ their rows turned back into rule-file specs."""
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
+
+from engine.auth import Principal
+from engine.storage.actors import set_actor
 
 WORKFLOW_COLUMNS = ("id", "name", "description", "trigger_type", "trigger_config", "status", "priority",
                     "timeout", "steps")
@@ -38,7 +40,6 @@ class StoredRules:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self.last_write = 0.0   # when this process last wrote to the rule tables
 
     async def rows(self, *, stored_only: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(workflow rows, strategy rows) in id order: every row, or only those created
@@ -55,23 +56,30 @@ class StoredRules:
             workflow_id, version)
         return None if row is None else dict(row["definition"])
 
-    async def mirror(self, workflows: dict[str, dict[str, Any]],
-                     strategies: dict[str, dict[str, Any]]) -> dict[str, int]:
+    async def mirror(self, workflows: dict[str, dict[str, Any]], strategies: dict[str, dict[str, Any]],
+                     paths: dict[tuple[str, str], str] | None = None,
+                     directory: str = "rules") -> dict[str, int]:
         """Write the changed file rules (id -> spec) to the tables and delete the file rules
         that are gone; return every workflow's current version. Nothing is written when
-        nothing changed (a write NOTIFYs every replica)."""
+        nothing changed (a write NOTIFYs every replica). Each change is audited (by the
+        tables' trigger) as made by its rule file (``paths``: (kind, id) -> path), a rule
+        whose file is gone as made by ``directory``."""
+        origin = paths or {}
         async with self.pool.acquire() as conn, conn.transaction():
             # Replicas starting together mirror the same files: one at a time, in id order.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIRROR_LOCK)
             await self._mirror_table(conn, "workflows", workflows,
                                      lambda spec: {**{c: spec[c] for c in WORKFLOW_COLUMNS[1:]},
-                                                   "timeout": f"{spec['timeout']:g}s"})
+                                                   "timeout": f"{spec['timeout']:g}s"},
+                                     lambda i: origin.get(("workflow", i), directory))
             await self._mirror_table(conn, "strategies", strategies,
-                                     lambda spec: {c: spec[c] for c in STRATEGY_COLUMNS[1:]})
+                                     lambda spec: {c: spec[c] for c in STRATEGY_COLUMNS[1:]},
+                                     lambda i: origin.get(("strategy", i), directory))
             return {r["id"]: r["version"] for r in await conn.fetch("SELECT id, version FROM workflows")}
 
     async def _mirror_table(self, conn: asyncpg.Connection, table: str, specs: dict[str, dict[str, Any]],
-                            columns_of: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+                            columns_of: Callable[[dict[str, Any]], dict[str, Any]],
+                            path_of: Callable[[str], str]) -> None:
         stored = {r["id"]: r for r in await conn.fetch(f"SELECT id, definition, source FROM {table}")}
         for ident in sorted(specs):
             spec = specs[ident]
@@ -81,7 +89,7 @@ class StoredRules:
             values = columns_of(spec)
             names = list(values)
             params = ", ".join(f"${i + 2}" for i in range(len(names)))
-            self.last_write = time.time()
+            await set_actor(conn, Principal("file", path_of(ident)))
             await conn.execute(
                 f"INSERT INTO {table} (id, {', '.join(names)}, definition, source) "
                 f"VALUES ($1, {params}, ${len(names) + 2}, 'file') "
@@ -90,7 +98,7 @@ class StoredRules:
                 ident, *values.values(), spec)
         gone = [i for i, r in stored.items() if r["source"] == "file" and i not in specs]
         if gone:
-            self.last_write = time.time()
+            await set_actor(conn, Principal("file", path_of("")))
             await conn.execute(f"DELETE FROM {table} WHERE id = ANY($1::text[])", gone)
 
     async def fingerprint(self) -> tuple[Any, ...]:

@@ -23,6 +23,7 @@ import httpx
 import nats
 import yaml
 
+from engine.auth import new_token
 from tests.standins import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +51,9 @@ def sql(dsn: str, query: str, *args: Any) -> list[dict[str, Any]]:
             await conn.close()
 
     return asyncio.run(go())
+
+
+TOKEN = new_token()   # the admin token of every service these tests start
 
 
 class ServiceProcess:
@@ -86,7 +90,10 @@ class ServiceProcess:
         self.config_path = workdir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config), encoding="utf-8")
         self.log_path = workdir / "service.log"
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Every replica of a test shares one admin token (they share the database): an
+        # operator's bootstrap token, given through the environment.
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "AETHERIUS_AUTH__BOOTSTRAP_TOKEN": TOKEN}
+        self.headers = {"Authorization": f"Bearer {TOKEN}"}
         if slack:
             # A secret: given through the environment, as an operator would.
             self.env["AETHERIUS_NOTIFICATIONS__SLACK__WEBHOOK_URL"] = slack
@@ -139,12 +146,17 @@ class ServiceProcess:
     # ------------------------------------------------------------------ API
 
     def get(self, path: str, **params: Any) -> Any:
-        response = httpx.get(f"{self.url}{path}", params=params, timeout=10)
+        response = httpx.get(f"{self.url}{path}", params=params, timeout=10, headers=self.headers)
         response.raise_for_status()
         return response.json() if "json" in response.headers.get("content-type", "") else response.text
 
     def post(self, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
-        return httpx.post(f"{self.url}{path}", json=body, timeout=30, **kwargs)
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return httpx.post(f"{self.url}{path}", json=body, timeout=30, headers=headers, **kwargs)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An HTTP client of this service that sends the admin token."""
+        return httpx.Client(base_url=self.url, headers=self.headers, **kwargs)
 
     def wait_for(self, predicate: Any, timeout: float = 30.0, interval: float = 0.2) -> Any:
         deadline = time.time() + timeout

@@ -303,7 +303,7 @@ def test_malformed_messages_are_dead_letters_and_valid_ones_are_processed(servic
     per_chunk = -(-len(requests) // len(nats_chunks))
     acks: list[Any] = []
     answers: list[tuple[httpx.Response, int, dict]] = []
-    with httpx.Client(base_url=service.url, timeout=30) as client:
+    with service.client(timeout=30) as client:
         for k, chunk in enumerate(nats_chunks):
             acks += asyncio.run(_publish_mixed(service.nats_url, service.subjects[k % 2], chunk))
             for body, headers, status, counts in requests[k * per_chunk:(k + 1) * per_chunk]:
@@ -403,7 +403,8 @@ def test_malformed_messages_are_dead_letters_and_valid_ones_are_processed(servic
 
 def test_a_2mb_json_event_over_http_is_refused(service: ServiceProcess, pg_dsn):
     body = _event_bytes(message="Back-off restarting failed container " + "z" * TWO_MB)
-    response = httpx.post(f"{service.url}/api/v1/events", content=body, headers=JSON, timeout=30)
+    response = httpx.post(f"{service.url}/api/v1/events", content=body, headers={**JSON, **service.headers},
+                          timeout=30)
     # Refused outright (413), or taken in and recorded as a dead letter (202 saying so).
     assert response.status_code in (202, 400, 413), (response.status_code, response.text)
     dead = _sql(pg_dsn, "SELECT count(*) AS n FROM dead_letters")[0]["n"]

@@ -271,7 +271,7 @@ def service(tmp_path, rules_dir, pg_dsn, redis_url, redis_prefix, nats_url, nats
 
 @pytest.fixture
 def client(service):
-    with httpx.Client(base_url=service.url, timeout=10) as http:
+    with service.client(timeout=10) as http:
         yield http
 
 

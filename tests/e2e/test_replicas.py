@@ -529,7 +529,7 @@ def test_a_burst_formed_while_the_other_replica_closes_its_incident_opens_no_sec
         # record lock, which its incident opening needs after the cooldown check.
         await blocker.execute("INSERT INTO events (id, state, payload) VALUES ('race-blocker', 'received', "
                               "'{}'::jsonb)")
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=30, headers=r1.headers) as client:
             try:
                 async def post(service: ServiceProcess, ident: str, reason: str) -> httpx.Response:
                     body = [json.loads(envelope(ident, reason, "ns", "race-7d9f8c6b5-abcde"))]

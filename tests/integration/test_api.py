@@ -24,6 +24,7 @@ import yaml
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from engine.api import RELOAD_HEADER, ApiDeps, create_app
+from engine.auth import Principal, Role
 from engine.correlation import Correlator
 from engine.metrics import Metrics
 from engine.rulebase import RuleBase
@@ -38,11 +39,13 @@ from engine.service.health import Health
 from engine.service.incidents import Incidents
 from engine.service.intake import Intake
 from engine.service.transport import make_client
+from engine.storage.audit import AuditLog
 from engine.storage.db import create_pool, migrate
 from engine.storage.executions import PostgresStore
 from engine.storage.queries import Queries
 from engine.storage.records import Repository
 from engine.storage.rules import StoredRules
+from engine.storage.tokens import Tokens
 from steps.base import Settings
 
 pytestmark = pytest.mark.integration
@@ -66,10 +69,17 @@ class Api:
     stats: Stats
     health: Health
 
-    def client(self, app: Any = None, **changes: Any) -> httpx.AsyncClient:
-        """A client of ``app``, or of an app over these deps with ``changes`` made."""
+    tokens: Tokens
+    token: str            # an admin's
+
+    def client(self, app: Any = None, token: str | None = "admin", **changes: Any) -> httpx.AsyncClient:
+        """A client of ``app``, or of an app over these deps with ``changes`` made, sending
+        ``token`` (the admin's by default; None: no token)."""
         app = app or create_app(dataclasses.replace(self.deps, **changes))
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test")
+        token = self.token if token == "admin" else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("10.1.2.3", 4567)),
+                                 base_url="http://api.test", headers=headers)
 
 
 @contextlib.asynccontextmanager
@@ -100,10 +110,14 @@ async def harness(dsn: str, *, settings: Settings | None = None,
                         stats=stats, background=background, record_lock=lock, max_event_bytes=64 * 1024)
         health = Health("api-test", Queries(pool).ping, Bus("nats://127.0.0.1:1", ["unused"]), cache, rules,
                         executions, correlator, stats, ready=True)
+        tokens = Tokens(pool, cache_seconds=0)
+        issued = await tokens.issue("test-admin", Role.ADMIN, Principal("cli", "pytest"))
+        assert issued is not None
         deps = ApiDeps(queries=Queries(pool), rules=rules, executions=executions, ingest=intake.ingest,
                        readiness=health.readiness, cached_generation=cache.active_generation,
-                       metrics=metrics, max_event_bytes=64 * 1024, replica="api-test")
-        api = Api(deps, pool, rules, rulebase, runner, executions, stats, health)
+                       metrics=metrics, auth=tokens, tokens=tokens, audit=AuditLog(pool),
+                       max_event_bytes=64 * 1024, replica="api-test")
+        api = Api(deps, pool, rules, rulebase, runner, executions, stats, health, tokens, issued[0])
         async with api.client() as client:
             yield api, client
     finally:
@@ -245,7 +259,11 @@ def test_invalid_documents_name_the_field(pg_dsn: str) -> None:
             assert "(first at steps.0.id)" in str(response.json())
 
             assert locs(await client.post("/api/v1/workflows", json=[1, 2])) == [[]]
-            assert (await client.post("/api/v1/workflows", content=b"{not json")).status_code == 400
+            json_type = {"content-type": "application/json"}
+            assert (await client.post("/api/v1/workflows", content=b"{not json", headers=json_type)
+                    ).status_code == 400
+            # Not declared as JSON (a browser's cross-site form post would be text/plain): refused.
+            assert (await client.post("/api/v1/workflows", content=b"{}")).status_code == 415
 
             strategy = {"id": "orphan", "workflow_id": "no_such_workflow",
                         "symptoms": [{"conditions": {"reason": "BackOff"}}]}

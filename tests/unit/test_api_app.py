@@ -13,10 +13,12 @@ import httpx
 import pytest
 
 from engine.api import ApiDeps, create_app
+from engine.auth import Principal, Role
 from engine.metrics import Metrics
 from engine.rules.generation import Generation, ReloadStatus
 from engine.rules.model import Workflow
 from engine.runner import Started
+from engine.storage.queries import Page
 from engine.store import Execution
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,17 +47,40 @@ async def _no_cache() -> dict[str, Any] | None:
     return None
 
 
+class FakeTokens:
+    """One token per role, named after it: ``<role>-token``."""
+
+    async def verify(self, token: str) -> Principal | None:
+        role = token.removesuffix("-token")
+        return Principal("token", f"{role}-user", Role(role)) if role in set(Role) else None
+
+
+class RecordingAudit:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, str | None, str | None]] = []
+
+    async def record(self, who: Principal, action: str, target_kind: str | None = None,
+                     target_id: str | None = None, detail: dict[str, Any] | None = None) -> None:
+        self.records.append((who.name, action, target_kind, target_id))
+
+    async def page(self, **_filters: Any) -> Page:
+        return Page([], None)
+
+
 def deps(**parts: Any) -> ApiDeps:
     base: dict[str, Any] = {"queries": None, "rules": None, "executions": None, "ingest": None,
                             "readiness": _not_ready, "cached_generation": _no_cache, "metrics": Metrics(),
-                            "replica": "unit"}
+                            "replica": "unit", "auth": FakeTokens(), "tokens": None,
+                            "audit": RecordingAudit()}
     return ApiDeps(**{**base, **parts})
 
 
-def call(app: Any, method: str, url: str, **kwargs: Any) -> httpx.Response:
+def call(app: Any, method: str, url: str, token: str | None = "admin-token", **kwargs: Any) -> httpx.Response:
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test",
+                                     headers=headers) as client:
             return await client.request(method, url, **kwargs)
 
     return asyncio.run(go())

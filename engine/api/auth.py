@@ -1,0 +1,148 @@
+"""Authentication and authorization of every route, in one table.
+
+Every request but ``/healthz`` (and ``/readyz``, which without a token says only whether
+the replica is ready, and ``/metrics`` while ``http.metrics_public`` is true) must carry
+``Authorization: Bearer <token>``: no token or an unknown, revoked or expired one is 401,
+a token whose role lacks the route's permission is 403. :data:`PERMISSIONS` maps each
+route to the permission it needs; a route missing from it is refused (fail closed), and a
+test keeps it and the app's routes equal.
+
+**Cross-site requests.** Writes (any method but GET/HEAD/OPTIONS) are refused with 403 when
+the browser says they come from another site (``Origin`` not this host nor one of
+``http.allowed_origins``, or ``Sec-Fetch-Site: cross-site``), and a write's body must be
+JSON (NDJSON for events): a ``text/plain`` form post is 415. A bearer token is never sent
+by a browser on its own, so this is defence in depth today; the web console's session
+cookie (HttpOnly, SameSite=Strict) will also need the CSRF token, checked in
+:func:`_from_cookie`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from engine.api.deps import Deps
+from engine.auth import Permission, Principal
+
+P = "/api/v1"
+READ, INGEST, EXECUTE = Permission.READ, Permission.INGEST, Permission.EXECUTE
+EDIT, ADMIN = Permission.EDIT_RULES, Permission.ADMIN
+
+# (method, route path) -> the permission it needs. /healthz, /readyz and /metrics are open
+# (see the module docstring) and are not listed.
+PERMISSIONS: dict[tuple[str, str], Permission] = {
+    ("GET", f"{P}/workflows"): READ,
+    ("GET", f"{P}/workflows/{{workflow_id}}"): READ,
+    ("POST", f"{P}/workflows"): EDIT,
+    ("PUT", f"{P}/workflows/{{workflow_id}}"): EDIT,
+    ("DELETE", f"{P}/workflows/{{workflow_id}}"): EDIT,
+    ("GET", f"{P}/strategies"): READ,
+    ("GET", f"{P}/strategies/{{strategy_id}}"): READ,
+    ("POST", f"{P}/strategies"): EDIT,
+    ("PUT", f"{P}/strategies/{{strategy_id}}"): EDIT,
+    ("DELETE", f"{P}/strategies/{{strategy_id}}"): EDIT,
+    ("POST", f"{P}/workflows/{{workflow_id}}/execute"): EXECUTE,
+    ("GET", f"{P}/executions"): READ,
+    ("GET", f"{P}/executions/{{execution_id}}"): READ,
+    ("POST", f"{P}/executions/{{execution_id}}/cancel"): EXECUTE,
+    ("GET", f"{P}/incidents"): READ,
+    ("GET", f"{P}/incidents/{{incident_id}}"): READ,
+    ("POST", f"{P}/events"): INGEST,
+    ("GET", f"{P}/rules/status"): READ,
+    ("POST", f"{P}/rules/reload"): EDIT,
+    ("GET", f"{P}/tokens"): ADMIN,
+    ("POST", f"{P}/tokens"): ADMIN,
+    ("DELETE", f"{P}/tokens/{{name}}"): ADMIN,
+    ("GET", f"{P}/audit"): ADMIN,
+}
+OPEN = frozenset({("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")})
+
+JSON_TYPES = frozenset({"application/json"})
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl",
+                          "application/x-jsonlines", "application/jsonlines"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+bearer = HTTPBearer(auto_error=False, description="An API token: `aetherius token create NAME --role ROLE`")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(401, detail, headers={"WWW-Authenticate": 'Bearer realm="aetherius"'})
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+async def identify(request: Request, deps: Deps, credentials: Credentials) -> Principal | None:
+    """The principal of a request, or None if it carries no credentials (401 for bad ones)."""
+    cached: Principal | None = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    if credentials is None:
+        return _from_cookie(request)
+    if credentials.scheme.lower() != "bearer":
+        raise _unauthorized("use an Authorization: Bearer token")
+    principal = await deps.auth.verify(credentials.credentials)
+    if principal is None:
+        raise _unauthorized("the token is unknown, revoked or expired")
+    principal = dataclasses.replace(principal, client=_client(request))
+    request.state.principal = principal
+    return principal
+
+
+def _from_cookie(request: Request) -> Principal | None:
+    """The web console's session cookie will be read here (HttpOnly, SameSite=Strict), and a
+    write made with it must carry a CSRF token matching the session. None until then."""
+    return None
+
+
+def _refuse_cross_site(request: Request, deps: Deps) -> None:
+    if request.method in SAFE_METHODS:
+        return
+    origin = request.headers.get("origin")
+    if origin is not None:
+        own = {f"{scheme}://{request.headers.get('host', '')}" for scheme in ("http", "https")}
+        if origin not in own and origin not in deps.allowed_origins:
+            raise HTTPException(403, f"cross-origin request refused (Origin {origin[:100]!r})")
+    elif request.headers.get("sec-fetch-site") == "cross-site":
+        raise HTTPException(403, "cross-site request refused")
+    if _has_body(request):
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        allowed = JSON_TYPES | (NDJSON_TYPES if route_path(request) == f"{P}/events" else frozenset())
+        if media not in allowed:
+            kinds = ' or '.join(sorted(allowed))
+            raise HTTPException(415, f"the body must be {kinds}, not {media or 'untyped'}")
+
+
+def route_path(request: Request) -> str:
+    """The route's path template, prefix included (FastAPI versions differ on which route object
+    the scope holds: the router's own or the app's prefixed copy)."""
+    path = getattr(request.scope.get("route"), "path", "")
+    return path if path.startswith(P) else P + path
+
+
+def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return bool(request.headers.get("transfer-encoding")) or (length is not None and length != "0")
+
+
+async def authorize(request: Request, deps: Deps, credentials: Credentials) -> Principal:
+    """The dependency of every /api/v1 route: who is asking, and may they."""
+    _refuse_cross_site(request, deps)
+    needed = PERMISSIONS.get((request.method, route_path(request)))
+    principal = await identify(request, deps, credentials)
+    if principal is None:
+        raise _unauthorized("a token is required (Authorization: Bearer <token>)")
+    if needed is None:
+        raise HTTPException(403, "this route is not open to any role")
+    if not principal.may(needed):
+        raise HTTPException(403, f"role {principal.role} may not {needed.value.replace('_', ' ')} "
+                                 f"(token {principal.name!r})")
+    return principal
+
+
+Who = Annotated[Principal, Depends(authorize)]
