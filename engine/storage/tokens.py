@@ -35,7 +35,9 @@ class Tokens:
         returns it with its record, once. None if a live token has that name."""
         token = token or new_token()
         expires_at = datetime.now(UTC) + timedelta(seconds=expires_in) if expires_in else None
-        row = await self.create(name, role, token_hash(token), token[:9], expires_at, by)
+        digest = token_hash(token)
+        row = await self.create(name, role, digest, token[:9], expires_at, by)
+        self._cache.pop(digest, None)     # it may be cached as unknown
         return None if row is None else (token, row)
 
     async def verify(self, token: str) -> Principal | None:

@@ -46,9 +46,8 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
 -- Every change of a stored rule is audited, whoever made it: the service says who in its
 -- transaction (aetherius.actor_kind / actor / actor_role / client); anything else is SQL.
 CREATE FUNCTION aetherius_rule_digest(r jsonb) RETURNS text AS $$
-    SELECT encode(sha256(convert_to(coalesce(nullif(r -> 'definition', 'null'::jsonb),
-                                             r - 'created_at' - 'updated_at' - 'version')::text,
-                                    'UTF8')), 'hex')
+    -- The whole row but its bookkeeping: a column changed with SQL counts as a change.
+    SELECT encode(sha256(convert_to((r - 'created_at' - 'updated_at' - 'version')::text, 'UTF8')), 'hex')
 $$ LANGUAGE sql IMMUTABLE;
 
 CREATE FUNCTION aetherius_audit_rule_change() RETURNS trigger AS $$
