@@ -60,7 +60,8 @@ class ServiceProcess:
     def __init__(self, workdir: Path, *, pg_dsn: str, redis_url: str, redis_prefix: str, nats_url: str,
                  nats_prefix: str, agent_manager: str | None = None, reasoning: str | None = None,
                  slack: str | None = None, quiet: str = "1s", replica: str = "e2e-1",
-                 extra: dict[str, Any] | None = None, rules_dir: Path | None = None) -> None:
+                 extra: dict[str, Any] | None = None, rules_dir: Path | None = None,
+                 bootstrap: bool = True) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.rules_dir = rules_dir or workdir / "rules"
@@ -92,7 +93,9 @@ class ServiceProcess:
         self.log_path = workdir / "service.log"
         # Every replica of a test shares one admin token (they share the database): an
         # operator's bootstrap token, given through the environment.
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "AETHERIUS_AUTH__BOOTSTRAP_TOKEN": TOKEN}
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if bootstrap:
+            self.env["AETHERIUS_AUTH__BOOTSTRAP_TOKEN"] = TOKEN
         self.headers = {"Authorization": f"Bearer {TOKEN}"}
         if slack:
             # A secret: given through the environment, as an operator would.

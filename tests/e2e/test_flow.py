@@ -68,6 +68,18 @@ def test_sample_events_become_incidents_workflows_and_slack_messages(service, st
     assert all(e["status"] in ("succeeded", "failed") and e["duration"] is not None for e in finished)
     # Only the OOM answer led to a change, applied once per idempotency key.
     assert sum(agent.applied.values()) == 2 and set(agent.applied.values()) == {1}
+    # Each remediation request sent is on the audit trail, with its key, target and dry-run flag.
+    sent = [r["body"] for r in agent.requests if isinstance(r["body"], dict) and "dry_run" in r["body"]]
+    audited = [{**a, "detail": json.loads(a["detail"])} for a in _sql(
+        pg_dsn, "SELECT actor_kind, target_id, detail FROM audit_log WHERE action = 'remediation.request' "
+                "ORDER BY id")]
+    keys = sorted(b["idempotency_key"] for b in sent)
+    assert keys and sorted(a["detail"]["idempotency_key"] for a in audited) == keys
+    assert {a["actor_kind"] for a in audited} == {"system"}
+    for a in audited:
+        body = next(b for b in sent if b["idempotency_key"] == a["detail"]["idempotency_key"])
+        assert (a["detail"]["target"], a["detail"]["dry_run"], a["target_id"]) == (
+            body["target"], body["dry_run"], body["execution_id"])
     assert _sql(pg_dsn, "SELECT id, name, category, priority FROM strategies WHERE enabled = true;")
 
     # Slack heard about each incident, with a link back to the execution.

@@ -297,3 +297,8 @@ def test_logging_settings(tmp_path):
     assert [p.split(": ", 1)[1] for p in found] == [
         "logging.format: Input should be 'text' or 'json'",
         "logging.level: Input should be 'debug', 'info', 'warning', 'error' or 'critical'"]
+
+
+def test_the_api_listens_on_loopback_unless_told_otherwise() -> None:
+    assert Config().http.host == "127.0.0.1"
+    assert load_config(environ={"AETHERIUS_HTTP__HOST": "0.0.0.0"}).http.host == "0.0.0.0"
