@@ -13,6 +13,7 @@
      └── StepError             a step attempt failed; ``retryable`` says if trying again may help
           ├── StepTimeout          the attempt ran past its timeout (retryable)
           ├── ServiceUnavailable   an outside service could not be reached or answered 5xx (retryable)
+          │    └── LockBusy            another replica holds the lock on the target (retryable)
           ├── ServiceRejected      an outside service refused the request, 4xx (not retryable)
           ├── CommandFailed        agent-manager ran the command and it failed
           └── NotAllowed           refused by policy: allowlist, change cap, read-only (not retryable)
@@ -143,6 +144,10 @@ class StepTimeout(StepError):
 
 class ServiceUnavailable(StepError):
     """The outside service could not be reached."""
+
+
+class LockBusy(ServiceUnavailable):
+    """Another holder kept the lock for longer than we may wait; nothing was done."""
 
 
 class ServiceRejected(StepError):

@@ -3,7 +3,7 @@
 - the active rule generation (digest, counts), for ``/readyz`` and for operators;
 - incident cooldowns (the database stays the truth; Redis answers first);
 - remediation rate limits per (action, target);
-- per-key locks (one remediation per target at a time, across replicas).
+- per-key locks (:mod:`engine.service.locks`: one remediation per target at a time).
 
 If Redis cannot be reached, every operation falls back to this process alone (local
 counters and locks) and the service says so in its log and in ``/readyz``; it never stops.
@@ -11,12 +11,8 @@ counters and locks) and the service says so in its log and in ``/readyz``; it ne
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -26,11 +22,6 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 PREFIX = "aetherius:"
-_UNLOCK = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
-"""
-
-
 class Cache:
     def __init__(self, url: str | None, prefix: str = PREFIX) -> None:
         self.url = url
@@ -42,13 +33,19 @@ class Cache:
             socket_connect_timeout=1.0)) if url else None
         self.healthy: bool | None = None   # unknown until the first answer
         self._local_counts: dict[str, list[float]] = {}
-        self._local_locks: dict[str, asyncio.Lock] = {}
         self._local_cooldowns: dict[str, tuple[float, str]] = {}
+
+    def note_down(self, exc: Exception, what: str) -> None:
+        """Redis did not answer (for ``what``): degraded, said once."""
+        self._down(exc, what)
+
+    def note_up(self) -> None:
+        self._up()
 
     def _down(self, exc: Exception, what: str) -> None:
         if self.healthy is not False:   # say it once, at start-up too
-            log.warning("Redis is unavailable (%s: %s): running degraded, %s falls back to this "
-                        "replica alone", type(exc).__name__, exc, what)
+            log.warning("Redis is unavailable (%s: %s): running degraded (%s)", type(exc).__name__, exc,
+                        what)
         self.healthy = False
 
     def _up(self) -> None:
@@ -68,7 +65,7 @@ class Cache:
         try:
             await self.client.ping()
         except (RedisError, OSError) as exc:
-            self._down(exc, "everything")
+            self._down(exc, "cooldowns and rate limits fall back to this replica alone; locks to PostgreSQL")
             return False
         self._up()
         return True
@@ -76,6 +73,8 @@ class Cache:
     async def close(self) -> None:
         if self.client is not None:
             await self.client.aclose()
+            # The client was handed its pool, so it leaves the pool's connections open.
+            await self.client.connection_pool.disconnect()
 
     # ------------------------------------------------------------------ rules
 
@@ -86,7 +85,7 @@ class Cache:
             await self.client.set(f"{self.prefix}rules:active", orjson.dumps(info))
             self._up()
         except (RedisError, OSError) as exc:
-            self._down(exc, "the rule generation cache")
+            self._down(exc, "the rule generation is not published")
 
     async def active_generation(self) -> dict[str, Any] | None:
         if self.client is None:
@@ -95,7 +94,7 @@ class Cache:
             raw = await self.client.get(f"{self.prefix}rules:active")
             self._up()
         except (RedisError, OSError) as exc:
-            self._down(exc, "the rule generation cache")
+            self._down(exc, "the rule generation is not published")
             return None
         return orjson.loads(raw) if raw else None
 
@@ -110,7 +109,7 @@ class Cache:
             await self.client.set(self.prefix + name, incident_id, px=max(1, int(seconds * 1000)))
             self._up()
         except (RedisError, OSError) as exc:
-            self._down(exc, "cooldowns")
+            self._down(exc, "cooldowns fall back to this replica alone")
 
     async def cooldown(self, strategy: str, key: str) -> tuple[bool, str | None]:
         """(known, incident id). ``known`` is False when Redis could not answer."""
@@ -121,7 +120,7 @@ class Cache:
                 self._up()
                 return True, (value.decode() if isinstance(value, bytes) else value) or None
             except (RedisError, OSError) as exc:
-                self._down(exc, "cooldowns")
+                self._down(exc, "cooldowns fall back to this replica alone")
         until, incident = self._local_cooldowns.get(name, (0.0, None))
         return False, incident if until > time.time() else None
 
@@ -138,38 +137,9 @@ class Cache:
                 self._up()
                 return count <= limit
             except (RedisError, OSError) as exc:
-                self._down(exc, "remediation rate limits")
+                self._down(exc, "rate limits fall back to this replica alone")
         now = time.time()
         uses = [t for t in self._local_counts.get(key, []) if t > now - window]
         uses.append(now)
         self._local_counts[key] = uses
         return len(uses) <= limit
-
-    # ------------------------------------------------------------------ locks
-
-    @contextlib.asynccontextmanager
-    async def lock(self, name: str, ttl: float = 60.0, wait: float = 30.0) -> AsyncIterator[None]:
-        """A lock across replicas (Redis SET NX PX), or in-process when Redis is down."""
-        key, token = f"{self.prefix}lock:{name}", uuid.uuid4().hex
-        held_in_redis = False
-        if self.client is not None:
-            deadline = time.monotonic() + wait
-            try:
-                while not await self.client.set(key, token, nx=True, px=int(ttl * 1000)):
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"lock {name} is held elsewhere")
-                    await asyncio.sleep(0.05)
-                held_in_redis = True
-                self._up()
-            except (RedisError, OSError) as exc:
-                self._down(exc, "locks")
-        if held_in_redis and self.client is not None:
-            try:
-                yield
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await self.client.eval(_UNLOCK, 1, key, token)
-            return
-        local = self._local_locks.setdefault(name, asyncio.Lock())
-        async with local:
-            yield

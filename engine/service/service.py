@@ -55,6 +55,7 @@ from engine.service.generations import RulesManager
 from engine.service.health import Health
 from engine.service.incidents import Incidents
 from engine.service.intake import Intake
+from engine.service.locks import Locks
 from engine.service.recovery import Recovery
 from engine.service.reloads import Reloads
 from engine.service.retention import Retention
@@ -150,12 +151,13 @@ class Service:
             return await cache.allow(f"{action}:{target}", limit, per)
 
         system = Principal("system", replica_id)
+        locks = Locks(cache, pool)
 
         async def audit_step(execution: Execution, step_id: str, action: str, detail: dict[str, Any]) -> None:
             await audit.record(system, action, "execution", execution.id, {**detail, "step_id": step_id})
 
         runner = WorkflowRunner(store, settings, http=http, limiter=allow,
-                                lock=lambda name: cache.lock(name, ttl=120.0), audit=audit_step)
+                                lock=lambda name: locks.hold(name, ttl=60.0, wait=30.0), audit=audit_step)
         runner.listeners.append(self._step_finished)
         background = Background()
         stack.push_async_callback(background.wait, 5.0)
