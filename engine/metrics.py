@@ -22,6 +22,9 @@ class Metrics:
                                  registry=r)
         self.executions = Counter("aetherius_executions_total", "Workflow executions by final status",
                                   ["workflow", "status"], registry=r)
+        self.outcomes = Counter("aetherius_execution_outcomes_total",
+                                "Executions by what they did to the cluster (engine.outcomes)", ["outcome"],
+                                registry=r)
         self.executions_running = Gauge("aetherius_executions_running", "Executions running here",
                                         registry=r)
         self.step_seconds = Histogram(

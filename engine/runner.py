@@ -32,6 +32,7 @@ from typing import Any
 
 from engine.exceptions import StepError, StepTimeout
 from engine.logs import FieldsAdapter
+from engine.outcomes import outcome
 from engine.rules.model import RetryPolicy, StepSpec, Workflow
 from engine.statuses import FINAL_STEP, ExecutionStatus, StepStatus
 from engine.store import Execution, MemoryStore, StepRun, Store
@@ -264,9 +265,11 @@ class WorkflowRunner:
 
     async def _finish(self, execution: Execution) -> None:
         execution.finished_at = time.time()
+        execution.outcome = outcome(execution.status,
+                                    ((r.step_type, r.status, r.output) for r in execution.runs))
         await self.store.finish_execution(execution)
-        log.info("Workflow execution %s finished: status=%s duration=%.3fs%s", execution.id,
-                 execution.status, execution.duration or 0.0,
+        log.info("Workflow execution %s finished: status=%s outcome=%s duration=%.3fs%s", execution.id,
+                 execution.status, execution.outcome, execution.duration or 0.0,
                  f" error={execution.error}" if execution.error else "",
                  extra=_ids(execution))
 
@@ -437,7 +440,7 @@ def summary(execution: Execution) -> dict[str, Any]:
     return {
         "kind": "execution", "id": execution.id, "workflow": execution.workflow_id,
         "version": execution.workflow_version, "status": execution.status, "error": execution.error,
-        "dry_run": execution.dry_run,
+        "dry_run": execution.dry_run, "outcome": execution.outcome,
         "steps": [{"id": r.step_id, "type": r.step_type, "status": r.status, "attempts": r.attempts,
                    **({"error": r.error} if r.error and r.status != StepStatus.SUCCEEDED else {})}
                   for r in sorted(execution.runs, key=lambda r: (r.started_at or float("inf"), r.seq))

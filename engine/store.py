@@ -62,6 +62,7 @@ class Execution:
     finished_at: float | None = None
     error: str | None = None
     runs: list[StepRun] = field(default_factory=list)
+    outcome: str | None = None          # engine.outcomes.Outcome, once it ended
 
     @property
     def duration(self) -> float | None:
@@ -133,7 +134,7 @@ class MemoryStore:
 
     async def finish_execution(self, execution: Execution) -> None:
         saved = self.executions[execution.id]
-        saved.status, saved.error = execution.status, execution.error
+        saved.status, saved.error, saved.outcome = execution.status, execution.error, execution.outcome
         saved.finished_at = execution.finished_at
         self.log.append(("finish_execution", execution.id, execution.status))
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from engine.exceptions import NotAllowed
+from engine.outcomes import so_far
 from steps.base import Step, StepConfig, StepContext, StepResult
 from steps.http import post_json
 
@@ -70,6 +71,8 @@ def compose(ctx: StepContext, config: NotificationConfig) -> dict[str, Any]:
     actions = _actions(ctx.names.get("steps") or {})
     if actions:
         lines.append("Actions: " + "; ".join(actions))
+    # Whatever the message says, this line says what was really done to the cluster.
+    lines.append(so_far(ctx.names.get("steps") or {}))
     lines.append(f"Execution: {link}")
     return {"title": title, "message": message, "text": "\n".join(lines), "execution_url": link,
             "incident": incident, "analysis": analysis or None, "actions": actions}

@@ -113,6 +113,8 @@ class ExecutionSummary(BaseModel):
     workflow_version: int
     incident_id: str | None
     status: str
+    outcome: str | None = Field(default=None, description="what it did to the cluster: remediated, dry_run, "
+                                "waiting_approval, needs_human, failed, no_action (null while it runs)")
     dry_run: bool
     error: str | None
     started_at: datetime

@@ -81,5 +81,7 @@ class Executions:
         if execution is None or execution.status not in FINAL_EXECUTION:
             return
         self.metrics.executions.labels(execution.workflow_id, execution.status).inc()
+        if execution.outcome:
+            self.metrics.outcomes.labels(execution.outcome).inc()
         for listener in self.listeners:
             self.background.spawn(listener(execution))

@@ -38,7 +38,7 @@ UPSERT_RUN = (1, """
         started_at = EXCLUDED.started_at, attempt_started_at = EXCLUDED.attempt_started_at,
         finished_at = EXCLUDED.finished_at""")
 FINISH_EXECUTION = (2, """
-    UPDATE workflow_executions SET status = $2, error = $3, finished_at = $4 WHERE id = $1""")
+    UPDATE workflow_executions SET status = $2, error = $3, finished_at = $4, outcome = $5 WHERE id = $1""")
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -146,7 +146,7 @@ class PostgresStore:
 
     async def finish_execution(self, execution: Execution) -> None:
         await self.writer.write([(FINISH_EXECUTION, (execution.id, execution.status, execution.error,
-                                                     _ts(execution.finished_at)))])
+                                                     _ts(execution.finished_at), execution.outcome))])
 
     async def load_execution(self, execution_id: str) -> Execution | None:
         async with self.pool.acquire() as conn:

@@ -25,7 +25,7 @@ WORKFLOW_FIELDS = ("name", "description", "trigger_type", "trigger_config", "sta
 STRATEGY_FIELDS = ("name", "category", "symptoms", "workflow_id", "priority", "enabled", "definition")
 
 EXECUTION_COLUMNS = """
-    id, workflow_id, workflow_version, incident_id, status, dry_run, error, started_at, finished_at,
+    id, workflow_id, workflow_version, incident_id, status, outcome, dry_run, error, started_at, finished_at,
     (extract(epoch FROM duration) * 1000)::float8 AS duration_ms, owner"""
 STEP_COLUMNS = """
     seq, step_id, step_type, parent, in_branch_of, status, attempts, output, error, error_kind, branch,

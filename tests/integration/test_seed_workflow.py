@@ -102,6 +102,8 @@ def test_seed_oom_path_remediates_and_notifies(agent, reasoning, slack):
     assert remediation["target"]["name"] == "checkout"
     assert remediation["target"]["namespace"] == "shop"
     assert agent.applied == {remediation["idempotency_key"]: 1}
+    assert execution.outcome == "remediated"
+    assert "Changed: execute_remediation applied" in slack.messages[0]
     logs = bodies(agent, "logs")[0]
     assert logs["args"] == ["--tail=100", "--previous"]
     assert logs["target"] == {"namespace": "shop", "kind": "Pod", "name": "checkout-7d9f8c6b5-x2x4k",
@@ -169,6 +171,11 @@ def test_seed_reasoning_service_503_falls_back_to_builtin(agent, reasoning, slac
     assert path(execution) == SEED_PATH
     assert bodies(agent, "increase_memory") == []
     assert len(slack.messages) == 1
+    # The seed's text still says fixed; the line after it says what really happened.
+    assert execution.outcome == "needs_human"
+    assert "Pod 问题已自动修复" in slack.messages[0]
+    assert "Nothing was changed: execute_remediation (the decision" in slack.messages[0]
+    assert "a human should look" in slack.messages[0]
 
 
 def test_seed_reasoning_service_stopped_builtin_reads_oom_from_describe(
@@ -236,6 +243,8 @@ def test_seed_dry_run_setting_keeps_the_cluster_unchanged(agent, reasoning, slac
     out = output(execution, "execute_remediation")
     assert out["applied"] is False and out["dry_run"] is True
     assert "increase_memory (dry-run)" in slack.messages[0]
+    assert execution.outcome == "dry_run"
+    assert "Nothing was changed: execute_remediation ran as a dry run" in slack.messages[0]
 
 
 def test_seed_workflow_dry_run_true_wins_over_a_live_config(agent, reasoning, slack, tmp_path):
