@@ -13,13 +13,19 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TypeVar
 
 from engine.correlation import Correlator, Incident
 from engine.metrics import Metrics
 from engine.service.background import Background
 from engine.service.contracts import Cooldowns, Records, Stats, Workflows
 from engine.service.executions import Executions
+from engine.storage.outage import Availability, retrying
 from engine.store import Execution
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +35,8 @@ DEFAULT_COOLDOWN = 600.0   # for an incident whose strategy is no longer loaded
 class Incidents:
     def __init__(self, *, records: Records, cooldowns: Cooldowns, workflows: Workflows,
                  correlator: Correlator, executions: Executions, metrics: Metrics, stats: Stats,
-                 background: Background, record_lock: asyncio.Lock) -> None:
+                 background: Background, record_lock: asyncio.Lock,
+                 postgres: Availability | None = None) -> None:
         self.records = records
         self.cooldowns = cooldowns
         self.workflows = workflows
@@ -39,6 +46,9 @@ class Incidents:
         self.stats = stats
         self.background = background
         self.record_lock = record_lock
+        # A write that meets a PostgreSQL outage waits it out: an incident is never left
+        # half-opened or never closed because the database blinked.
+        self.postgres = postgres or Availability("PostgreSQL")
         # Incidents this replica opened whose execution runs here, by execution id.
         self._by_execution: dict[str, Incident] = {}
         correlator.formed.subscribe(on_next=self.formed)
@@ -59,20 +69,21 @@ class Incidents:
         outcome, other = "cooling", cooling
         if cooling is None:
             async with self.record_lock:   # the batch holding its last events is recorded
-                outcome, other = await self.records.open_incident(incident, execution_id, incident.event_ids)
+                outcome, other = await self._db(partial(self.records.open_incident, incident, execution_id,
+                                                        incident.event_ids))
         incident.recorded = True
         if outcome != "opened":
             # Cooling down, or open on another replica: its workflow covers these events too.
             assert other is not None
             incident.record_id = other
             state = "suppressed" if outcome == "cooling" else "attached"
-            await self.records.attach_events(incident.event_ids, other, state)
-            await self.records.repoint_events(incident.id, other)
+            await self._db(partial(self.records.attach_events, incident.event_ids, other, state))
+            await self._db(partial(self.records.repoint_events, incident.id, other))
             count = incident.events + incident.late
             if outcome == "cooling":
-                await self.records.add_to_incident(other, suppressed=count)
+                await self._db(partial(self.records.add_to_incident, other, suppressed=count))
             else:
-                await self.records.add_to_incident(other, late=count)
+                await self._db(partial(self.records.add_to_incident, other, late=count))
             self.correlator.close(incident)
             return
         incident.event_ids = []
@@ -100,21 +111,24 @@ class Incidents:
             await self.close(incident)
             return
         # Resumed after a restart or taken over: the incident is known only by its row.
-        row = await self.records.open_incident_of(execution.id)
+        row = await self._db(partial(self.records.open_incident_of, execution.id))
         if row is None:
             return      # a manual execution, or the incident was closed already
         gen = self.workflows.generation
         strategy = gen.strategies.get(row["strategy_id"]) if gen is not None else None
         cooldown = strategy.correlation.cooldown if strategy is not None else DEFAULT_COOLDOWN
-        closed = await self.records.close_incident_by_id(row["id"], cooldown)
+        closed = await self._db(partial(self.records.close_incident_by_id, row["id"], cooldown))
         if closed is not None:
             await self.cooldowns.set_cooldown(closed["strategy_id"], closed["key"], cooldown, row["id"])
 
     async def close(self, incident: Incident) -> None:
-        await self.records.close_incident(incident)
+        await self._db(partial(self.records.close_incident, incident))
         await self.cooldowns.set_cooldown(incident.strategy.id, incident.key_text,
                                           incident.strategy.correlation.cooldown, incident.id)
         self.correlator.close(incident)
+
+    async def _db(self, action: Callable[[], Awaitable[T]]) -> T:
+        return await retrying(self.postgres, action)
 
     def open_here(self) -> int:
         """Incidents opened here whose execution still runs here."""

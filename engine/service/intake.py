@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -31,6 +32,7 @@ from engine.service.background import Background
 from engine.service.bus import Message
 from engine.service.contracts import DeadLetter, EventRow, Records, Stats
 from engine.statuses import IncidentStatus
+from engine.storage.outage import Availability, retrying, transient
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,8 @@ class Batch:
 class Intake:
     def __init__(self, *, records: Records, rulebase: RuleBase, correlator: Correlator, metrics: Metrics,
                  stats: Stats, background: Background, record_lock: asyncio.Lock,
-                 max_event_bytes: int, clock: Callable[[], float] = time.time) -> None:
+                 max_event_bytes: int, clock: Callable[[], float] = time.time,
+                 postgres: Availability | None = None) -> None:
         self.records = records
         self.rulebase = rulebase
         self.correlator = correlator
@@ -70,6 +73,7 @@ class Intake:
         self.record_lock = record_lock
         self.max_event_bytes = max_event_bytes
         self.clock = clock
+        self.postgres = postgres or Availability("PostgreSQL")
         self.tracker = OccurrenceTracker()
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._in_flight = asyncio.Semaphore(2)   # batches processed but not yet recorded
@@ -94,14 +98,18 @@ class Intake:
     async def _record_and_ack(self, batch: Batch, messages: list[Message]) -> None:
         try:
             await self.persist(batch)
-        except Exception:
+        except Exception as exc:
             # Not acked, so redelivered: let the redelivery be processed, not dropped as seen.
             for event, _, _ in batch.rows:
                 self._recent.pop(event.id, None)
-            log.exception("recording a batch of %d events failed; it will be redelivered", len(messages))
+            if transient(exc):
+                self.postgres.failed(exc)   # one line per outage, not a traceback per batch
+            else:
+                log.exception("recording a batch of %d events failed; it will be redelivered", len(messages))
             return
         finally:
             self._in_flight.release()
+        self.postgres.ok()
         for message in messages:
             with contextlib.suppress(Exception):
                 await message.ack()
@@ -208,7 +216,8 @@ class Intake:
         # Recorded before by another replica (or before a restart): not counted again here.
         duplicates = batch.duplicates + len(rows) - len(recorded)
         for incident_id, delta in _sum_deltas(batch.deltas, recorded).items():
-            self.background.spawn(self.records.add_to_incident(incident_id, **delta))
+            self.background.spawn(retrying(self.postgres, partial(self.records.add_to_incident, incident_id,
+                                                                  **delta)))
         self.metrics.events_dedup.inc(duplicates)
         self.stats.events += len(recorded)
         self.stats.duplicates += duplicates

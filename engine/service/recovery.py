@@ -19,6 +19,7 @@ from engine.service.contracts import ExecutionStore, Records, Workflows
 from engine.service.executions import Executions
 from engine.service.intake import Intake
 from engine.statuses import ExecutionStatus
+from engine.storage.outage import Availability, transient
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 class Recovery:
     def __init__(self, *, records: Records, store: ExecutionStore, workflows: Workflows,
                  executions: Executions, intake: Intake, cache: Cache, lease: float,
-                 info: Callable[[], dict[str, Any]]) -> None:
+                 info: Callable[[], dict[str, Any]], postgres: Availability | None = None) -> None:
         self.records = records
         self.store = store
         self.workflows = workflows
@@ -35,6 +36,7 @@ class Recovery:
         self.cache = cache
         self.lease = lease
         self.info = info
+        self.postgres = postgres or Availability("PostgreSQL")
 
     @property
     def interval(self) -> float:
@@ -55,7 +57,12 @@ class Recovery:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
+                if transient(exc):
+                    self.postgres.failed(exc)     # said once per outage
+                else:
+                    log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
+            else:
+                self.postgres.ok()
             await asyncio.sleep(self.interval)
 
     async def tick(self) -> None:

@@ -12,6 +12,7 @@ of our own write costs a read, never a second generation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from engine.service.background import Background
 from engine.service.cache import Cache
 from engine.service.contracts import RuleChanges
 from engine.service.generations import RulesManager
+from engine.storage.outage import transient
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,13 @@ class Reloads:
             self._requested.clear()
             try:
                 await self.reload(self._reason or "request")
-            except Exception:
-                log.exception("rule reload failed")
+            except Exception as exc:
+                if transient(exc):   # the database is away: the poll asks again once it is back
+                    log.warning("rule reload (%s) postponed: PostgreSQL is unavailable (%s)",
+                                self._reason or "request", type(exc).__name__)
+                    self._baseline_stale = False
+                else:
+                    log.exception("rule reload failed")
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Reload on changes under the rule directory until ``stop`` is set."""
@@ -106,7 +113,9 @@ class Reloads:
         if self.changes is None:
             return
         changes = self.changes
-        last = await changes.fingerprint()
+        last: tuple[Any, ...] = ()
+        with contextlib.suppress(Exception):     # an outage now: the first poll finds out
+            last = await changes.fingerprint()
         while True:
             try:
                 async with changes.notifications(lambda: self.request("database change")) as alive:

@@ -63,6 +63,7 @@ from engine.service.transport import make_client
 from engine.storage.audit import AuditLog
 from engine.storage.db import create_pool, migrate
 from engine.storage.executions import PostgresStore
+from engine.storage.outage import Availability
 from engine.storage.queries import Queries
 from engine.storage.records import Repository
 from engine.storage.rules import StoredRules
@@ -121,7 +122,8 @@ class Service:
         await migrate(pool)
         records = Repository(pool, replica_id)
         stack.push_async_callback(_quietly, records.leave)
-        store = PostgresStore(pool, replica_id, self.lease)
+        postgres = Availability("PostgreSQL")      # one outage, said once, whoever meets it
+        store = PostgresStore(pool, replica_id, self.lease, availability=postgres)
         store.writer.start()
         stack.push_async_callback(_shielded, store.writer.stop)
         audit = AuditLog(pool)
@@ -169,10 +171,10 @@ class Service:
         record_lock = asyncio.Lock()
         incidents = Incidents(records=records, cooldowns=cache, workflows=rules, correlator=correlator,
                               executions=executions, metrics=self.metrics, stats=stats,
-                              background=background, record_lock=record_lock)
+                              background=background, record_lock=record_lock, postgres=postgres)
         intake = Intake(records=records, rulebase=rulebase, correlator=correlator, metrics=self.metrics,
                         stats=stats, background=background, record_lock=record_lock,
-                        max_event_bytes=self.max_event_bytes)
+                        max_event_bytes=self.max_event_bytes, postgres=postgres)
         reloads = Reloads(rules, changes=stored_rules, metrics=self.metrics, cache=cache,
                           background=background, replica=replica_id, audit=audit)
         if not await rules.reload("start"):
@@ -183,7 +185,8 @@ class Service:
         recovery = Recovery(records=records, store=store, workflows=rules, executions=executions,
                             intake=intake, cache=cache, lease=self.lease,
                             info=lambda: {"pid": os.getpid(), "nats": bus.mode,
-                                          "generation": rules.status.generation})
+                                          "generation": rules.status.generation},
+                            postgres=postgres)
         # Messages recorded just before a stop may be redelivered: know their ids.
         for event_id in await records.recent_event_ids(max(120.0, 4 * bus.ack_wait)):
             intake.remember(event_id)

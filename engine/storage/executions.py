@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime
+from functools import partial
 
 import asyncpg
 
 from engine.exceptions import StoreError
 from engine.statuses import ExecutionStatus
+from engine.storage.outage import Availability, retrying
 from engine.store import Execution, StepRun
 
 log = logging.getLogger(__name__)
@@ -58,9 +61,14 @@ def _run_args(execution_id: str, run: StepRun) -> tuple:
 class GroupCommitter:
     """Writes queued statement groups in shared transactions; one writer task."""
 
-    def __init__(self, pool: asyncpg.Pool, max_batch: int = 500) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_batch: int = 500, availability: Availability | None = None,
+                 stop_wait: float = 10.0) -> None:
         self.pool = pool
         self.max_batch = max_batch
+        # An outage is waited out: the writers wait (an execution never moves past a step
+        # whose result is not committed), and the batch is written once PostgreSQL is back.
+        self.availability = availability or Availability("PostgreSQL")
+        self.stop_wait = stop_wait
         self._queue: list[tuple[list[tuple[tuple[int, str], tuple]], asyncio.Future]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -73,8 +81,15 @@ class GroupCommitter:
 
     async def stop(self) -> None:
         if self._task is not None:
-            while self._queue:        # the last state writes are never dropped
+            # The last state writes are not dropped, unless PostgreSQL stays away: then what
+            # was not written is resumed by the next replica (idempotency keys as backstop).
+            deadline = time.monotonic() + self.stop_wait
+            while self._queue and time.monotonic() < deadline:
                 await asyncio.sleep(0.005)
+            if self._queue:
+                log.error("PostgreSQL did not come back within %.0fs of the stop: %d state write(s) "
+                          "not recorded; their executions resume on the next replica", self.stop_wait,
+                          len(self._queue))
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
@@ -98,10 +113,8 @@ class GroupCommitter:
                     for key, args in statements:
                         grouped.setdefault(key, []).append(args)
                 try:
-                    async with self.pool.acquire() as conn, conn.transaction():
-                        for (_, sql), rows in sorted(grouped.items(), key=lambda kv: kv[0][0]):
-                            await conn.executemany(sql, rows)
-                except Exception as exc:  # every waiter learns of the failure
+                    await retrying(self.availability, partial(self._commit, grouped))
+                except Exception as exc:  # not an outage: every waiter learns of the failure
                     error = StoreError(f"could not record state: {type(exc).__name__}: {exc}")
                     for _, future in batch:
                         if not future.done():
@@ -114,15 +127,22 @@ class GroupCommitter:
                         future.set_result(None)
 
 
+    async def _commit(self, grouped: dict[tuple[int, str], list[tuple]]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            for (_, sql), rows in sorted(grouped.items(), key=lambda kv: kv[0][0]):
+                await conn.executemany(sql, rows)
+
+
 class PostgresStore:
     """:class:`engine.store.Store` in PostgreSQL. ``owner`` names this replica (leases)."""
 
-    def __init__(self, pool: asyncpg.Pool, owner: str, lease_seconds: float = 15.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, owner: str, lease_seconds: float = 15.0,
+                 availability: Availability | None = None) -> None:
         # lease_seconds: how long a silent replica keeps its executions before others take them.
         self.pool = pool
         self.owner = owner
         self.lease_seconds = lease_seconds
-        self.writer = GroupCommitter(pool)
+        self.writer = GroupCommitter(pool, availability=availability)
 
     async def create_execution(self, execution: Execution, first: StepRun) -> None:
         await self.writer.write([

@@ -78,21 +78,29 @@ def test_pending_events_of_a_replica_that_stopped_are_taken_over(make_parts) -> 
 
 
 def test_a_failing_heartbeat_is_logged_and_the_loop_goes_on(make_parts, caplog) -> None:
+    """An outage is said once (not a line per tick); any other error every time."""
+
     async def go() -> None:
         parts = await make_parts()
         calls = 0
+        error: Exception = ConnectionError("database unreachable")
 
         async def broken(info=None) -> None:
             nonlocal calls
             calls += 1
-            raise ConnectionError("database unreachable")
+            raise error
 
         parts.records.heartbeat = broken
         parts.recovery.lease = 0.03       # a tick every 0.5 s at the least
         task = asyncio.create_task(parts.recovery.run())
-        await asyncio.sleep(0.7)
+        await asyncio.sleep(1.2)
+        assert calls == 3
+        outage = [r.getMessage() for r in caplog.records if "PostgreSQL is unavailable" in r.getMessage()]
+        assert len(outage) == 1 and "ConnectionError" in outage[0]
+        error = ValueError("a bug")
+        await asyncio.sleep(1.0)
         task.cancel()
-        assert calls == 2
-        assert sum("heartbeat failed: ConnectionError" in r.getMessage() for r in caplog.records) == 2
+        assert calls == 5
+        assert sum("heartbeat failed: ValueError: a bug" in r.getMessage() for r in caplog.records) == 2
 
     asyncio.run(go())
