@@ -134,6 +134,9 @@ def configure(*, level: int | str = logging.WARNING, format: str = "text", file:
     root.setLevel(logging.DEBUG if verbose else _level(level))
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # asyncpg's pool logs a traceback each time it fails to reconnect during an outage; the
+    # service says the outage itself, once (engine.storage.outage).
+    logging.getLogger("asyncpg.pool").setLevel(logging.DEBUG if verbose else logging.ERROR)
     nats_client = logging.getLogger("nats.aio.client")
     if verbose:
         nats_client.removeFilter(_NATS_FILTER)

@@ -228,6 +228,8 @@ class Intake:
         try:
             return await self.records.record_events(rows)
         except Exception as exc:  # one row the database refuses must not sink the batch
+            if transient(exc):
+                raise           # an outage, not a bad row: the batch waits for redelivery
             log.warning("recording a batch of %d failed (%s: %s); recording one by one",
                         len(rows), type(exc).__name__, exc)
         recorded: set[str] = set()

@@ -119,7 +119,13 @@ class StoredRules:
 
         try:
             await conn.add_listener(CHANNEL, notified)
-            yield lambda: not conn.is_closed()
+            def alive() -> bool:
+                try:
+                    return not conn.is_closed()
+                except Exception:    # released or broken underneath us: not alive
+                    return False
+
+            yield alive
         finally:
             with contextlib.suppress(Exception):
                 await conn.remove_listener(CHANNEL, notified)
