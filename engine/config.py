@@ -175,6 +175,15 @@ class AuthConfig(Section):
         return value
 
 
+class RetriesConfig(Section):
+    """The retry of a step whose workflow sets none, for outside services that are down."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 10
+    initial_interval: Duration = 1.0
+    multiplier: float = Field(2.0, ge=1.0, le=10.0)
+    max_interval: Duration = 30.0
+
+
 class AuditConfig(Section):
     retention: Duration = 365 * 86400.0
 
@@ -214,6 +223,7 @@ class Config(Section):
     logging: LoggingConfig = LoggingConfig()
     auth: AuthConfig = AuthConfig()
     audit: AuditConfig = AuditConfig()
+    retries: RetriesConfig = RetriesConfig()
 
     def step_settings(self, *, live: bool = True, virtual_time: bool = False) -> Settings:
         """What steps read from this configuration, secrets in plain text."""

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.exceptions import StepError, StepTimeout
+from engine.exceptions import ServiceUnavailable, StepError, StepTimeout
 from engine.logs import FieldsAdapter
 from engine.outcomes import outcome
 from engine.rules.model import RetryPolicy, StepSpec, Workflow
@@ -86,7 +86,8 @@ class WorkflowRunner:
     def __init__(self, store: Store | None = None, settings: Settings | None = None, *,
                  http: HttpClient | None = None, registry: dict[str, type[Step]] | None = None,
                  rng: random.Random | None = None, measure_overhead: bool = False,
-                 limiter: Any = None, lock: Any = None, audit: Audit | None = None) -> None:
+                 limiter: Any = None, lock: Any = None, audit: Audit | None = None,
+                 outage_retry: RetryPolicy | None = None) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.settings = settings or Settings(live=False)
         # Whoever makes the HTTP client closes it; None is enough when nothing calls out.
@@ -105,6 +106,10 @@ class WorkflowRunner:
         # The audit trail: ``async audit(execution, step id, action, detail)`` for what a step
         # must put on record (each remediation request sent to agent-manager).
         self.audit = audit
+        # Where a step and its workflow set no retry: outside services that are unavailable
+        # (ServiceUnavailable, a busy lock) are retried on this policy, so a short outage of
+        # agent-manager delays executions instead of failing them. None: one attempt.
+        self.outage_retry = outage_retry
         # Draining (service shutdown): start no new step; executions stay "running" in the
         # store, to be resumed by this or another replica.
         self.draining = False
@@ -315,6 +320,9 @@ class WorkflowRunner:
         execution, workflow = live.execution, live.workflow
         step = self.steps[spec.type]
         policy = spec.retry or workflow.retry or DEFAULT_RETRY
+        outage_only = spec.retry is None and workflow.retry is None and self.outage_retry is not None
+        if outage_only:
+            policy = self.outage_retry or DEFAULT_RETRY
         logger = FieldsAdapter(log, {**_ids(execution), "step_id": spec.id})
         ctx = StepContext(execution_id=execution.id, workflow=workflow, step=spec, run=run,
                           names=live.names, settings=self.settings, http=self.http,
@@ -358,7 +366,8 @@ class WorkflowRunner:
             step_time += time.perf_counter() - t0
             run.error, run.error_kind = str(error), error.kind
             retry = (error.retryable and error.kind not in policy.non_retryable
-                     and run.attempts < policy.max_attempts)
+                     and run.attempts < policy.max_attempts
+                     and (not outage_only or isinstance(error, ServiceUnavailable)))
             if not retry:
                 run.status, run.output, run.finished_at = StepStatus.FAILED, error.output, time.time()
                 logger.warning("Step %s failed after %d attempt(s): %s: %s", spec.id, run.attempts,

@@ -102,12 +102,16 @@ class AgentManager(StandIn):
         self.stdout: dict[str, str] = {}
         self.applied: collections.Counter[str] = collections.Counter()
         self.calls: collections.Counter[str] = collections.Counter()
+        self.unavailable = 0          # answer this many more requests with 503 (an outage)
 
     async def respond(self, path: str, body: Any) -> tuple[int, Any]:
         if path != "/api/v1/commands" or not isinstance(body, dict):
             return 404, {"error": "not found"}
         action = body.get("action", "")
         self.calls[body.get("idempotency_key", "")] += 1
+        if self.unavailable > 0:
+            self.unavailable -= 1
+            return 503, {"error": "agent-manager is restarting"}
         if action in self.delay:
             await asyncio.sleep(self.delay[action])
         if action in self.fail_actions:

@@ -43,6 +43,7 @@ from engine.config import Config, plain
 from engine.correlation import Correlator
 from engine.metrics import Metrics
 from engine.rulebase import RuleBase
+from engine.rules.model import RetryPolicy
 from engine.runner import WorkflowRunner
 from engine.service.api_server import ApiServer
 from engine.service.background import Background
@@ -159,7 +160,8 @@ class Service:
             await audit.record(system, action, "execution", execution.id, {**detail, "step_id": step_id})
 
         runner = WorkflowRunner(store, settings, http=http, limiter=allow,
-                                lock=lambda name: locks.hold(name, ttl=60.0, wait=30.0), audit=audit_step)
+                                lock=lambda name: locks.hold(name, ttl=60.0, wait=30.0), audit=audit_step,
+                                outage_retry=RetryPolicy(**config.retries.model_dump()))
         runner.listeners.append(self._step_finished)
         background = Background()
         stack.push_async_callback(background.wait, 5.0)

@@ -708,3 +708,31 @@ def test_resume_leaves_a_finished_execution_alone(agent, load_workflow):
     again = asyncio.run(resume())
     assert again is not None and again.status == "succeeded"
     assert len(agent.requests) == 1
+
+
+def test_without_a_retry_policy_an_outage_of_agent_manager_is_waited_out(agent, load_workflow):
+    """The service's default (config retries): ServiceUnavailable is retried where the
+    workflow sets no retry; any other error still fails the step at once."""
+    from engine.rules.model import RetryPolicy
+
+    workflow = load_workflow({"id": "plain", "steps": [command("look", "get", on_success=["tell"]),
+                                                       note("tell")]})
+    outage = RetryPolicy(max_attempts=5, initial_interval=0.01, max_interval=0.02, jitter=0)
+
+    async def go(fail: str | None = None):
+        async with make_client() as http:
+            runner = WorkflowRunner(settings=live(agent), http=http, outage_retry=outage)
+            return await runner.run(workflow, incident=INCIDENT)
+
+    agent.unavailable = 3
+    execution = asyncio.run(go())
+    assert execution.status == "succeeded"
+    assert one(execution, "look").attempts == 4
+    agent.unavailable = 0
+    agent.fail_actions.add("get")          # a command that ran and failed: not an outage
+    failed = asyncio.run(go())
+    assert failed.status == "failed" and one(failed, "look").attempts == 1
+    agent.fail_actions.clear()
+    agent.unavailable = 10                 # longer than the policy: it gives up, and says why
+    given_up = asyncio.run(go())
+    assert one(given_up, "look").attempts == 5 and one(given_up, "look").error_kind == "ServiceUnavailable"
