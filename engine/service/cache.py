@@ -21,6 +21,9 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
+# Entries kept for this replica's own cooldowns and rate limits (the fallback without Redis).
+LOCAL_ENTRIES = 100_000
+
 PREFIX = "aetherius:"
 class Cache:
     def __init__(self, url: str | None, prefix: str = PREFIX) -> None:
@@ -102,7 +105,13 @@ class Cache:
 
     async def set_cooldown(self, strategy: str, key: str, seconds: float, incident_id: str) -> None:
         name = f"cooldown:{strategy}:{key}"
-        self._local_cooldowns[name] = (time.time() + seconds, incident_id)
+        now = time.time()
+        self._local_cooldowns[name] = (now + seconds, incident_id)
+        if len(self._local_cooldowns) > LOCAL_ENTRIES:      # bounded: the ended ones go first
+            for old in [k for k, (until, _) in self._local_cooldowns.items() if until <= now]:
+                del self._local_cooldowns[old]
+            while len(self._local_cooldowns) > LOCAL_ENTRIES:
+                del self._local_cooldowns[next(iter(self._local_cooldowns))]
         if self.client is None or seconds <= 0:
             return
         try:
@@ -142,4 +151,9 @@ class Cache:
         uses = [t for t in self._local_counts.get(key, []) if t > now - window]
         uses.append(now)
         self._local_counts[key] = uses
+        if len(self._local_counts) > LOCAL_ENTRIES:          # bounded: idle keys go first
+            for old in [k for k, ts in self._local_counts.items() if not ts or ts[-1] <= now - window]:
+                del self._local_counts[old]
+            while len(self._local_counts) > LOCAL_ENTRIES:
+                del self._local_counts[next(iter(self._local_counts))]
         return len(uses) <= limit
