@@ -126,45 +126,22 @@ def api_deps(request: Request) -> ApiDeps:
 Deps = Annotated[ApiDeps, Depends(api_deps)]
 
 
-def _queries(deps: Deps) -> Queries:
-    if deps.queries is None:
-        raise HTTPException(503, STARTING)
-    return deps.queries
+def _part(name: str) -> Callable[[ApiDeps], Any]:
+    """A dependency giving the part ``name`` of the deps, or 503 while it is not built."""
+
+    def part(deps: Deps) -> Any:
+        value = getattr(deps, name)
+        if value is None:
+            raise HTTPException(503, STARTING)
+        return value
+
+    part.__name__ = f"_{name}"
+    return part
 
 
-def _rules(deps: Deps) -> Rules:
-    if deps.rules is None:
-        raise HTTPException(503, STARTING)
-    return deps.rules
-
-
-def _executions(deps: Deps) -> Executions:
-    if deps.executions is None:
-        raise HTTPException(503, STARTING)
-    return deps.executions
-
-
-def _tokens(deps: Deps) -> TokenAdmin:
-    if deps.tokens is None:
-        raise HTTPException(503, STARTING)
-    return deps.tokens
-
-
-def _audit(deps: Deps) -> Audit:
-    if deps.audit is None:
-        raise HTTPException(503, STARTING)
-    return deps.audit
-
-
-def _ingest(deps: Deps) -> Ingest:
-    if deps.ingest is None:
-        raise HTTPException(503, STARTING)
-    return deps.ingest
-
-
-QueriesDep = Annotated[Queries, Depends(_queries)]
-RulesDep = Annotated[Rules, Depends(_rules)]
-ExecutionsDep = Annotated[Executions, Depends(_executions)]
-IngestDep = Annotated[Ingest, Depends(_ingest)]
-TokensDep = Annotated[TokenAdmin, Depends(_tokens)]
-AuditDep = Annotated[Audit, Depends(_audit)]
+QueriesDep = Annotated[Queries, Depends(_part("queries"))]
+RulesDep = Annotated[Rules, Depends(_part("rules"))]
+ExecutionsDep = Annotated[Executions, Depends(_part("executions"))]
+IngestDep = Annotated[Ingest, Depends(_part("ingest"))]
+TokensDep = Annotated[TokenAdmin, Depends(_part("tokens"))]
+AuditDep = Annotated[Audit, Depends(_part("audit"))]
