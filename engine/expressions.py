@@ -7,8 +7,9 @@ refusals), and evaluated many times. Vetting is stricter than simpleeval's own g
   ``events``, ``context``, ``decision``, ``workflow``) and a few pure functions;
 - no attribute or name that starts with ``_`` (``().__class__``, ``__import__``);
 - no method calls except a short list of harmless string/dict methods;
-- a budget: constants are bounded, ``**`` needs a small constant exponent, the source is
-  bounded in length and AST size.
+- what can be bounded before running is: constants, ``**`` (a small constant exponent),
+  ``<<`` by a constant, repetition by a constant, ``%`` widths and precisions in a constant
+  format, ``round()`` to a constant precision, and the source's length and AST size.
 
 Each evaluation then runs on a budget (:mod:`engine.budget`): every operator, function and
 method predicts the size of what it makes and the work it does, charges it, and refuses
@@ -27,7 +28,7 @@ from typing import Any
 import simpleeval
 
 from engine import budget as ops
-from engine.budget import MISSING, Budget, Limits
+from engine.budget import FORMAT_SPEC, MISSING, Budget, Limits
 from engine.exceptions import ExpressionError
 
 ROOT_NAMES = frozenset(
@@ -60,6 +61,7 @@ MAX_NODES = 200
 MAX_INT = 10**12
 MAX_STR_CONST = 10_000
 MAX_EXPONENT = 64
+MAX_REPEAT = 10_000            # repetition (``'a' * n``, ``[x] * n``) by a constant
 
 # The run-time budget of one evaluation; a decision's conditions share one, and so do the
 # placeholders of one rendered template. These are the defaults of LIMITS, which a service
@@ -211,55 +213,131 @@ def _forbidden(value: Any) -> bool:
         return False
 
 
+def _const_int(node: ast.AST) -> int | None:
+    """The value of an integer constant, a negative one included (``-5`` is a UnaryOp)."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        inner = _const_int(node.operand)
+        return None if inner is None else -inner if isinstance(node.op, ast.USub) else inner
+    if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
+        return node.value
+    return None
+
+
+def _vet_name(node: ast.Name) -> None:
+    if node.id.startswith("_"):
+        raise ExpressionError(f"name {node.id!r} is not allowed")
+    if node.id not in ROOT_NAMES and node.id not in FUNCTIONS and node.id not in (
+        "True", "False", "None", "true", "false", "null"
+    ):
+        allowed = ", ".join(sorted(ROOT_NAMES))
+        raise ExpressionError(f"unknown name {node.id!r} (use one of: {allowed})")
+
+
+def _vet_attribute(node: ast.Attribute) -> None:
+    if node.attr.startswith("_"):
+        raise ExpressionError(f"attribute {node.attr!r} is not allowed")
+
+
+def _vet_call(node: ast.Call) -> None:
+    func = node.func
+    if isinstance(func, ast.Name):
+        if func.id not in FUNCTIONS:
+            raise ExpressionError(f"function {func.id!r} is not allowed")
+    elif isinstance(func, ast.Attribute):
+        if func.attr not in SAFE_METHODS:
+            raise ExpressionError(f"method {func.attr!r} is not allowed")
+    else:
+        raise ExpressionError("only named functions may be called")
+    if node.keywords:
+        raise ExpressionError("keyword arguments are not allowed")
+    name, args = getattr(func, "id", None), node.args
+    if name == "round" and len(args) == 2:
+        ndigits = _const_int(args[1])
+        if ndigits is not None and abs(ndigits) > MAX_NDIGITS:
+            raise ExpressionError(f"round() to {ndigits} digits exceeds the budget ({MAX_NDIGITS})")
+    if name in ("int", "float") and args and isinstance(args[0], ast.Constant) \
+            and isinstance(args[0].value, str) and len(args[0].value) > MAX_NUMBER_TEXT:
+        raise ExpressionError(f"{name}() of a string longer than {MAX_NUMBER_TEXT} characters "
+                              "exceeds the budget")
+
+
+def _vet_constant(node: ast.Constant) -> None:
+    value = node.value
+    if isinstance(value, bytes):
+        raise ExpressionError("bytes are not allowed in expressions")
+    if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise ExpressionError(f"constant {value!r} exceeds the budget ({MAX_INT})")
+    if isinstance(value, str) and len(value) > MAX_STR_CONST:
+        raise ExpressionError("string constant exceeds the budget")
+
+
+def _vet_format(fmt: str, args: ast.AST) -> None:
+    """Widths and precisions of a constant ``%`` format, written or given as constants."""
+    positional = list(args.elts) if isinstance(args, ast.Tuple) else [args]
+    for match in FORMAT_SPEC.finditer(fmt):
+        key, _, width, precision, conv = match.groups()
+        for what, text in (("width", width), ("precision", precision)):
+            if text == "*":
+                value = _const_int(positional.pop(0)) if positional else None
+                shown = str(value)
+            elif text:
+                value = int(text) if len(text) <= 9 else MAX_WIDTH + 1
+                shown = text if len(text) <= 20 else text[:20] + "..."
+            else:
+                continue
+            if value is not None and abs(value) > MAX_WIDTH:
+                raise ExpressionError(f"{what} {shown} in a '%' format exceeds the budget ({MAX_WIDTH})")
+        if conv != "%" and key is None and positional:
+            positional.pop(0)
+
+
+def _vet_binop(node: ast.BinOp) -> None:
+    op = node.op
+    if type(op) not in OPERATORS:
+        raise ExpressionError(f"operator {type(op).__name__} is not allowed")
+    if isinstance(op, ast.Pow):
+        exp = node.right
+        if not (isinstance(exp, ast.Constant) and isinstance(exp.value, int)
+                and abs(exp.value) <= MAX_EXPONENT):
+            raise ExpressionError(f"'**' needs a constant exponent of at most {MAX_EXPONENT}")
+    elif isinstance(op, ast.Mult):
+        # 'a' * 10**9: repetition by a large constant. A product of unknown sizes is left to
+        # the run-time budget.
+        for side in (node.left, node.right):
+            if isinstance(side, ast.Constant) and isinstance(side.value, int) and side.value > MAX_REPEAT:
+                raise ExpressionError("multiplication by a large constant exceeds the budget")
+    elif isinstance(op, ast.LShift):
+        shift = _const_int(node.right)
+        if shift is not None and shift > MAX_INT_BITS:
+            raise ExpressionError(f"'<<' by {shift} exceeds the budget ({MAX_INT_BITS} bits)")
+    elif isinstance(op, ast.Mod) and isinstance(node.left, ast.Constant) and isinstance(node.left.value, str):
+        _vet_format(node.left.value, node.right)
+
+
+def _vet_dict(node: ast.Dict) -> None:
+    if any(key is None for key in node.keys):
+        raise ExpressionError("dict unpacking (**) is not allowed in expressions")
+
+
+def _refuse(node: ast.AST) -> None:
+    raise ExpressionError(f"{type(node).__name__} is not allowed in expressions")
+
+
+_VET: dict[type, Callable[[Any], None]] = {
+    ast.Name: _vet_name, ast.Attribute: _vet_attribute, ast.Call: _vet_call,
+    ast.Constant: _vet_constant, ast.BinOp: _vet_binop, ast.Dict: _vet_dict,
+    **dict.fromkeys((ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
+                     ast.NamedExpr, ast.Starred, ast.JoinedStr), _refuse),
+}
+
+
 def _vet(tree: ast.AST, source: str) -> None:
     for count, node in enumerate(ast.walk(tree), 1):
         if count > MAX_NODES:
             raise ExpressionError(f"expression too large (more than {MAX_NODES} nodes): {source!r}")
-        if isinstance(node, ast.Name):
-            if node.id.startswith("_"):
-                raise ExpressionError(f"name {node.id!r} is not allowed")
-            if node.id not in ROOT_NAMES and node.id not in FUNCTIONS and node.id not in (
-                "True", "False", "None", "true", "false", "null"
-            ):
-                allowed = ", ".join(sorted(ROOT_NAMES))
-                raise ExpressionError(f"unknown name {node.id!r} (use one of: {allowed})")
-        elif isinstance(node, ast.Attribute):
-            if node.attr.startswith("_"):
-                raise ExpressionError(f"attribute {node.attr!r} is not allowed")
-        elif isinstance(node, ast.Call):
-            func = node.func
-            if isinstance(func, ast.Name):
-                if func.id not in FUNCTIONS:
-                    raise ExpressionError(f"function {func.id!r} is not allowed")
-            elif isinstance(func, ast.Attribute):
-                if func.attr not in SAFE_METHODS:
-                    raise ExpressionError(f"method {func.attr!r} is not allowed")
-            else:
-                raise ExpressionError("only named functions may be called")
-            if node.keywords:
-                raise ExpressionError("keyword arguments are not allowed")
-        elif isinstance(node, ast.Constant):
-            value = node.value
-            if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > MAX_INT:
-                raise ExpressionError(f"constant {value!r} exceeds the budget ({MAX_INT})")
-            if isinstance(value, str | bytes) and len(value) > MAX_STR_CONST:
-                raise ExpressionError("string constant exceeds the budget")
-        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
-            exp = node.right
-            if not (isinstance(exp, ast.Constant) and isinstance(exp.value, int)
-                    and abs(exp.value) <= MAX_EXPONENT):
-                raise ExpressionError(
-                    f"'**' needs a constant exponent of at most {MAX_EXPONENT}"
-                )
-        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
-            # 'a' * 10**9 style memory bombs: both sides unknown-size is fine at runtime
-            # (the budget refuses it), a literal string times a big constant is not.
-            for side in (node.left, node.right):
-                if isinstance(side, ast.Constant) and isinstance(side.value, int) and side.value > 10_000:
-                    raise ExpressionError("multiplication by a large constant exceeds the budget")
-        elif isinstance(node, ast.Lambda | ast.ListComp | ast.SetComp | ast.DictComp
-                        | ast.GeneratorExp | ast.NamedExpr | ast.Starred | ast.JoinedStr):
-            raise ExpressionError(f"{type(node).__name__} is not allowed in expressions")
+        check = _VET.get(type(node))
+        if check is not None:
+            check(node)
 
 
 def _message(exc: BaseException) -> str:
