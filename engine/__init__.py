@@ -5,7 +5,8 @@ The package is layered; imports point one way (``.importlinter`` enforces it):
 - the pure core, importable without any HTTP client, database or bus driver:
   ``engine.events`` (intake: any accepted event shape -> one :class:`Event`),
   ``engine.rules`` (the rule language: models, loader, checks, conditions, schema),
-  ``engine.expressions`` / ``engine.templates`` (the sandboxed expression language),
+  ``engine.expressions`` / ``engine.templates`` (the sandboxed expression language, each
+  evaluation on an ``engine.budget`` of memory and work),
   ``engine.rulebase`` (events matched against strategies compiled into durable-rules by
   ``engine.rulecompiler``), ``engine.correlation``
   (hits grouped into incidents), ``engine.replay``, ``engine.runner`` and ``engine.store``

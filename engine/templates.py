@@ -4,6 +4,13 @@ A string that is exactly one ``{{ ... }}`` renders to the expression's value (a 
 stays a number); otherwise each placeholder is replaced by its value as text, and None
 renders as an empty string. Expressions are the sandboxed ones of
 :mod:`engine.expressions`, vetted when rules load.
+
+One render, whatever it holds, spends one expression budget: its placeholders, their text
+and the text they are joined into, and the text a whole-string placeholder's value would
+make once written out (as JSON or text: a few bytes of shared references can print as
+gigabytes). A template whose text would not fit is refused
+(ExpressionError, a non-retryable step error), never cut short: rendered values are
+command arguments and remediation targets, where a shortened value is a different value.
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
-from engine.expressions import Expression
+from engine.budget import Budget, charge_export, charge_sequence, kind
+from engine.exceptions import ExpressionError
+from engine.expressions import Expression, new_budget
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(.+?)\s*\}\}")
 
@@ -50,24 +59,33 @@ def _compiled(text: str) -> tuple[Expression | None, tuple[tuple[str, Expression
     return None, tuple(parts)
 
 
-def render(value: Any, names: Mapping[str, Any]) -> Any:
-    """Render every template inside ``value`` (strings, dicts, lists)."""
+def render(value: Any, names: Mapping[str, Any], budget: Budget | None = None) -> Any:
+    """Render every template inside ``value`` (strings, dicts, lists), on one budget."""
+    if budget is None:
+        budget = new_budget()
     if isinstance(value, str):
         if "{{" not in value:
             return value
         whole, parts = _compiled(value)
         if whole is not None:
-            return whole.evaluate(names)
-        out = []
-        for text, expr in parts:
-            if expr is None:
-                out.append(text)
-            else:
-                result = expr.evaluate(names)
-                out.append("" if result is None else str(result))
+            result = whole.evaluate(names, budget)
+            try:
+                charge_export(budget, result)
+            except ExpressionError as exc:
+                raise ExpressionError(f"template {_excerpt(value)}: {exc}") from None
+            return result
+        out = [text if expr is None else expr.evaluate_text(names, budget) for text, expr in parts]
+        try:
+            charge_sequence(budget, "the rendered text", "", sum(map(len, out)), max(map(kind, out)))
+        except ExpressionError as exc:
+            raise ExpressionError(f"template {_excerpt(value)}: {exc}") from None
         return "".join(out)
     if isinstance(value, Mapping):
-        return {k: render(v, names) for k, v in value.items()}
+        return {k: render(v, names, budget) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [render(v, names) for v in value]
+        return [render(v, names, budget) for v in value]
     return value
+
+
+def _excerpt(text: str) -> str:
+    return repr(text) if len(text) <= 120 else repr(text[:120]) + "..."

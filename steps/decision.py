@@ -3,7 +3,8 @@
 The first true ``if`` wins; ``default`` applies when none is. ``then`` names a step to
 jump to (instead of ``on_success``), or else a value that later steps read as
 ``decision`` (and ``steps.<id>.output.value``) while the path goes on to ``on_success``.
-Expressions are parsed and vetted once, when rules load.
+Expressions are parsed and vetted once, when rules load; the conditions of one decision
+share one evaluation budget.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from pydantic import Field
 
 from engine.exceptions import ExpressionError, StepError
-from engine.expressions import Expression
+from engine.expressions import Expression, new_budget
 from steps.base import Step, StepConfig, StepContext, StepResult
 
 
@@ -39,9 +40,10 @@ class Decision(Step):
 
     async def run(self, ctx: StepContext, config: DecisionConfig) -> StepResult:
         chosen, matched = config.default, None
+        budget = new_budget()
         for i, branch in enumerate(config.conditions):
             try:
-                if _expression(branch.if_).evaluate(ctx.names):
+                if _expression(branch.if_).evaluate(ctx.names, budget):
                     chosen, matched = branch.then, i
                     break
             except ExpressionError as exc:
@@ -61,12 +63,14 @@ class Decision(Step):
         return {"decision": output.get("jump") or output.get("value")}
 
     @classmethod
-    def targets(cls, config: DecisionConfig) -> list[str]:
+    def targets(cls, config: StepConfig) -> list[str]:
+        assert isinstance(config, DecisionConfig)
         names = [b.then for b in config.conditions]
         if config.default:
             names.append(config.default)
         return names
 
     @classmethod
-    def expressions(cls, config: DecisionConfig) -> list[tuple[tuple, str]]:
+    def expressions(cls, config: StepConfig) -> list[tuple[tuple, str]]:
+        assert isinstance(config, DecisionConfig)
         return [(("conditions", i, "if"), b.if_) for i, b in enumerate(config.conditions)]
