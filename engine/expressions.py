@@ -27,8 +27,9 @@ from typing import Any
 
 import simpleeval
 
-from engine import budget as ops
-from engine.budget import FORMAT_SPEC, MISSING, Budget, Limits
+from engine import budget_ops as ops
+from engine.budget import MISSING, Budget, Limits
+from engine.budget_ops import FORMAT_SPEC
 from engine.exceptions import ExpressionError
 
 ROOT_NAMES = frozenset(

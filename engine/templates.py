@@ -20,7 +20,8 @@ from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
-from engine.budget import Budget, charge_export, charge_sequence, kind
+from engine.budget import Budget, charge_export, kind
+from engine.budget_ops import charge_sequence
 from engine.exceptions import ExpressionError
 from engine.expressions import Expression, new_budget
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from engine.exceptions import ExpressionError, StepError
+from engine.statuses import StepStatus
 from engine.templates import render
 from steps.http import HttpClient
 
@@ -71,7 +72,7 @@ class StepResult:
     """
 
     output: Any = None
-    status: str = "succeeded"          # or "skipped": nothing to do, the path goes on
+    status: str = StepStatus.SUCCEEDED    # or SKIPPED: nothing to do, the path goes on
     next: list[str] | None = None
     context: dict[str, Any] = field(default_factory=dict)
 

@@ -19,6 +19,7 @@ from pydantic import model_validator
 
 from engine.exceptions import NotAllowed
 from engine.outcomes import so_far
+from engine.statuses import StepStatus
 from steps.base import Step, StepConfig, StepContext, StepResult
 from steps.http import post_json
 
@@ -103,7 +104,7 @@ class Notification(Step):
                 raise NotAllowed(missing)
             ctx.log.log(logging.WARNING if ctx.settings.live else logging.INFO,
                         "Notification not sent: %s; text: %s", missing, note["text"].replace("\n", " | "))
-            return StepResult(status="skipped", output={"channel": channel, "sent": False,
+            return StepResult(status=StepStatus.SKIPPED, output={"channel": channel, "sent": False,
                                                         "reason": missing, "text": note["text"]})
         if not ctx.settings.live:
             return StepResult(output={"channel": channel, "sent": False, "dry_run": True,

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from engine.exceptions import NotAllowed
+from engine.statuses import StepStatus
 from steps.base import Step, StepConfig, StepContext, StepResult
 from steps.command import agent_request, call_agent_manager, not_called
 
@@ -128,7 +129,7 @@ class Remediation(Step):
         if action == "patch_deployment":
             patch = params.pop("patch", None) or ctx.names.get("decision")
             if patch not in PATCHES:
-                return StepResult(status="skipped", output={
+                return StepResult(status=StepStatus.SKIPPED, output={
                     "applied": False, "action": action,
                     "reason": f"the decision ({patch!r}) names no patch to apply"})
             action = patch
