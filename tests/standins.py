@@ -103,14 +103,15 @@ class AgentManager(StandIn):
         self.applied: collections.Counter[str] = collections.Counter()
         self.calls: collections.Counter[str] = collections.Counter()
         self.unavailable = 0          # answer this many more requests with 503 (an outage)
+        self.down_until = 0.0         # ... or every request until this time.time()
 
     async def respond(self, path: str, body: Any) -> tuple[int, Any]:
         if path != "/api/v1/commands" or not isinstance(body, dict):
             return 404, {"error": "not found"}
         action = body.get("action", "")
         self.calls[body.get("idempotency_key", "")] += 1
-        if self.unavailable > 0:
-            self.unavailable -= 1
+        if self.unavailable > 0 or time.time() < self.down_until:
+            self.unavailable = max(0, self.unavailable - 1)
             return 503, {"error": "agent-manager is restarting"}
         if action in self.delay:
             await asyncio.sleep(self.delay[action])

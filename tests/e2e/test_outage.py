@@ -101,3 +101,30 @@ def test_postgres_stopped_mid_burst_the_service_rides_it_out(tmp_path: Path, red
         service.stop()
         agent.stop()
         pg.stop()
+
+
+def test_agent_manager_down_for_30s_delays_executions_and_fails_none(tmp_path: Path, pg_dsn, redis_url,
+                                                                       redis_prefix, nats_url, nats_prefix):
+    """The seed's workflow sets no retry: the configured default waits the outage out."""
+    agent = AgentManager().start()
+    service = ServiceProcess(tmp_path, pg_dsn=pg_dsn, redis_url=redis_url, redis_prefix=redis_prefix,
+                             nats_url=nats_url, nats_prefix=nats_prefix, agent_manager=agent.url,
+                             extra={"retries": {"max_attempts": 10, "initial_interval": "1s",
+                                                "max_interval": "8s"}})
+    try:
+        service.start()
+        agent.down_until = time.time() + 30
+        ids = [f"am-{i}" for i in range(6)]
+        service.publish([envelope(ident, f"am{i}") for i, ident in enumerate(ids)], msg_ids=ids)
+        # While agent-manager is down, executions wait (none fails) ...
+        time.sleep(15)
+        assert not _sql(pg_dsn, "SELECT id FROM workflow_executions WHERE status = 'failed'")
+        assert _sql(pg_dsn, "SELECT id FROM workflow_executions WHERE status = 'running'")
+        # ... and once it is back, every one completes.
+        done = "SELECT id FROM workflow_executions WHERE status = 'succeeded'"
+        service.wait_for(lambda: len(_sql(pg_dsn, done)) == 6, timeout=90, interval=1.0)
+        assert len(_sql(pg_dsn, "SELECT id FROM workflow_executions")) == 6
+        assert "ServiceUnavailable" in service.log()
+    finally:
+        service.stop()
+        agent.stop()
