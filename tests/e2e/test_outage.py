@@ -6,6 +6,8 @@ The test starts and stops its own PostgreSQL (embedded), never the machine's."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import threading
 import time
 from datetime import UTC, datetime
@@ -14,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.devservers import EmbeddedServers
+from engine.devservers import EmbeddedServers, nats_server_binary, redis_server_binary
 from tests.e2e.harness import ServiceProcess
 from tests.e2e.harness import sql as _sql
-from tests.standins import AgentManager
+from tests.standins import AgentManager, free_port
 
 
 def envelope(ident: str, workload: str) -> bytes:
@@ -128,3 +130,73 @@ def test_agent_manager_down_for_30s_delays_executions_and_fails_none(tmp_path: P
     finally:
         service.stop()
         agent.stop()
+
+
+class Server:
+    """A nats-server or redis-server of the test's own, on a fixed port, to kill and restart."""
+
+    def __init__(self, argv: list[str], port: int) -> None:
+        self.argv, self.port = argv, port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Server:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.argv[0]} did not listen on {self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def test_nats_and_redis_killed_the_service_recovers_and_records_every_event_once(
+        tmp_path: Path, pg_dsn, nats_prefix):
+    nats_port, redis_port = free_port(), free_port()
+    nats = Server([str(nats_server_binary()), "-js", "-a", "127.0.0.1", "-p", str(nats_port),
+                   "-sd", str(tmp_path / "js")], nats_port).start()
+    redis = Server([str(redis_server_binary()), "--port", str(redis_port), "--bind", "127.0.0.1",
+                    "--save", "", "--appendonly", "no", "--dir", str(tmp_path)], redis_port).start()
+    service = ServiceProcess(tmp_path / "svc", pg_dsn=pg_dsn, redis_url=f"redis://127.0.0.1:{redis_port}/0",
+                             redis_prefix="faults", nats_url=f"nats://127.0.0.1:{nats_port}",
+                             nats_prefix=nats_prefix)
+    published: list[str] = []
+
+    def send(first: int, n: int) -> None:
+        ids = [f"f-{i:04d}" for i in range(first, first + n)]
+        acks = service.publish([envelope(ident, f"f{i % 5}") for i, ident in enumerate(ids, first)],
+                               msg_ids=ids)
+        assert not [a for a in acks if isinstance(a, Exception)]
+        published.extend(ids)
+
+    try:
+        service.start()
+        send(0, 20)
+        redis.kill()                                     # Redis away for 10 s
+        send(20, 20)
+        time.sleep(10)
+        redis.start()
+        send(40, 20)
+        nats.kill()                                      # NATS away for 8 s
+        time.sleep(8)
+        assert service.proc is not None and service.proc.poll() is None
+        nats.start()
+        service.wait_for(lambda: ready(service) == 200, timeout=60)
+        send(60, 20)
+        service.wait_for(lambda: len(_sql(pg_dsn, "SELECT id FROM events")) == len(published), timeout=60)
+        assert sorted(r["id"] for r in _sql(pg_dsn, "SELECT id FROM events")) == sorted(published)
+        assert all(r["n"] <= 1 for r in _sql(pg_dsn, "SELECT key, count(*) AS n FROM incidents "
+                                                      "WHERE status = 'open' GROUP BY key"))
+        log = service.log()
+        assert "Redis is unavailable" in log and "Redis is available" in log
+        assert "Traceback" not in log, log[-4000:]
+    finally:
+        service.stop()
+        nats.kill()
+        redis.kill()
