@@ -277,7 +277,7 @@ class Arg:
 
 @dataclass
 class _Parsed:
-    flags: list[tuple[str, str | None, int]]          # (flag, value or None if not known, index)
+    flags: list[tuple[str, str | None, int]]          # (flag, value or None if not known, its index)
     positionals: list[tuple[str, int, bool]]          # (text, index, known: else a literal prefix)
     refusals: list[tuple[int, str]]
 
@@ -300,13 +300,11 @@ def _parse(verb: str, rule: ReadVerb, args: list[Arg]) -> _Parsed:
         arg, text = args[i], args[i].text
         if not text.startswith("-"):
             out.positionals.append((text, i, arg.known))
-        elif text in ("-", "--"):
-            allowed(text, i)
         elif not arg.known:
             # A template after a literal flag: the flag's name must be whole before '='.
             head, eq, _ = text.partition("=")
             names = [head] if head.startswith("--") else ["-" + c for c in head[1:]]
-            if not eq or not names:
+            if not eq or head in ("-", "--"):
                 out.refusals.append((i, "a flag's name cannot come from a template "
                                         "(write --flag={{ ... }}, or the flag and then its value)"))
             elif all(allowed(n, i) for n in names):
@@ -316,15 +314,18 @@ def _parse(verb: str, rule: ReadVerb, args: list[Arg]) -> _Parsed:
                     if wants != (name == last):
                         out.refusals.append((i, f"{name} {'needs a value' if wants else 'takes no value'}"))
                 out.flags += [(n, None, i) for n in names]
+        elif text in ("-", "--"):
+            allowed(text, i)
         elif text.startswith("--"):
             name, eq, given = text.partition("=")
             value: str | None = given
+            at = i
             if allowed(name, i):
                 if FLAGS[name] and not eq:
                     i, value = _value_after(args, i, out)
                 elif not FLAGS[name] and eq and value not in ("true", "false"):
                     out.refusals.append((i, f"{name} takes no value"))
-                out.flags.append((name, value, i))
+                out.flags.append((name, value, at))
         else:   # shorthand, as pflag reads it: -p, -pc, -oyaml, -o=yaml, -o yaml
             for j in range(1, len(text)):
                 name = "-" + text[j]
@@ -337,8 +338,9 @@ def _parse(verb: str, rule: ReadVerb, args: list[Arg]) -> _Parsed:
                 if rest:
                     out.flags.append((name, rest.removeprefix("="), i))
                 else:
+                    at = i
                     i, following = _value_after(args, i, out)
-                    out.flags.append((name, following, i))
+                    out.flags.append((name, following, at))
                 break
         i += 1
     return out
