@@ -147,6 +147,10 @@ class Remediation(Step):
         request = agent_request(ctx, config.action_type, action, [], target, None)
         request.update(params=params, dry_run=dry_run)
         await vet(ctx, request, writes=True)
+        # Approvals (issue 9, item 3) go here: after the policy, before the rate limit and the
+        # lock. The Verdict vet returns holds what they are decided on (action, namespace,
+        # dry_run) and its digest, the request an approval is bound to (a changed plan needs a
+        # new approval); a dry-run answer from agent-manager is the plan an approver sees.
         where = f"{target.get('kind')}/{target.get('namespace') or '-'}/{target.get('name')}"
         if not dry_run and ctx.limiter is not None and not await ctx.limiter(action, where):
             raise NotAllowed(f"{action} on {where}: remediation rate limit reached "
