@@ -37,9 +37,10 @@ def _rules_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)   # the policy steps are checked against is the service's
     directory = Path(args.dir) if args.dir else _rules_dir(args)
     try:
-        rules = load_valid(directory)
+        rules = load_valid(directory, config.agent_policy())
     except RuleError as exc:
         for problem in exc.problems:
             print(problem)
@@ -130,7 +131,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from engine.replay import Replayer
 
     directory = _rules_dir(args)
-    rules = load_valid(directory)
+    rules = load_valid(directory, load_config(args.config).agent_policy())
     replayer = Replayer(effective_strategies(rules).values())
     try:
         items = read_stream(sys.stdin.buffer.read()) if args.file == "-" else read_file(args.file)
@@ -159,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engine.correlation import incident_from_event
     from engine.events import OccurrenceTracker, parse_event, read_file
     from engine.exceptions import MalformedEvent
-    rules = load_valid(_rules_dir(args))
+    rules = load_valid(_rules_dir(args), load_config(args.config).agent_policy())
     workflow = rules.workflows.get(args.workflow)
     if workflow is None:
         known = ", ".join(sorted(rules.workflows))

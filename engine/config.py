@@ -38,11 +38,12 @@ from pydantic import (
     model_validator,
 )
 
+from engine.auth import Role
 from engine.durations import Duration
 from engine.exceptions import ConfigError, ConfigProblem
+from engine.policy import ACTIONS, PROTECTED_NAMESPACES, Policy, is_label
 from engine.rules.yamlsource import LineMap, load_documents, yaml_error_line
 from steps.base import Settings
-from steps.remediation import ACTIONS
 
 ENV_PREFIX = "AETHERIUS_"
 DEFAULT_PATHS = (Path("config/config.yaml"),)
@@ -151,6 +152,23 @@ class RemediationConfig(Section):
         return value
 
 
+class PolicyConfig(Section):
+    """What the service decides of the policy every agent-manager request passes (the
+    table itself is :mod:`engine.policy`)."""
+
+    allow_secrets: bool = False
+    protected_namespaces: tuple[str, ...] = tuple(sorted(PROTECTED_NAMESPACES))
+    override_roles: tuple[Role, ...] = (Role.ADMIN,)
+
+    @field_validator("protected_namespaces")
+    @classmethod
+    def _namespaces(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [ns for ns in value if not is_label(ns)]
+        if bad:
+            raise ValueError(f"not a namespace name (a DNS-1123 label): {', '.join(map(repr, bad))}")
+        return value
+
+
 class IntakeConfig(Section):
     max_event_bytes: Positive = 256 * 1024
 
@@ -217,6 +235,7 @@ class Config(Section):
     redis: RedisConfig = RedisConfig()
     http: HttpConfig = HttpConfig()
     remediation: RemediationConfig = RemediationConfig()
+    policy: PolicyConfig = PolicyConfig()
     intake: IntakeConfig = IntakeConfig()
     service: ServiceConfig = ServiceConfig()
     notifications: NotificationsConfig = NotificationsConfig()
@@ -242,10 +261,18 @@ class Config(Section):
             max_memory_factor=self.remediation.max_memory_factor,
             max_memory_mib=self.remediation.max_memory_mib,
             max_replicas=self.remediation.max_replicas,
+            allow_secrets=self.policy.allow_secrets,
+            protected_namespaces=frozenset(self.policy.protected_namespaces),
             public_url=self.http.base_url,
             live=live,
             virtual_time=virtual_time,
         )
+
+
+    def agent_policy(self) -> Policy:
+        """The policy as rules are checked against it (``aetherius check``, reloads, the API):
+        the one :meth:`step_settings` hands the steps."""
+        return self.step_settings(live=False).policy
 
 
 def plain(secret: SecretStr | None) -> str | None:

@@ -16,7 +16,7 @@
           │    └── LockBusy            another replica holds the lock on the target (retryable)
           ├── ServiceRejected      an outside service refused the request, 4xx (not retryable)
           ├── CommandFailed        agent-manager ran the command and it failed
-          └── NotAllowed           refused by policy: allowlist, change cap, read-only (not retryable)
+          └── NotAllowed           refused by policy (engine.policy), allowlist, change cap (not retryable)
 
 Third-party errors (yaml, pydantic, durable-rules, httpx/aiohttp) are translated where they are met,
 so callers only need to know this tree.

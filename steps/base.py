@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from engine.exceptions import ExpressionError, StepError
+from engine.policy import ACTIONS, PROTECTED_NAMESPACES, Policy, Refusal
 from engine.statuses import StepStatus
 from engine.templates import render
 from steps.http import HttpClient
@@ -51,16 +52,23 @@ class Settings:
     cluster: str | None = None
     # Remediation safety: dry-run unless this is False AND the workflow does not ask for it.
     dry_run: bool = True
-    allowed_actions: frozenset[str] = frozenset(
-        {"patch_deployment", "increase_memory", "restart_rollout", "delete_pod", "cordon_node", "scale"})
+    allowed_actions: frozenset[str] = ACTIONS
     max_memory_factor: float = 2.0
     max_memory_mib: int = 16384
     max_replicas: int = 50
+    # The policy every agent-manager request passes (engine.policy): what config decides of it.
+    allow_secrets: bool = False
+    protected_namespaces: frozenset[str] = PROTECTED_NAMESPACES
     public_url: str = "http://localhost:8081"
     # live=False (replay, ``run`` without --live): steps that would call out answer dry-run.
     live: bool = True
     # virtual_time=True (replay, dry-run ``run``): waits return at once instead of sleeping.
     virtual_time: bool = False
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(allowed_actions=self.allowed_actions, allow_secrets=self.allow_secrets,
+                      protected_namespaces=self.protected_namespaces)
 
 
 @dataclass
@@ -131,6 +139,8 @@ class Step:
 
     type_name: ClassVar[str]
     Config: ClassVar[type[StepConfig]] = StepConfig
+    # True for the types whose requests go to agent-manager (through steps.agent.send).
+    calls_agent_manager: ClassVar[bool] = False
 
     async def run(self, ctx: StepContext, config: Any) -> StepResult:
         raise NotImplementedError(f"step type {self.type_name!r} does not implement run()")
@@ -154,6 +164,12 @@ class Step:
     @classmethod
     def expressions(cls, config: Any) -> list[tuple[tuple, str]]:
         """(location inside config, source) of every expression the config holds."""
+        return []
+
+    @classmethod
+    def refusals(cls, config: Any, policy: Policy) -> list[Refusal]:
+        """What :mod:`engine.policy` refuses in the literal parts of this config, each with its
+        location inside the config: ``aetherius check`` reports them with ``path:line``."""
         return []
 
     @classmethod

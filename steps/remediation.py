@@ -2,9 +2,13 @@
 
 Safe by default:
 
+- every request passes :mod:`engine.policy` (the action, its target's kind and namespace,
+  its params, its dry-run flag) when rules load and right before it is sent; no remediation
+  runs in a protected namespace (``policy.protected_namespaces``);
 - **dry-run** unless the service config (``remediation.dry_run: false``), the workflow
   (``dry_run``) and the step (``config.dry_run``) all allow a live change; a dry-run still
-  asks agent-manager for a server-side dry run, so the answer shows what would change;
+  asks agent-manager for a server-side dry run, so the answer shows what would change. The
+  step's record says ``dry_run`` exactly as the request it sent (or would have sent) did;
 - only actions on the **allowlist** (``remediation.allowed_actions``);
 - a **cap** on one change: memory at most ``max_memory_factor`` (x2) and never above
   ``max_memory_mib``; replicas never above ``max_replicas`` nor more than doubled;
@@ -24,19 +28,16 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from engine.exceptions import NotAllowed
+from engine.policy import ACTIONS, PATCHES, Policy, Refusal, write_refusals
 from engine.statuses import StepStatus
+from steps.agent import agent_request, not_called, send, vet
 from steps.base import Step, StepConfig, StepContext, StepResult
-from steps.command import agent_request, call_agent_manager, not_called
 
-ACTIONS = frozenset(
-    {"patch_deployment", "increase_memory", "restart_rollout", "delete_pod", "cordon_node", "scale"}
-)
-PATCHES = frozenset({"increase_memory", "restart_rollout", "scale"})
 DEFAULT_MEMORY_FACTOR = 1.5
 
 
 class RemediationConfig(StepConfig):
-    action_type: str = "kubectl"
+    action_type: str = "kubectl"    # the tool the change goes through (engine.policy.ACTION_TYPES)
     action: str
     params: dict[str, Any] = Field(default_factory=dict)
     dry_run: bool | None = None
@@ -112,6 +113,11 @@ def _target(action: str, incident: dict[str, Any], params: dict[str, Any]) -> di
 class Remediation(Step):
     type_name = "remediation"
     Config = RemediationConfig
+    calls_agent_manager = True
+
+    @classmethod
+    def refusals(cls, config: RemediationConfig, policy: Policy) -> list[Refusal]:
+        return write_refusals(config.action_type, config.action, config.params, policy)
 
     @staticmethod
     async def _send(ctx: StepContext, request: dict[str, Any]) -> dict[str, Any]:
@@ -121,7 +127,7 @@ class Remediation(Step):
                 "idempotency_key": request["idempotency_key"], "action": request["action"],
                 "target": request["target"], "dry_run": request["dry_run"], "params": request.get("params"),
                 "attempt": ctx.attempt})
-        return await call_agent_manager(ctx, request)
+        return await send(ctx, request, writes=True)
 
     async def run(self, ctx: StepContext, config: RemediationConfig) -> StepResult:
         params = ctx.render(config.params)
@@ -139,17 +145,22 @@ class Remediation(Step):
         dry_run = (ctx.settings.dry_run or ctx.dry_run or config.dry_run is True
                    or not ctx.settings.live)
         target = _target(action, ctx.incident, params)
-        if not target.get("name"):
-            raise NotAllowed(f"{action}: the incident names no target object")
         request = agent_request(ctx, config.action_type, action, [], target, None)
         request.update(params=params, dry_run=dry_run)
+        await vet(ctx, request, writes=True)
+        # Approvals (issue 9, item 3) go here: after the policy, before the rate limit and the
+        # lock. The Verdict vet returns holds what they are decided on (action, namespace,
+        # dry_run) and its digest, the request an approval is bound to (a changed plan needs a
+        # new approval); a dry-run answer from agent-manager is the plan an approver sees.
         where = f"{target.get('kind')}/{target.get('namespace') or '-'}/{target.get('name')}"
         if not dry_run and ctx.limiter is not None and not await ctx.limiter(action, where):
             raise NotAllowed(f"{action} on {where}: remediation rate limit reached "
                              "(remediation.rate_limit); not applied")
-        if not ctx.settings.live or not ctx.settings.agent_manager_url:
-            return StepResult(output={"status": "dry_run", "applied": False, "dry_run": True,
-                                      "reason": not_called(ctx), "action": action, "request": request})
+        reason = not_called(ctx)
+        if reason is not None:
+            return StepResult(output={"status": "not_sent", "sent": False, "applied": False,
+                                      "dry_run": dry_run, "reason": reason, "action": action,
+                                      "request": request})
         ctx.log.info("Remediation %s on %s/%s (dry_run=%s, key=%s)", action, target.get("kind"),
                      target.get("name"), dry_run, request["idempotency_key"])
         if ctx.lock is not None:
@@ -158,5 +169,6 @@ class Remediation(Step):
                 answer = await self._send(ctx, request)
         else:
             answer = await self._send(ctx, request)
-        return StepResult(output={**answer, "applied": not dry_run, "dry_run": dry_run,
+        # The record says what was sent, whatever agent-manager's answer holds.
+        return StepResult(output={**answer, "sent": True, "applied": not dry_run, "dry_run": dry_run,
                                   "action": action, "target": target})

@@ -19,6 +19,7 @@ from fastapi import Depends, HTTPException, Request
 
 from engine.auth import Principal, Role
 from engine.metrics import Metrics
+from engine.policy import Policy
 from engine.rules.generation import Generation, ReloadStatus
 from engine.rules.model import Workflow
 from engine.runner import Started
@@ -38,6 +39,11 @@ class Rules(Protocol):
 
     @property
     def directory(self) -> Path: ...
+
+    @property
+    def policy(self) -> Policy:
+        """What rules are checked against (engine.policy)."""
+        ...
 
     async def workflow(self, workflow_id: str, version: int | None = None) -> Workflow | None: ...
 
@@ -116,6 +122,8 @@ class ApiDeps:
     replica: str = ""
     metrics_public: bool = True         # /metrics without a token
     allowed_origins: frozenset[str] = frozenset()   # browser origins allowed to write
+    # Roles whose manual execute may set what reaches agent-manager (policy.override_roles).
+    override_roles: frozenset[Role] = frozenset({Role.ADMIN})
 
 
 def api_deps(request: Request) -> ApiDeps:

@@ -32,11 +32,15 @@ from engine.api.models import (
     Message,
     RuleErrors,
 )
+from engine.auth import Principal, Role
 from engine.correlation import event_context, incident_from_event
 from engine.events import parse_event
 from engine.exceptions import MalformedEvent
+from engine.policy import override_problem, overrides
+from engine.rules.model import Workflow
 from engine.statuses import FINAL_EXECUTION
 from engine.storage.queries import BadCursor
+from steps import REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +54,47 @@ def _bad_event(msg: str) -> JSONResponse:
         {"loc": ["body", "event"], "msg": msg, "type": "malformed_event"}]})
 
 
+def _overrides(workflow: Workflow, body: ExecuteRequest, who: Principal,
+               roles: frozenset[Role]) -> list[str] | JSONResponse:
+    """The fields of the body that would reach agent-manager (``incident.namespace``,
+    ``context.replicas``, ...): a target or a param set by hand. Only a role in
+    ``policy.override_roles`` may set them (403 otherwise), and only to values that pass the
+    policy's name rules (422). Returns them, for the audit trail."""
+    configs = [step.config for step in workflow.steps
+               if (kind := REGISTRY.get(step.type)) is not None and kind.calls_agent_manager]
+    if not configs:
+        return []   # nothing in this workflow reaches the cluster: the fields are only words
+    found = overrides(body.incident or {}, body.context or {}, configs)
+    if not found:
+        return []
+    if who.role not in roles:
+        allowed = ", ".join(sorted(roles)) or "none"
+        raise HTTPException(403, f"{', '.join(found)}: would reach agent-manager in workflow "
+                                 f"{workflow.id!r}; only these roles may set it by hand: {allowed} "
+                                 "(policy.override_roles)")
+    values = {"incident": body.incident or {}, "context": body.context or {}}
+    problems = []
+    for name in found:
+        root, field = name.split(".", 1)
+        problem = override_problem(name, values[root][field])
+        if problem is not None:
+            problems.append({"loc": ["body", root, field], "msg": problem, "type": "policy"})
+    if problems:
+        return JSONResponse(status_code=422, content={"detail": problems})
+    return found
+
+
 @router.post("/workflows/{workflow_id}/execute", status_code=202, response_model=ExecuteAccepted,
              summary="Start a workflow by hand",
              responses={**NOT_FOUND, 409: {"model": Message, "description": "The workflow is inactive"},
-                        422: {"model": RuleErrors, "description": "The event cannot be read"},
+                        403: {"model": Message, "description": "The body sets what reaches agent-manager, "
+                                                              "and the role may not (policy.override_roles)"},
+                        422: {"model": RuleErrors, "description": "The event cannot be read, or a field set "
+                                                                  "by hand is not a Kubernetes name"},
                         **UNAVAILABLE})
 async def execute_workflow(workflow_id: str, rules: RulesDep, executions: ExecutionsDep, audit: AuditDep,
-                           who: Who, body: Annotated[ExecuteRequest | None, Body()] = None) -> Any:
+                           who: Who, deps: Deps,
+                           body: Annotated[ExecuteRequest | None, Body()] = None) -> Any:
     workflow = await rules.workflow(workflow_id)
     if workflow is None:
         raise HTTPException(404, f"no active workflow {workflow_id!r}")
@@ -74,6 +112,9 @@ async def execute_workflow(workflow_id: str, rules: RulesDep, executions: Execut
             return _bad_event("this watch line carries no event")
         incident = incident_from_event(event, "manual", workflow.trigger_config.severity)
         events = [event_context(event)]
+    overridden = _overrides(workflow, body, who, deps.override_roles)
+    if isinstance(overridden, JSONResponse):
+        return overridden
     incident.update(body.incident or {})
     started = await executions.start(workflow, incident=incident, events=events, context=body.context or {})
     log.info("Workflow execution %s started by hand by %s: workflow=%s version=%d", started.id, who.label,
@@ -81,7 +122,8 @@ async def execute_workflow(workflow_id: str, rules: RulesDep, executions: Execut
     await audit.record(who, "execution.start", "execution", started.id, {
         "workflow_id": workflow.id, "workflow_version": workflow.version,
         "dry_run": started.execution.dry_run, "event": body.event is not None,
-        "incident_fields": sorted(body.incident or {}), "context_fields": sorted(body.context or {})})
+        "incident_fields": sorted(body.incident or {}), "context_fields": sorted(body.context or {}),
+        "overrides": overridden})
     return {"execution_id": started.id, "status": "running", "workflow_id": workflow.id,
             "workflow_version": workflow.version, "dry_run": started.execution.dry_run,
             "href": f"{PREFIX}/executions/{started.id}"}

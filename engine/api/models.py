@@ -93,8 +93,9 @@ class ExecuteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     event: Any = Field(default=None, description="one event in any shape the intake accepts; the "
                                                  "incident context is built from it")
-    incident: dict[str, Any] | None = Field(default=None, description="incident fields (override those "
-                                                                       "taken from the event)")
+    incident: dict[str, Any] | None = Field(default=None, description=(
+        "incident fields (override those taken from the event); those that would reach agent-manager "
+        "need a role in policy.override_roles and must be Kubernetes names"))
     context: dict[str, Any] | None = Field(default=None, description="extra variables, read as 'context'")
 
 

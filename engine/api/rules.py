@@ -39,6 +39,7 @@ from engine.api.models import (
     WorkflowRecord,
 )
 from engine.auth import Principal
+from engine.policy import Policy
 from engine.rules.check import validate
 from engine.rules.generation import Generation
 from engine.rules.loader import Origin, RuleSet, add_strategy, add_workflow
@@ -145,15 +146,15 @@ async def _active_rules(q: Queries, gen: Generation | None, drop: tuple[str, str
 
 
 async def _check(kind: Kind, raw: Any, q: Queries, gen: Generation | None,
-                 drop: tuple[str, str] | None) -> tuple[Any, list[Row]]:
+                 drop: tuple[str, str] | None, policy: Policy) -> tuple[Any, list[Row]]:
     """Validate one document as a rule file would be, among the active rules.
     Returns (its spec, []) or (None, the 422 detail items)."""
     ruleset = await _active_rules(q, gen, drop)
-    baseline = {str(p) for p in validate(ruleset)}   # problems that were there before
+    baseline = {str(p) for p in validate(ruleset, policy)}   # problems that were there before
     ruleset.problems = []
     kind.add(ruleset, raw, Origin(API_ORIGIN, None))
     errors: list[Row] = []
-    for problem in validate(ruleset):
+    for problem in validate(ruleset, policy):
         if problem.path == API_ORIGIN:
             errors.append({"loc": list(problem.loc), "msg": problem.msg, "type": "rule_error"})
         elif str(problem) not in baseline:
@@ -163,11 +164,12 @@ async def _check(kind: Kind, raw: Any, q: Queries, gen: Generation | None,
     return kind.of(ruleset)[raw["id"]], []
 
 
-async def _broken_by_delete(kind: Kind, ident: str, q: Queries, gen: Generation | None) -> list[str]:
+async def _broken_by_delete(kind: Kind, ident: str, q: Queries, gen: Generation | None,
+                            policy: Policy) -> list[str]:
     """What deleting a rule would break (strategies naming a workflow, inhibitions)."""
-    before = {str(p) for p in validate(await _active_rules(q, gen))}
+    before = {str(p) for p in validate(await _active_rules(q, gen), policy)}
     after = await _active_rules(q, gen, (kind.name, ident))
-    return [f"{p.path}: {p.message}" for p in validate(after) if str(p) not in before]
+    return [f"{p.path}: {p.message}" for p in validate(after, policy) if str(p) not in before]
 
 
 # ----------------------------------------------------------------------------- writes
@@ -218,7 +220,7 @@ async def _create(kind: Kind, request: Request, response: Response, q: Queries, 
         if existing is not None:
             raise HTTPException(409, f"{kind.name} {ident!r} exists (source {existing['source']!r}): "
                                      f"PUT {PREFIX}/{kind.plural}/{ident} replaces it")
-    spec, errors = await _check(kind, raw, q, rules.generation, None)
+    spec, errors = await _check(kind, raw, q, rules.generation, None, rules.policy)
     if errors:
         return _unprocessable(errors)
     row = await kind.insert(q, spec.id, kind.values(raw, spec), who)
@@ -241,7 +243,7 @@ async def _replace(kind: Kind, ident: str, request: Request, response: Response,
     if isinstance(raw, dict) and raw.get("id") != ident:
         return _unprocessable([{"loc": ["id"], "type": "rule_error",
                                 "msg": f"the body's id {raw.get('id')!r} is not the path's {ident!r}"}])
-    spec, errors = await _check(kind, raw, q, rules.generation, (kind.name, ident))
+    spec, errors = await _check(kind, raw, q, rules.generation, (kind.name, ident), rules.policy)
     if errors:
         return _unprocessable(errors)
     row = await kind.update(q, ident, kind.values(raw, spec), who)
@@ -257,7 +259,7 @@ async def _delete(kind: Kind, ident: str, q: Queries, rules: Rules, who: Princip
         raise HTTPException(404, f"no {kind.name} {ident!r}")
     if existing["source"] == "file":
         raise _file_conflict(kind, ident, rules)
-    broken = await _broken_by_delete(kind, ident, q, rules.generation)
+    broken = await _broken_by_delete(kind, ident, q, rules.generation, rules.policy)
     if broken:
         raise HTTPException(409, f"deleting {kind.name} {ident!r} would break: {'; '.join(broken)}")
     if not await kind.delete(q, ident, who):

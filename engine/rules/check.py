@@ -3,7 +3,8 @@
 :mod:`engine.rules.loader` already reports YAML syntax, unknown fields, bad values, unknown step
 types and invalid step configs. This module adds what needs the whole set: edges to
 missing steps, unreachable steps, loops without a wait, strategies naming missing
-workflows, inhibit rules naming missing strategies, and sandbox refusals of expressions.
+workflows, inhibit rules naming missing strategies, sandbox refusals of expressions, and
+what the agent-manager policy (:mod:`engine.policy`) refuses in a step's literal parts.
 It also derives the implicit strategy of a workflow with ``trigger_type: event``, and
 warns (:func:`rule_warnings`) about strategies that tie for the same event.
 """
@@ -14,9 +15,10 @@ from pathlib import Path
 
 from engine.exceptions import ExpressionError, Problem, RuleError
 from engine.expressions import Expression
+from engine.policy import Policy
 from engine.rules.conditions import conjuncts
-from engine.rules.loader import RuleSet, load_rules
-from engine.rules.model import Correlation, Strategy, Symptom, Workflow
+from engine.rules.loader import Origin, RuleSet, load_rules
+from engine.rules.model import Correlation, StepSpec, Strategy, Symptom, Workflow
 from engine.rules.precedence import TieWarning, tie_warnings
 from engine.templates import placeholders, walk_strings
 from steps import REGISTRY
@@ -71,7 +73,17 @@ def _edges(step) -> list[tuple[tuple, str]]:
     return edges
 
 
-def _check_workflow(rules: RuleSet, wf: Workflow) -> None:
+def _check_policy(rules: RuleSet, origin: Origin, i: int, step: StepSpec, policy: Policy) -> None:
+    """What the agent-manager policy would refuse when the step runs, for its literal parts."""
+    step_type = REGISTRY.get(step.type)
+    if step_type is None or step._parsed is None:
+        return
+    for sub, message in step_type.refusals(step.parsed, policy):
+        rules.problem(origin, ("steps", i, "config", *sub), message,
+                      named=f"steps.{i}.config.{'.'.join(map(str, sub))}")
+
+
+def _check_workflow(rules: RuleSet, wf: Workflow, policy: Policy) -> None:
     origin = rules.origin("workflow", wf.id)
     index: dict[str, int] = {}
     for i, step in enumerate(wf.steps):
@@ -101,6 +113,7 @@ def _check_workflow(rules: RuleSet, wf: Workflow) -> None:
                                   f"no step {target!r} in workflow {wf.id!r}",
                                   named=f"steps.{i}.config.branches")
             in_branch.update(branch_steps)
+            _check_policy(rules, origin, i, step, policy)
             for sub, source in step_type.expressions(step.parsed):
                 try:
                     Expression(source)
@@ -175,15 +188,19 @@ def _check_loops(rules: RuleSet, wf: Workflow, graph: dict[str, list[str]], inde
                 stack.append((child, iter(live.get(child, []))))
 
 
-def validate(rules: RuleSet) -> list[Problem]:
+def validate(rules: RuleSet, policy: Policy | None = None) -> list[Problem]:
     """Add the whole-set problems to ``rules.problems`` and return them all, sorted.
+
+    ``policy`` (default: an empty configuration's) is what steps are checked against: what
+    it would refuse when a step runs, for the step's literal parts, is a problem here.
 
     A reference to an id that a file with a syntax error may define (``rules.may_define``)
     is not reported: the syntax error is, once, and fixing it may well settle the reference.
     Problems that cannot come from the missing documents (inside one workflow, a reference
     to an id that file never names) are reported as usual."""
+    policy = policy if policy is not None else Policy()
     for wf in rules.workflows.values():
-        _check_workflow(rules, wf)
+        _check_workflow(rules, wf, policy)
         origin = rules.origin("workflow", wf.id)
         if (wf.trigger_type == "event" and not wf.trigger_config.event_reason
                 and not any(s.workflow_id == wf.id for s in rules.strategies.values())
@@ -191,6 +208,8 @@ def validate(rules: RuleSet) -> list[Problem]:
             rules.problem(origin, ("trigger_type",),
                           f"workflow {wf.id!r} has trigger_type event but neither "
                           "trigger_config.event_reason nor a strategy that starts it")
+    for origin, i, step in rules.loose_steps:
+        _check_policy(rules, origin, i, step, policy)
     for strategy in rules.strategies.values():
         origin = rules.origin("strategy", strategy.id)
         if (strategy.workflow_id not in rules.workflows
@@ -217,10 +236,10 @@ def validate(rules: RuleSet) -> list[Problem]:
     return rules.problems
 
 
-def load_valid(directory: str | Path) -> RuleSet:
+def load_valid(directory: str | Path, policy: Policy | None = None) -> RuleSet:
     """Load and validate; raise RuleError listing every problem if there is any."""
     rules = load_rules(directory)
     # Whole-set checks run even after file problems: operators want every problem at once.
-    if validate(rules):
+    if validate(rules, policy):
         raise RuleError(rules.problems)
     return rules

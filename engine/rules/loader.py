@@ -66,6 +66,9 @@ class RuleSet:
     invalid: set[tuple[str, str]] = field(default_factory=set)  # ids whose spec has problems
     # Files whose documents are missing (a YAML syntax error: their text; unreadable: None).
     unparsed: dict[str, str | None] = field(default_factory=dict)
+    # Steps of workflows that did not validate as a whole, whose configs did: the checks
+    # that need the whole set (the agent-manager policy) still look at them.
+    loose_steps: list[tuple[Origin, int, StepSpec]] = field(default_factory=list)
 
     def may_define(self, ident: str) -> bool:
         """Whether a file that could not be parsed may hold ``ident`` (a workflow or strategy
@@ -121,7 +124,10 @@ def add_workflow(rules: RuleSet, raw: Any, origin: Origin) -> None:
                       if len(err["loc"]) > 1 and err["loc"][0] == "steps"}
             for i, step in enumerate(raw.get("steps") or [] if isinstance(raw.get("steps"), list) else []):
                 if i not in failed and isinstance(step, dict):
-                    _check_step_config(rules, StepSpec.model_validate(step), i, origin)
+                    spec = StepSpec.model_validate(step)
+                    _check_step_config(rules, spec, i, origin)
+                    if spec._parsed is not None:
+                        rules.loose_steps.append((origin, i, spec))
         return
     for i, step in enumerate(wf.steps):
         _check_step_config(rules, step, i, origin)

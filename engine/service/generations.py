@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.policy import Policy
 from engine.rulebase import RuleBase
 from engine.rules.check import effective_strategies, rule_warnings, validate
 from engine.rules.generation import Generation, ReloadStatus
@@ -53,8 +54,11 @@ class RulesManager:
 
     ``stored`` is None without a database (rule files only)."""
 
-    def __init__(self, directory: str | Path, rulebase: RuleBase, stored: StoredRules | None = None) -> None:
+    def __init__(self, directory: str | Path, rulebase: RuleBase, stored: StoredRules | None = None,
+                 policy: Policy | None = None) -> None:
         self.directory = Path(directory)
+        # What steps are checked against when rules load (engine.policy): the service's.
+        self.policy = policy if policy is not None else Policy()
         self.rulebase = rulebase
         self.stored = stored
         self.generation: Generation | None = None
@@ -81,7 +85,7 @@ class RulesManager:
                     rules.workflows[row["id"]].version = row["version"]
             for row in strategies:
                 add_strategy(rules, strategy_spec(row), Origin(f"db:strategies/{row['id']}", LineMap()))
-            if validate(rules):
+            if validate(rules, self.policy):
                 log.error("The stored rules are invalid too: running with no strategies until the rule "
                           "files are fixed")
                 return False
@@ -99,9 +103,10 @@ class RulesManager:
         while True:   # each round leaves out at least one more stored rule, so it ends
             rules = RuleSet(strategies=dict(files.strategies), workflows=dict(files.workflows),
                             origins=dict(files.origins), problems=list(files.problems),
-                            files=list(files.files), invalid=set(files.invalid))
+                            files=list(files.files), invalid=set(files.invalid),
+                            loose_steps=list(files.loose_steps))
             self._add_stored(rules, *stored, excluded)
-            problems = validate(rules)
+            problems = validate(rules, self.policy)
             stored_bad = {p.path for p in problems if p.path.startswith("db:")}
             if not stored_bad:
                 break

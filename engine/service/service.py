@@ -137,7 +137,7 @@ class Service:
         rulebase = RuleBase([])
         stack.callback(rulebase.close)
         stored_rules = StoredRules(pool)
-        rules = RulesManager(config.rules.dir, rulebase, stored_rules)
+        rules = RulesManager(config.rules.dir, rulebase, stored_rules, policy=config.agent_policy())
 
         nats = config.nats
         bus = Bus(urls.nats_url, list(nats.subjects), stream=nats.stream, durable=nats.durable,
@@ -199,7 +199,8 @@ class Service:
                        metrics=self.metrics, auth=tokens, tokens=tokens, audit=audit,
                        max_event_bytes=self.max_event_bytes, replica=replica_id,
                        metrics_public=config.http.metrics_public,
-                       allowed_origins=frozenset(config.http.allowed_origins))
+                       allowed_origins=frozenset(config.http.allowed_origins),
+                       override_roles=frozenset(config.policy.override_roles))
         api = ApiServer(create_app(deps), config.http.host, config.http.port)
         health.ready = True
         return Replica(health=health, intake=intake, incidents=incidents, executions=executions,

@@ -540,7 +540,9 @@ steps:
     assert phrase in problem.message
 
 
-def test_kubectl_write_without_allow_write(tmp_path):
+def test_kubectl_write_in_a_command_is_refused(tmp_path):
+    # Was: refused at 'config:' with "set allow_write: true to permit it". A command step
+    # never writes now, so the message sends the author to a remediation step instead.
     text = """id: w
 steps:
   - id: clean
@@ -550,19 +552,24 @@ steps:
       args: [pod, web-0]
 """
     problem = only_problem(tmp_path, "wf.yaml", text)
-    assert problem.line == line_of(text, "config:")
-    assert "kubectl action 'delete' is not read-only" in problem.message
-    assert "allow_write: true" in problem.message
+    assert problem.line == line_of(text, "action: delete")
+    assert "kubectl delete changes the cluster" in problem.message
+    assert "use a remediation step" in problem.message
 
 
-def test_kubectl_write_with_allow_write_is_accepted(tmp_path):
-    write(tmp_path, "wf.yaml", """id: w
+def test_allow_write_is_refused_at_load_time(tmp_path):
+    # Was: test_kubectl_write_with_allow_write_is_accepted (the hole: allow_write: true sent
+    # any verb past dry-run, the allowlist, the caps and the rate limit).
+    text = """id: w
 steps:
   - id: clean
     type: command
     config: {action: delete, args: [pod, web-0], allow_write: true}
-""")
-    assert load_valid(tmp_path).workflows["w"].steps[0].parsed.allow_write is True
+"""
+    write(tmp_path, "wf.yaml", text)
+    found = problems(tmp_path)
+    assert any("allow_write is gone" in p.message and "use a remediation step" in p.message
+               for p in found), found
 
 
 def test_webhook_notification_without_a_webhook_name(tmp_path):
@@ -705,7 +712,7 @@ def expected_multi(root: Path) -> list[tuple[str, int, str]]:
         at("workflows/graph.yaml", "type: teleport", "unknown step type 'teleport'"),
         at("workflows/graph.yaml", "id: orphan", "step 'orphan' is unreachable"),
         at("workflows/unsafe.yml", "().__class__", "attribute '__class__' is not allowed"),
-        at("workflows/unsafe.yml", "config: {action: drain}", "kubectl action 'drain' is not read-only"),
+        at("workflows/unsafe.yml", "config: {action: drain}", "kubectl drain changes the cluster"),
     ])
 
 

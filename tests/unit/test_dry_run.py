@@ -123,7 +123,10 @@ def test_with_urls_dry_run_calls_nothing_and_says_so(workflow):
     assert dry["status"] == "succeeded"
     assert set(statuses(dry).values()) == {"succeeded"}
     look, think, fix = (dry["steps"][sid][1] for sid in ("look", "think", "fix"))
-    assert look["status"] == "dry_run" and look["dry_run"] is True
+    # Was: status "dry_run", dry_run true. A command is a read: its request carries no
+    # dry-run flag, so its record says it was not sent, and that it only reads.
+    assert look["status"] == "not_sent" and look["sent"] is False and look["read_only"] is True
+    assert "dry_run" not in look
     assert look["reason"] == "dry-run: agent-manager not called"
     assert think["source"] == "builtin"
     assert think["fallback_reason"] == "dry-run: reasoning-service not called"
