@@ -92,12 +92,14 @@ class AiConfig(Section):
     reasoning_service_url: str | None = None
     timeout: Duration = 30.0
     max_retries: Count = 3
+    max_connections: Positive = 20
 
 
 class AgentManagerConfig(Section):
     url: str | None = None
     timeout: Duration = 30.0
     cluster: str | None = None
+    max_connections: Positive = 100
 
 
 class DatabaseConfig(Section):

@@ -22,11 +22,12 @@ never run again, and an unfinished one is run again with the same idempotency ke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -324,11 +325,27 @@ class WorkflowRunner:
         if outage_only:
             policy = self.outage_retry or DEFAULT_RETRY
         logger = FieldsAdapter(log, {**_ids(execution), "step_id": spec.id})
+        deadline: list[asyncio.Timeout] = []    # this attempt's timeout, for ``paused``
+
+        @contextlib.asynccontextmanager
+        async def paused() -> AsyncIterator[None]:
+            when = deadline[-1].when() if deadline else None
+            if when is None:
+                yield
+                return
+            loop = asyncio.get_running_loop()
+            left = when - loop.time()
+            deadline[-1].reschedule(None)
+            try:
+                yield
+            finally:
+                deadline[-1].reschedule(loop.time() + max(0.0, left))
+
         ctx = StepContext(execution_id=execution.id, workflow=workflow, step=spec, run=run,
                           names=live.names, settings=self.settings, http=self.http,
                           dry_run=execution.dry_run, log=logger,
                           run_branch=lambda ids: self._branch(live, run, ids), limiter=self.limiter,
-                          lock=self.lock, audit=self._audit_for(execution, spec.id))
+                          lock=self.lock, audit=self._audit_for(execution, spec.id), paused=paused)
         step_time = 0.0
         while True:
             run.attempts += 1
@@ -343,7 +360,8 @@ class WorkflowRunner:
             self._notify("step_started", execution, run)
             t0 = time.perf_counter()
             try:
-                async with asyncio.timeout(spec.timeout):
+                async with asyncio.timeout(spec.timeout) as timer:
+                    deadline[:] = [timer]
                     result = await step.run(ctx, spec.parsed)
             except TimeoutError:
                 error: StepError = StepTimeout(f"step timeout {spec.timeout:g}s")

@@ -78,7 +78,7 @@ async def send(ctx: StepContext, request: dict[str, Any], *, writes: bool) -> di
     if not base:
         raise StepError("agent_manager.url is not configured", retryable=False)
     answer = await post_json(ctx.http, f"{base.rstrip('/')}/api/v1/commands", request,
-                             timeout=request["timeout_s"] + 5, service="agent-manager")
+                             timeout=request["timeout_s"] + 5, service="agent-manager", wait=ctx.paused)
     if not isinstance(answer, dict) or "status" not in answer:
         raise StepError("agent-manager answered without a status", retryable=False)
     if answer.get("status") != "success" or answer.get("exit_code", 0) != 0:

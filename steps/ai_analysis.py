@@ -133,8 +133,8 @@ class AIAnalysis(Step):
             for attempt in range(settings.ai_max_retries + 1):
                 try:
                     answer = await post_json(
-                        ctx.http, url, payload, timeout=settings.ai_timeout, service="reasoning-service"
-                    )
+                        ctx.http, url, payload, timeout=settings.ai_timeout, service="reasoning-service",
+                        wait=ctx.paused)
                     output = _valid_answer(answer)
                     output["source"] = "reasoning-service"
                     return StepResult(output=output, context={"analysis": output})

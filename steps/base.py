@@ -21,7 +21,7 @@ from engine.exceptions import ExpressionError, StepError
 from engine.policy import ACTIONS, PROTECTED_NAMESPACES, Policy, Refusal
 from engine.statuses import StepStatus
 from engine.templates import render
-from steps.http import HttpClient
+from steps.http import HttpClient, Pause
 
 if TYPE_CHECKING:
     from engine.rules.model import StepSpec, Workflow
@@ -109,6 +109,9 @@ class StepContext:
     # ``audit(action, detail)``: puts this step's action on the audit trail (the service's);
     # None where there is none (replay, run).
     audit: StepAudit | None = None
+    # ``async with paused():`` stops this attempt's timeout while it waits for a free slot of
+    # an outside service, so the timeout counts the step's own work on the wire.
+    paused: Pause | None = None
 
     @property
     def idempotency_key(self) -> str:

@@ -8,6 +8,8 @@ translated here into the step errors the runner's retry policy understands.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from engine.exceptions import (
@@ -32,12 +34,18 @@ class HttpResponse(Protocol):
     def json(self) -> Any: ...
 
 
+Pause = Callable[[], AbstractAsyncContextManager[None]]
+
+
 class HttpClient(Protocol):
-    async def post_json(self, url: str, payload: object, timeout: float) -> HttpResponse: ...
+    async def post_json(self, url: str, payload: object, timeout: float,
+                        wait: Pause | None = None) -> HttpResponse:
+        """``wait`` wraps any wait for a free slot of the service (not the request's time)."""
+        ...
 
 
 async def post_json(client: HttpClient | None, url: str, payload: Any, *, timeout: float,
-                    service: str) -> Any:
+                    service: str, wait: Pause | None = None) -> Any:
     """POST ``payload``; return the decoded JSON answer (None for an empty body).
 
     Connection problems, timeouts and 5xx are :class:`ServiceUnavailable` (retryable);
@@ -47,7 +55,7 @@ async def post_json(client: HttpClient | None, url: str, payload: Any, *, timeou
     if client is None:
         raise StepError(f"{service}: no HTTP client is configured for live calls", retryable=False)
     try:
-        response = await client.post_json(url, payload, timeout)
+        response = await client.post_json(url, payload, timeout, wait)
     except TransportTimeout:
         raise ServiceUnavailable(f"{service} did not answer within {timeout:g}s") from None
     except TransportError as exc:

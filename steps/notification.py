@@ -109,6 +109,6 @@ class Notification(Step):
         if not ctx.settings.live:
             return StepResult(output={"channel": channel, "sent": False, "dry_run": True,
                                       "reason": "dry-run: nothing was sent", "text": note["text"]})
-        await post_json(ctx.http, url, payload, timeout=10.0, service=service)
+        await post_json(ctx.http, url, payload, timeout=10.0, service=service, wait=ctx.paused)
         ctx.log.info("Notification sent to %s%s", channel, f" {config.webhook}" if config.webhook else "")
         return StepResult(output={"channel": channel, "sent": True, "text": note["text"]})

@@ -146,7 +146,10 @@ class Service:
 
         settings = config.step_settings(live=True)
         _announce(settings)
-        http = make_client()
+        # Requests in flight per outside service; a wait for a slot is not counted in a step's timeout.
+        limits = {url: n for url, n in ((config.agent_manager.url, config.agent_manager.max_connections),
+                                        (config.ai.reasoning_service_url, config.ai.max_connections)) if url}
+        http = make_client(max_connections=20, limits=limits)
         stack.push_async_callback(http.aclose)
         limit, per = config.remediation.rate_limit.max, config.remediation.rate_limit.per
 

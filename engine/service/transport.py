@@ -11,7 +11,10 @@ aiohttp errors become the matching httpx exceptions here, so callers handle one 
 
 from __future__ import annotations
 
+import asyncio
 import functools
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 
 import aiohttp
 import httpx
@@ -86,11 +89,40 @@ class Client(httpx.AsyncClient):
     httpx's own; other requests go through the full client.
     """
 
-    def __init__(self, transport: httpx.AsyncBaseTransport, *, timeout: float = 30.0) -> None:
+    def __init__(self, transport: httpx.AsyncBaseTransport, *, timeout: float = 30.0,
+                 limits: Mapping[str, int] | None = None, default_limit: int = 100) -> None:
         super().__init__(transport=transport, timeout=timeout)
         self._direct = transport
+        # Requests in flight per outside service (scheme://host:port): the configured limit of
+        # each, else ``default_limit``. Waiting for one of these slots is not the request's time.
+        self._limits = {_service(u): n for u, n in (limits or {}).items()}
+        self._default_limit = default_limit
+        self._slots: dict[str, asyncio.Semaphore] = {}
 
-    async def post_json(self, url: str, payload: object, timeout: float) -> httpx.Response:
+    def _slot(self, url: str) -> asyncio.Semaphore:
+        service = _service(url)
+        slot = self._slots.get(service)
+        if slot is None:
+            slot = self._slots[service] = asyncio.Semaphore(self._limits.get(service, self._default_limit))
+        return slot
+
+    async def post_json(self, url: str, payload: object, timeout: float,
+                        wait: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+                        ) -> httpx.Response:
+        """POST JSON once a slot of the service is free; ``wait`` wraps the waiting (the runner
+        stops the step's timeout meanwhile), and ``timeout`` counts only the request itself."""
+        slot = self._slot(url)
+        if wait is not None and slot.locked():
+            async with wait():
+                await slot.acquire()
+        else:
+            await slot.acquire()
+        try:
+            return await self._post(url, payload, timeout)
+        finally:
+            slot.release()
+
+    async def _post(self, url: str, payload: object, timeout: float) -> httpx.Response:
         # Parsing a URL costs ~90 us in httpx; steps call the same few URLs over and over.
         request = httpx.Request("POST", _parsed_url(url), content=orjson.dumps(payload, default=str),
                                 headers=_JSON_HEADERS,
@@ -106,6 +138,15 @@ class Client(httpx.AsyncClient):
         return response
 
 
-def make_client(max_connections: int = 100, timeout: float = 30.0) -> Client:
-    """The httpx client the runner and the service use."""
-    return Client(AiohttpTransport(max_connections), timeout=timeout)
+def _service(url: str) -> str:
+    parsed = _parsed_url(url)
+    return f"{parsed.scheme}://{parsed.host}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}"
+
+
+def make_client(max_connections: int = 100, timeout: float = 30.0,
+                limits: Mapping[str, int] | None = None) -> Client:
+    """The httpx client the runner and the service use: at most ``max_connections`` requests
+    in flight to one outside service, or the limit ``limits`` gives its URL."""
+    pool = max(max_connections, *(limits or {}).values()) if limits else max_connections
+    return Client(AiohttpTransport(pool * max(1, len(limits or {}) + 1)), timeout=timeout, limits=limits,
+                  default_limit=max_connections)

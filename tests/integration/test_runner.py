@@ -736,3 +736,24 @@ def test_without_a_retry_policy_an_outage_of_agent_manager_is_waited_out(agent, 
     agent.unavailable = 10                 # longer than the policy: it gives up, and says why
     given_up = asyncio.run(go())
     assert one(given_up, "look").attempts == 5 and one(given_up, "look").error_kind == "ServiceUnavailable"
+
+
+def test_a_step_timeout_counts_its_own_request_not_the_wait_for_a_connection_slot(agent, load_workflow):
+    """Issue 10: at 100 concurrent executions against a slow agent-manager, executions timed
+    out waiting for one of the client's connections. Here one slot, 0.3 s per request, a
+    1 s step timeout and six executions at once: the last waits 1.5 s for its slot, and none
+    times out; the slot is never exceeded."""
+    agent.delay["get"] = 0.3
+    step = command("look", "get")
+    step["timeout"] = "1s"
+    workflow = load_workflow({"id": "slow_agent", "steps": [step]})
+
+    async def go():
+        async with make_client(max_connections=1) as http:
+            runner = WorkflowRunner(settings=live(agent), http=http)
+            return await asyncio.gather(*(runner.run(workflow, incident=INCIDENT) for _ in range(6)))
+
+    executions = asyncio.run(go())
+    assert [e.status for e in executions] == ["succeeded"] * 6, [e.error for e in executions]
+    starts = sorted(r["at"] for r in agent.requests)
+    assert starts[-1] - starts[0] > 1.4          # one at a time: they really waited
