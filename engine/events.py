@@ -23,13 +23,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import orjson
 
 from engine.exceptions import MalformedEvent
 
 MAX_EVENT_BYTES = 1024 * 1024
+MAX_COUNT = 2 ** 31 - 1   # Kubernetes' counts are int32; an incident's counters are too
 
 # A pod made by a Deployment is <deployment>-<replicaset hash>-<5 char suffix>;
 # by a StatefulSet <name>-<ordinal>; by a DaemonSet or Job <name>-<5 char suffix>.
@@ -154,6 +155,14 @@ def _workload_from_name(name: str) -> tuple[str | None, str | None]:
     return None, name
 
 
+@overload
+def _text(obj: dict, key: str, where: str, *, required: Literal[True]) -> str: ...
+
+
+@overload
+def _text(obj: dict, key: str, where: str, *, required: bool = False) -> str | None: ...
+
+
 def _text(obj: dict, key: str, where: str, *, required: bool = False) -> str | None:
     value = obj.get(key)
     if value is None or value == "":
@@ -172,6 +181,8 @@ def _int(value: Any, where: str, default: int = 1) -> int:
         raise MalformedEvent(f"{where} must be an integer, got {type(value).__name__}")
     if value < 0:
         raise MalformedEvent(f"{where} must not be negative")
+    if value > MAX_COUNT:
+        raise MalformedEvent(f"{where} must be at most {MAX_COUNT}")
     return value
 
 
@@ -372,8 +383,7 @@ class OccurrenceTracker:
     def observe(self, event: Event) -> bool:
         if event.source == "kubernetes":
             self._learn_node(event)
-        key = (event.event_uid, event.object_key, event.reason) if event.event_uid else (
-            None, event.object_key, event.reason)
+        key: tuple[str | None, ...] = (event.event_uid, event.object_key, event.reason)
         if event.source != "kubernetes" and not event.event_uid:
             # agent-manager already counts per envelope; its ids make duplicates visible.
             key = (event.id,)

@@ -12,6 +12,7 @@ One router per resource, each given only the parts it needs (:mod:`engine.api.de
     rules_status.py  /rules/status, /rules/reload
     operations.py    /metrics, /healthz, /readyz
     models.py, body.py, openapi.py             shapes, bounded bodies, the OpenAPI document
+    edge.py                                    clean parameters, errors that show little of the input
 
 ``create_app`` only assembles them; it touches nothing but the ``ApiDeps`` it is given, and
 only when a request needs it. The API never imports the service, which builds the deps
@@ -21,9 +22,10 @@ only when a request needs it. The API never imports the service, which builds th
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from engine import __version__
-from engine.api import events, executions, incidents, openapi, operations, rules, rules_status
+from engine.api import edge, events, executions, incidents, openapi, operations, rules, rules_status
 from engine.api.deps import ApiDeps
 from engine.api.models import PREFIX
 from engine.api.rules import RELOAD_HEADER
@@ -41,6 +43,9 @@ def create_app(deps: ApiDeps) -> FastAPI:
     for router in (rules.router, executions.router, incidents.router, events.router, rules_status.router):
         app.include_router(router, prefix=PREFIX)
     app.include_router(operations.router)
+    app.add_middleware(edge.CleanParameters)
+    app.add_exception_handler(RequestValidationError, edge.validation_failed)
+    app.add_exception_handler(Exception, edge.internal_error)
     openapi.install(app)
     return app
 
