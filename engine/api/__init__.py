@@ -21,6 +21,8 @@ only when a request needs it. The API never imports the service, which builds th
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
@@ -40,6 +42,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
         openapi_tags=openapi.TAGS,
     )
     app.state.deps = deps
+    app.state.event_slots = asyncio.Semaphore(deps.concurrent_event_requests)   # see events.py
     for router in (rules.router, executions.router, incidents.router, events.router, rules_status.router):
         app.include_router(router, prefix=PREFIX)
     app.include_router(operations.router)

@@ -158,7 +158,8 @@ class Service:
                               background=background, record_lock=record_lock)
         intake = Intake(records=records, rulebase=rulebase, correlator=correlator, metrics=self.metrics,
                         stats=stats, background=background, record_lock=record_lock,
-                        max_event_bytes=self.max_event_bytes)
+                        max_event_bytes=self.max_event_bytes,
+                        dead_letter_bytes=config.intake.dead_letter_bytes)
         reloads = Reloads(rules, changes=stored_rules, metrics=self.metrics, cache=cache,
                           background=background, replica=replica_id)
         if not await rules.reload("start"):
@@ -177,7 +178,11 @@ class Service:
 
         deps = ApiDeps(queries=Queries(pool), rules=rules, executions=executions, ingest=intake.ingest,
                        readiness=health.readiness, cached_generation=cache.active_generation,
-                       metrics=self.metrics, max_event_bytes=self.max_event_bytes, replica=replica_id)
+                       metrics=self.metrics, max_event_bytes=self.max_event_bytes,
+                       max_request_bytes=config.intake.max_request_bytes,
+                       max_events_per_request=config.intake.max_events_per_request,
+                       dead_letter_bytes=config.intake.dead_letter_bytes,
+                       concurrent_event_requests=config.intake.concurrent_requests, replica=replica_id)
         api = ApiServer(create_app(deps), config.http.host, config.http.port)
         health.ready = True
         return Replica(health=health, intake=intake, incidents=incidents, executions=executions,

@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 
+from engine.api import events as events_api
 from tests.integration.test_api import BACKOFF, harness, seed_copy
 
 pytestmark = pytest.mark.integration
 
 JSON = {"content-type": "application/json"}
+NDJSON = {"content-type": "application/x-ndjson"}
 EXECUTE = "/api/v1/workflows/diagnose_pod_crashloop/execute"
 INTERNALS = ("asyncpg", "postgres", "sql", "select ", "insert ", "traceback", "detail:",
              "invalid byte sequence", "int64 range", "exception", "error:")
@@ -124,3 +128,133 @@ def test_hostile_input_is_a_4xx_that_shows_no_internals(pg_dsn: str) -> None:
         return failures
 
     assert asyncio.run(go()) == []
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(pg_dsn: str) -> None:
+    pulled: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(100):
+            pulled.append(1)
+            yield b"x" * 65536
+
+    async def go() -> None:
+        async with harness(pg_dsn) as (api, _), api.client(max_request_bytes=1024 * 1024) as client:
+            headers = {**NDJSON, "content-length": str(100 * 65536)}
+            response = await client.post("/api/v1/events", content=body(), headers=headers)
+            assert response.status_code == 413, response.text
+            assert response.json()["detail"] == "the body is 6553600 bytes; at most 1048576 are accepted"
+            assert len(pulled) <= 1
+            # Without a length, it is counted as it streams, and refused once past the limit.
+            pulled.clear()
+            response = await client.post("/api/v1/events", content=body(), headers=JSON)
+            assert response.status_code == 413 and "exceeds 1048576 bytes" in response.text
+            assert len(pulled) == 17
+            assert await api.pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+
+    asyncio.run(go())
+
+
+def test_json_arrays_are_bounded_in_items_and_scalars_are_dead_letters(pg_dsn: str) -> None:
+    async def go() -> None:
+        async with harness(pg_dsn) as (api, _), api.client(max_events_per_request=10) as client:
+            ten = [event(f"arr-{i}") for i in range(10)]
+            response = await client.post("/api/v1/events", json=ten)
+            assert response.status_code == 202 and response.json()["accepted"] == 10, response.text
+            response = await client.post("/api/v1/events", json=[*ten, event("arr-10")])
+            assert response.status_code == 413 and "holds 11 events; at most 10" in response.text
+            response = await client.post("/api/v1/events", json="BackOff")
+            assert response.status_code == 400 and response.json()["dead_letters"] == 1
+            assert "neither an event nor an array" in response.json()["detail"]
+            deep: Any = {"reason": "x"}
+            for _ in range(70):
+                deep = [deep]
+            deep = {"kind": "Event", "x": deep}
+            response = await client.post("/api/v1/events", json=[deep])
+            assert response.json()["dead_letters"] == 1
+            rows = await api.pool.fetch("SELECT reason FROM dead_letters ORDER BY id")
+            reasons = [r["reason"] for r in rows]
+            assert reasons[0] == "expected a JSON object, got str"
+            assert reasons[1] == "nested deeper than 64 levels"
+
+    asyncio.run(go())
+
+
+def test_ndjson_is_streamed_and_an_over_long_line_is_kept_as_an_excerpt(pg_dsn: str) -> None:
+    long_line = orjson.dumps(event("long", message="y" * 300_000))
+    lines = [orjson.dumps(event(f"line-{i}")) for i in range(5)]
+
+    async def body() -> AsyncIterator[bytes]:
+        # Chunks that cut lines anywhere, and the long line sent in small pieces.
+        parts = [lines[0], lines[1], long_line, lines[2], b"", b"not json", lines[3]]
+        stream = b"\n".join(parts) + b"\n" + lines[4]
+        for start in range(0, len(stream), 4093):
+            yield stream[start:start + 4093]
+
+    async def go() -> None:
+        async with harness(pg_dsn) as (api, _), api.client(max_event_bytes=64 * 1024,
+                                                           dead_letter_bytes=1000) as client:
+            response = await client.post("/api/v1/events", content=body(), headers=NDJSON)
+            assert response.status_code == 202, response.text
+            assert response.json() == {"received": 7, "accepted": 5, "duplicates": 0, "dead_letters": 2,
+                                       "ignored": 0}
+            rows = await api.pool.fetch(
+                "SELECT reason, raw, raw_size, raw_sha256 FROM dead_letters ORDER BY id")
+            long_row = next(r for r in rows if r["raw_size"] == len(long_line))
+            assert long_row["reason"] == f"payload of {len(long_line)} bytes exceeds 65536"
+            assert long_row["raw"] == long_line[:1000]
+            assert long_row["raw_sha256"] == hashlib.sha256(long_line).hexdigest()
+            assert {r["raw"] for r in rows} == {long_line[:1000], b"not json"}
+
+    asyncio.run(go())
+
+
+def test_ndjson_past_its_line_limit_stops_and_says_what_was_taken_in(pg_dsn: str) -> None:
+    async def go() -> None:
+        async with harness(pg_dsn) as (api, _), api.client(max_events_per_request=3) as client:
+            body = b"\n".join(orjson.dumps(event(f"nd-{i}")) for i in range(5))
+            response = await client.post("/api/v1/events", content=body, headers=NDJSON)
+            assert response.status_code == 413
+            assert response.json()["detail"] == (
+                "more than 3 lines; at most 3 are accepted per request; the first 3 lines were taken in "
+                "(3 accepted, 0 dead letters)")
+            assert await api.pool.fetchval("SELECT count(*) FROM events") == 3
+
+    asyncio.run(go())
+
+
+def test_a_big_body_that_is_not_json_keeps_only_an_excerpt(pg_dsn: str) -> None:
+    async def go() -> None:
+        async with harness(pg_dsn) as (api, client):
+            garbage = b"not json " * 200_000
+            response = await client.post("/api/v1/events", content=garbage, headers=JSON)
+            assert response.status_code == 400 and response.json()["dead_letters"] == 1
+            row = await api.pool.fetchrow("SELECT reason, raw, raw_size, raw_sha256 FROM dead_letters")
+            assert row["raw"] == garbage[:65536] and row["raw_size"] == len(garbage)
+            assert row["raw_sha256"] == hashlib.sha256(garbage).hexdigest()
+            assert row["reason"] == f"payload of {len(garbage)} bytes exceeds 65536"
+
+    asyncio.run(go())
+
+
+def test_event_requests_wait_for_a_turn_then_get_503(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events_api, "SLOT_WAIT", 0.3)
+    release = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield orjson.dumps(event("slow-1")) + b"\n"
+        await release.wait()
+        yield orjson.dumps(event("slow-2")) + b"\n"
+
+    async def go() -> None:
+        async with harness(pg_dsn) as (api, _), api.client(concurrent_event_requests=1) as client:
+            first = asyncio.create_task(client.post("/api/v1/events", content=slow(), headers=NDJSON))
+            await asyncio.sleep(0.1)
+            waited = await client.post("/api/v1/events", json=event("waits"))
+            assert waited.status_code == 503 and waited.headers["retry-after"] == "1"
+            release.set()
+            assert (await first).json()["accepted"] == 2
+            after = await client.post("/api/v1/events", json=event("after"))
+            assert after.status_code == 202 and after.json()["accepted"] == 1
+
+    asyncio.run(go())
