@@ -73,8 +73,10 @@ class Bounded(Generic[M]):
 
     def prune(self) -> None:
         """Remove the series with a value no longer allowed."""
-        for key in [k for k in self._series
-                    if any(v != OTHER and v not in allowed.allowed for allowed, v in zip(self.values, k))]:
+        gone = [key for key in self._series if any(
+            value != OTHER and value not in allowed.allowed
+            for allowed, value in zip(self.values, key, strict=True))]
+        for key in gone:
             self.metric.remove(*key)
             self._series.discard(key)
 
@@ -105,8 +107,8 @@ class Metrics:
             "aetherius_step_duration_seconds", "Step run duration", ["type", "status"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)),
             Values(REGISTRY), Values(StepStatus))
-        self.reloads = Bounded(Counter("aetherius_rules_reloads_total", "Rule reloads", ["result"], registry=r),
-                               Values(("ok", "invalid")))
+        self.reloads = Bounded(Counter("aetherius_rules_reloads_total", "Rule reloads", ["result"],
+                                       registry=r), Values(("ok", "invalid")))
         self.rules_ok = Gauge("aetherius_rules_valid", "1 if the last reload was valid, 0 if it failed",
                               registry=r)
         self.rules_generation = Gauge("aetherius_rules_generation", "Active rule generation", registry=r)

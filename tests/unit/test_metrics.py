@@ -23,7 +23,8 @@ def test_fixed_labels_fold_unknown_values_into_other() -> None:
     counts = series(metrics, "aetherius_step_duration_seconds_count")
     assert counts == ['aetherius_step_duration_seconds_count{status="succeeded",type="wait"} 1.0',
                       'aetherius_step_duration_seconds_count{status="other",type="other"} 1.0']
-    assert series(metrics, "aetherius_rules_reloads_total") == ['aetherius_rules_reloads_total{result="other"} 1.0']
+    assert series(metrics, "aetherius_rules_reloads_total") == [
+        'aetherius_rules_reloads_total{result="other"} 1.0']
 
 
 def test_rule_labels_are_the_active_rules_and_deleted_ones_leave_no_series() -> None:
