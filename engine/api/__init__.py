@@ -48,6 +48,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.include_router(operations.router)
     app.add_middleware(edge.CleanParameters)
     app.add_exception_handler(RequestValidationError, edge.validation_failed)
+    app.add_exception_handler(405, edge.method_not_allowed)
     app.add_exception_handler(Exception, edge.internal_error)
     openapi.install(app)
     return app

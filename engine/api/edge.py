@@ -6,12 +6,14 @@ error may show of it.
   400 otherwise, before any route runs (:class:`CleanParameters`).
 - A 422 for a parameter or a body field shows at most a short, escaped excerpt of the value
   it refuses (:func:`validation_failed`), never the whole of what a client sent.
+- A 405 names every method of its path in ``Allow`` (:func:`method_not_allowed`).
 - Anything unexpected is a 500 that says only that (:func:`internal_error`): no exception
   text, no SQL, no traceback. It is a backstop: bounds are checked where input comes in.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -88,6 +90,19 @@ def _clean(error: Any, prefix: tuple[str, ...]) -> dict[str, Any]:
 async def validation_failed(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
     return JSONResponse(status_code=422, content={"detail": clean_errors(list(errors))})
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+    """405 with an Allow header naming every method the OpenAPI document gives the path
+    (Starlette names only those of the first route that matched it, one route per method here)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        parts = re.split(r"(\{[^}/]+\})", template)
+        if re.fullmatch("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts),
+                        request.url.path):
+            methods |= {method.upper() for method in operations}
+    return JSONResponse(status_code=405, content={"detail": "Method Not Allowed"},
+                        headers={"Allow": ", ".join(sorted(methods))})
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:

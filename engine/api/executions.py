@@ -68,9 +68,9 @@ def _bad_event(msg: str) -> JSONResponse:
 async def execute_workflow(workflow_id: str, request: Request, rules: RulesDep,
                            executions: ExecutionsDep) -> Any:
     # Read here, not by FastAPI: bounded in size, and within engine.payloads' bounds.
-    raw = await json_body(request, empty=None)
+    raw = await json_body(request, empty={})   # no body: all defaults (a JSON null is not an object)
     try:
-        body = ExecuteRequest.model_validate(raw if raw is not None else {})
+        body = ExecuteRequest.model_validate(raw)
     except ValidationError as exc:
         return JSONResponse(status_code=422, content={"detail": clean_errors(exc.errors(), ("body",))})
     workflow = await rules.workflow(workflow_id)

@@ -6,16 +6,27 @@ are added to the OpenAPI components by :mod:`engine.api.openapi`.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 PREFIX = "/api/v1"   # every route but the operational ones (/metrics, /healthz, /readyz)
 CURSOR = "next_cursor of the previous page (offset is then ignored)"
 MAX_OFFSET = 100_000   # deeper pages are read with the cursor
 MAX_LIMIT = 500
+
+
+_NUMBER = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
+
+
+def _iso(value: Any) -> Any:
+    """Pydantic would read a number as seconds since 1970; the API documents ISO 8601 only."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("expected an ISO 8601 time such as 2026-12-01T10:00:00Z")
+    return value
 
 
 def _utc(value: datetime) -> datetime:
@@ -26,7 +37,7 @@ def _utc(value: datetime) -> datetime:
         raise ValueError("out of range: expected a time from year 1 to 9999 (UTC)") from None
 
 
-Moment = Annotated[datetime, AfterValidator(_utc)]
+Moment = Annotated[datetime, BeforeValidator(_iso), AfterValidator(_utc)]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="items per page")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"items to skip (at most {MAX_OFFSET}; "
                                                                 "use the cursor to go further)")]

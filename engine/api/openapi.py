@@ -14,6 +14,7 @@ from engine.api.edge import BAD_PARAMETER
 from engine.api.models import ExecuteRequest
 from engine.rules.model import Strategy, Workflow
 
+NO_NUL = "^[^\\u0000]*$"
 TAGS = [
     {"name": "workflows",
      "description": "Workflows stored through the API (rule-file workflows are read-only here)."},
@@ -46,10 +47,20 @@ def install(app: FastAPI) -> None:
             for operation in path.values():
                 if operation.get("parameters"):
                     _bad_parameters(operation)
+                    for parameter in operation["parameters"]:
+                        _no_nul(parameter.get("schema", {}))
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _no_nul(schema: dict[str, Any]) -> None:
+    """A text parameter holds no NUL character (engine.api.edge refuses it)."""
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == "string" and "pattern" not in option and "format" not in option \
+                and "enum" not in option:
+            option["pattern"] = NO_NUL
 
 
 def _bad_parameters(operation: dict[str, Any]) -> None:
