@@ -173,6 +173,10 @@ class PolicyConfig(Section):
 
 class IntakeConfig(Section):
     max_event_bytes: Positive = 256 * 1024
+    max_request_bytes: Positive = 4 * 1024 * 1024     # one POST /api/v1/events body
+    max_events_per_request: Positive = 1000
+    dead_letter_bytes: Count = 64 * 1024              # of the raw payload, kept with its size and SHA-256
+    concurrent_requests: Positive = 2                 # POST /api/v1/events bodies read at once
 
 
 class ServiceConfig(Section):

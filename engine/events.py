@@ -30,6 +30,7 @@ import orjson
 from engine.exceptions import MalformedEvent
 
 MAX_EVENT_BYTES = 1024 * 1024
+MAX_COUNT = 2 ** 31 - 1   # Kubernetes' counts are int32; an incident's counters are too
 
 # A pod made by a Deployment is <deployment>-<replicaset hash>-<5 char suffix>;
 # by a StatefulSet <name>-<ordinal>; by a DaemonSet or Job <name>-<5 char suffix>.
@@ -180,6 +181,8 @@ def _int(value: Any, where: str, default: int = 1) -> int:
         raise MalformedEvent(f"{where} must be an integer, got {type(value).__name__}")
     if value < 0:
         raise MalformedEvent(f"{where} must not be negative")
+    if value > MAX_COUNT:
+        raise MalformedEvent(f"{where} must be at most {MAX_COUNT}")
     return value
 
 

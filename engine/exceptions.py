@@ -4,6 +4,7 @@
 
     AetheriusError
      ├── MalformedEvent        an input could not become an Event (goes to dead letter)
+ ├── BadPayload            a JSON input is out of bounds (NUL, past int64, too deep); ``loc`` says where
      ├── RuleError             a rule directory has problems; ``.problems`` lists them all
      ├── ExpressionError       an expression is refused (syntax, sandbox, budget)
      ├── ConfigError           the service configuration is invalid; ``.problems`` lists them all
@@ -27,6 +28,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+Loc = tuple[str | int, ...]
+
 
 class AetheriusError(Exception):
     """Aetherius error."""
@@ -37,6 +40,30 @@ class AetheriusError(Exception):
 
 class MalformedEvent(AetheriusError):
     """The input is not an event this orchestrator understands."""
+
+
+class BadPayload(AetheriusError):
+    """The payload is out of bounds."""
+
+    def __init__(self, message: str | None = None, *, loc: Loc = (), offset: int | None = None) -> None:
+        self.loc = loc
+        self.msg = message or (self.__doc__ or "").strip()
+        where = _path(loc)
+        super().__init__(f"at {where}: {self.msg}" if where else
+                         f"{self.msg} (at byte {offset})" if offset is not None else self.msg)
+
+
+def _path(loc: Loc, limit: int = 80) -> str:
+    """``context.pods[3].name``; a key that is not an identifier quoted; the middle of a long
+    path left out (it comes from a client: it is shown, never trusted)."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            name = part if part.isidentifier() else repr(part[:limit])
+            text += f".{name}" if text else name
+    return text if len(text) <= limit else f"{text[:limit // 2 - 2]}...{text[-(limit // 2 - 2):]}"
 
 
 class ExpressionError(AetheriusError):
@@ -64,9 +91,6 @@ class ConfigProblem:
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}" if self.line is not None else self.source
         return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
-
-
-Loc = tuple[str | int, ...]
 
 
 @functools.total_ordering

@@ -14,6 +14,7 @@ One router per resource, each given only the parts it needs (:mod:`engine.api.de
     auth.py          who may call what: one table of route -> permission
     operations.py    /metrics, /healthz, /readyz
     models.py, body.py, openapi.py             shapes, bounded bodies, the OpenAPI document
+    edge.py                                    clean parameters, errors that show little of the input
 
 ``create_app`` only assembles them; it touches nothing but the ``ApiDeps`` it is given, and
 only when a request needs it. The API never imports the service, which builds the deps
@@ -22,11 +23,14 @@ only when a request needs it. The API never imports the service, which builds th
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import Depends, FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from engine import __version__
-from engine.api import admin, events, executions, incidents, openapi, operations, rules, rules_status
-from engine.api.auth import authorize
+from engine.api import admin, edge, events, executions, incidents, openapi, operations, rules, rules_status
+from engine.api.auth import AUTH_RESPONSES, authorize
 from engine.api.deps import ApiDeps
 from engine.api.models import PREFIX
 from engine.api.rules import RELOAD_HEADER
@@ -41,11 +45,16 @@ def create_app(deps: ApiDeps) -> FastAPI:
         openapi_tags=openapi.TAGS,
     )
     app.state.deps = deps
+    app.state.event_slots = asyncio.Semaphore(deps.concurrent_event_requests)   # see events.py
     for router in (rules.router, executions.router, incidents.router, events.router, rules_status.router,
                    admin.router):
         # Every /api/v1 route: a token whose role has the route's permission (engine.api.auth).
-        app.include_router(router, prefix=PREFIX, dependencies=[Depends(authorize)])
+        app.include_router(router, prefix=PREFIX, dependencies=[Depends(authorize)], responses=AUTH_RESPONSES)
     app.include_router(operations.router)
+    app.add_middleware(edge.CleanParameters)
+    app.add_exception_handler(RequestValidationError, edge.validation_failed)
+    app.add_exception_handler(405, edge.method_not_allowed)
+    app.add_exception_handler(Exception, edge.internal_error)
     openapi.install(app)
     return app
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.api.auth import Who
 from engine.api.deps import AuditDep, TokensDep
-from engine.api.models import CURSOR, NOT_FOUND, UNAVAILABLE, Message
+from engine.api.models import CURSOR, NOT_FOUND, UNAVAILABLE, Limit, Message, Moment, Offset
 from engine.auth import NAME, Role
 from engine.durations import Duration
 from engine.storage.queries import BadCursor
@@ -102,10 +102,10 @@ async def list_audit(
         action: Annotated[str | None, Query(description="a prefix: 'workflow.' is every workflow "
                                                         "change")] = None,
         target_kind: str | None = None, target_id: str | None = None,
-        since: Annotated[datetime | None, Query(description="at or after (ISO 8601; UTC if no zone)")] = None,
-        until: Annotated[datetime | None, Query(description="before")] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+        since: Annotated[Moment | None, Query(description="at or after (ISO 8601; UTC if no zone)")] = None,
+        until: Annotated[Moment | None, Query(description="before")] = None,
+        limit: Limit = 50,
+        offset: Offset = 0,
         cursor: Annotated[str | None, Query(description=CURSOR)] = None) -> dict[str, Any]:
     try:
         page = await audit.page(actor=actor, action=action, target_kind=target_kind, target_id=target_id,

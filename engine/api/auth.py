@@ -19,12 +19,13 @@ cookie (HttpOnly, SameSite=Strict) will also need the CSRF token, checked in
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from engine.api.deps import Deps
+from engine.api.models import Message
 from engine.auth import Permission, Principal
 
 P = "/api/v1"
@@ -64,6 +65,14 @@ JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl",
                           "application/x-jsonlines", "application/jsonlines"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Message, "description": "No token, or an unknown, revoked or expired one"},
+    403: {"model": Message, "description": "The token's role may not do this, or a cross-site write"},
+    415: {"model": Message, "description": "A write whose body is not JSON (NDJSON for events)"},
+}
+# Open routes read a token if there is one: authentication is optional there.
+OPTIONAL_AUTH: dict[str, Any] = {"security": [{}, {"HTTPBearer": []}]}
 
 bearer = HTTPBearer(auto_error=False, description="An API token: `aetherius token create NAME --role ROLE`")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]

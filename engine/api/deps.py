@@ -118,7 +118,11 @@ class ApiDeps:
     auth: Verifier
     tokens: TokenAdmin | None
     audit: Audit | None
-    max_event_bytes: int = 256 * 1024   # one event; an HTTP request may carry 1000 of them
+    max_event_bytes: int = 256 * 1024              # one event (an NDJSON line)
+    max_request_bytes: int = 4 * 1024 * 1024       # one POST /events body
+    max_events_per_request: int = 1000             # array items or NDJSON lines
+    dead_letter_bytes: int = 64 * 1024             # what a dead letter keeps of an over-long line
+    concurrent_event_requests: int = 2             # POST /events bodies read at once
     replica: str = ""
     metrics_public: bool = True         # /metrics without a token
     allowed_origins: frozenset[str] = frozenset()   # browser origins allowed to write

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from engine.api.auth import Who
+from engine.api.body import json_body
 from engine.api.deps import AuditDep, Deps, ExecutionsDep, QueriesDep, RulesDep
+from engine.api.edge import clean_errors
 from engine.api.models import (
+    BAD_JSON,
     CURSOR,
     NOT_FOUND,
     PREFIX,
@@ -29,13 +32,17 @@ from engine.api.models import (
     ExecutionDetail,
     ExecutionPage,
     ExecutionStatus,
+    Limit,
     Message,
+    Moment,
+    Offset,
     RuleErrors,
 )
 from engine.auth import Principal, Role
 from engine.correlation import event_context, incident_from_event
 from engine.events import parse_event
 from engine.exceptions import MalformedEvent
+from engine.payloads import shown
 from engine.policy import override_problem, overrides
 from engine.rules.model import Workflow
 from engine.statuses import FINAL_EXECUTION
@@ -86,21 +93,29 @@ def _overrides(workflow: Workflow, body: ExecuteRequest, who: Principal,
 
 @router.post("/workflows/{workflow_id}/execute", status_code=202, response_model=ExecuteAccepted,
              summary="Start a workflow by hand",
-             responses={**NOT_FOUND, 409: {"model": Message, "description": "The workflow is inactive"},
+             responses={**BAD_JSON, **NOT_FOUND,
+                        409: {"model": Message, "description": "The workflow is inactive"},
                         403: {"model": Message, "description": "The body sets what reaches agent-manager, "
                                                               "and the role may not (policy.override_roles)"},
-                        422: {"model": RuleErrors, "description": "The event cannot be read, or a field set "
-                                                                  "by hand is not a Kubernetes name"},
-                        **UNAVAILABLE})
-async def execute_workflow(workflow_id: str, rules: RulesDep, executions: ExecutionsDep, audit: AuditDep,
-                           who: Who, deps: Deps,
-                           body: Annotated[ExecuteRequest | None, Body()] = None) -> Any:
+                        422: {"model": RuleErrors, "description": "The body does not fit ExecuteRequest, the "
+                                                                  "event cannot be read, or a field set by "
+                                                                  "hand is not a Kubernetes name"},
+                        **UNAVAILABLE},
+             openapi_extra={"requestBody": {"required": False, "content": {"application/json": {
+                 "schema": {"$ref": "#/components/schemas/ExecuteRequest"}}}}})
+async def execute_workflow(workflow_id: str, request: Request, rules: RulesDep, executions: ExecutionsDep,
+                           audit: AuditDep, who: Who, deps: Deps) -> Any:
+    # Read here, not by FastAPI: bounded in size, and within engine.payloads' bounds.
+    raw = await json_body(request, empty={})   # no body: all defaults (a JSON null is not an object)
+    try:
+        body = ExecuteRequest.model_validate(raw)
+    except ValidationError as exc:
+        return JSONResponse(status_code=422, content={"detail": clean_errors(exc.errors(), ("body",))})
     workflow = await rules.workflow(workflow_id)
     if workflow is None:
-        raise HTTPException(404, f"no active workflow {workflow_id!r}")
+        raise HTTPException(404, f"no active workflow {shown(workflow_id)}")
     if workflow.status not in ("active", "draft"):
-        raise HTTPException(409, f"workflow {workflow_id!r} is {workflow.status}")
-    body = body or ExecuteRequest()
+        raise HTTPException(409, f"workflow {shown(workflow_id)} is {workflow.status}")
     incident: dict[str, Any] = {}
     events: list[dict[str, Any]] = []
     if body.event is not None:
@@ -136,11 +151,11 @@ async def list_executions(
         q: QueriesDep,
         workflow_id: str | None = None, status: ExecutionStatus | None = None,
         incident_id: str | None = None,
-        since: Annotated[datetime | None, Query(description="started at or after (ISO 8601; UTC if no "
-                                                            "zone)")] = None,
-        until: Annotated[datetime | None, Query(description="started before")] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        since: Annotated[Moment | None, Query(description="started at or after (ISO 8601; UTC if no "
+                                                          "zone)")] = None,
+        until: Annotated[Moment | None, Query(description="started before")] = None,
+        limit: Limit = 50,
+        offset: Offset = 0,
         cursor: Annotated[str | None, Query(description=CURSOR)] = None) -> dict[str, Any]:
     try:
         page = await q.list_executions(workflow_id=workflow_id, status=status, incident_id=incident_id,
@@ -156,7 +171,7 @@ async def list_executions(
 async def get_execution(execution_id: str, q: QueriesDep, deps: Deps) -> dict[str, Any]:
     row = await q.get_execution(execution_id)
     if row is None:
-        raise HTTPException(404, f"no execution {execution_id!r}")
+        raise HTTPException(404, f"no execution {shown(execution_id)}")
     running = deps.executions.running() if deps.executions is not None else []
     return {**row, "running_here": execution_id in running}
 
@@ -171,12 +186,12 @@ async def cancel_execution(execution_id: str, q: QueriesDep, deps: Deps, audit: 
     executions = deps.executions
     here = executions is not None and execution_id in executions.running()
     if found is None and not here:
-        raise HTTPException(404, f"no execution {execution_id!r}")
+        raise HTTPException(404, f"no execution {shown(execution_id)}")
     if found is not None and found["status"] in FINAL_EXECUTION:
-        raise HTTPException(409, f"execution {execution_id!r} already finished: {found['status']}")
+        raise HTTPException(409, f"execution {shown(execution_id)} already finished: {found['status']}")
     if executions is None or not here or not executions.cancel(execution_id):
         owner = found["owner"] if found is not None else None
-        raise HTTPException(409, f"execution {execution_id!r} is not running on this replica "
+        raise HTTPException(409, f"execution {shown(execution_id)} is not running on this replica "
                                  f"({deps.replica}){f'; it runs on {owner}' if owner else ''}")
     await audit.record(who, "execution.cancel", "execution", execution_id)
     # The runner records the final status as the execution's task unwinds; the protocol

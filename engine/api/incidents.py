@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 
 from engine.api.deps import QueriesDep
-from engine.api.models import CURSOR, NOT_FOUND, UNAVAILABLE, IncidentDetail, IncidentPage, Message
+from engine.api.models import (
+    CURSOR,
+    NOT_FOUND,
+    UNAVAILABLE,
+    IncidentDetail,
+    IncidentPage,
+    Limit,
+    Message,
+    Moment,
+    Offset,
+)
+from engine.payloads import shown
 from engine.storage.queries import BadCursor
 
 router = APIRouter(tags=["incidents"])
@@ -21,10 +31,10 @@ async def list_incidents(
         q: QueriesDep,
         strategy_id: str | None = None, status: Literal["open", "closed"] | None = None,
         namespace: str | None = None, workflow_id: str | None = None,
-        since: Annotated[datetime | None, Query(description="opened at or after (ISO 8601; UTC if no "
-                                                            "zone)")] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        since: Annotated[Moment | None, Query(description="opened at or after (ISO 8601; UTC if no "
+                                                          "zone)")] = None,
+        limit: Limit = 50,
+        offset: Offset = 0,
         cursor: Annotated[str | None, Query(description=CURSOR)] = None) -> dict[str, Any]:
     try:
         page = await q.list_incidents(strategy_id=strategy_id, status=status, namespace=namespace,
@@ -42,5 +52,5 @@ async def list_incidents(
 async def get_incident(incident_id: str, q: QueriesDep) -> dict[str, Any]:
     row = await q.get_incident(incident_id)
     if row is None:
-        raise HTTPException(404, f"no incident {incident_id!r}")
+        raise HTTPException(404, f"no incident {shown(incident_id)}")
     return row

@@ -6,13 +6,41 @@ are added to the OpenAPI components by :mod:`engine.api.openapi`.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Query
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 PREFIX = "/api/v1"   # every route but the operational ones (/metrics, /healthz, /readyz)
 CURSOR = "next_cursor of the previous page (offset is then ignored)"
+MAX_OFFSET = 100_000   # deeper pages are read with the cursor
+MAX_LIMIT = 500
+
+
+_NUMBER = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
+
+
+def _iso(value: Any) -> Any:
+    """Pydantic would read a number as seconds since 1970; the API documents ISO 8601 only."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("expected an ISO 8601 time such as 2026-12-01T10:00:00Z")
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    """A query time in UTC (UTC if it has no zone), within what PostgreSQL and Python hold."""
+    try:
+        return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range: expected a time from year 1 to 9999 (UTC)") from None
+
+
+Moment = Annotated[datetime, BeforeValidator(_iso), AfterValidator(_utc)]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="items per page")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"items to skip (at most {MAX_OFFSET}; "
+                                                                "use the cursor to go further)")]
 ExecutionStatus = Literal["running", "succeeded", "failed", "cancelled", "timed_out"]
 Responses = dict[int | str, dict[str, Any]]
 
@@ -241,6 +269,8 @@ class Readiness(BaseModel):
 NOT_FOUND: Responses = {404: {"model": Message, "description": "No such id"}}
 CONFLICT: Responses = {409: {"model": Message, "description": "Conflict (for rules: defined in a rule file)"}}
 INVALID: Responses = {422: {"model": RuleErrors, "description": "Invalid: every problem, with its location"}}
-BAD_JSON: Responses = {400: {"model": Message, "description": "The body is not JSON"},
+BAD_JSON: Responses = {400: {"model": Message, "description": "The body is not JSON, or out of bounds (a NUL "
+                                                              "character, an integer past 64 bits, nested "
+                                                              "deeper than 64)"},
                        413: {"model": Message, "description": "The body is too large"}}
 UNAVAILABLE: Responses = {503: {"model": Message, "description": "The service is not started"}}

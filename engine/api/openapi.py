@@ -1,5 +1,7 @@
 """The OpenAPI document: tags, and the rule-file formats as components, so the request
-bodies of workflow and strategy writes are described by the very models that validate them."""
+bodies of workflow and strategy writes are described by the very models that validate them.
+Every operation that takes parameters documents the 400 that :mod:`engine.api.edge` gives
+for a parameter that is not UTF-8 or holds NUL."""
 
 from __future__ import annotations
 
@@ -8,8 +10,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from engine.api.edge import BAD_PARAMETER
+from engine.api.models import ExecuteRequest
 from engine.rules.model import Strategy, Workflow
 
+NO_NUL = "^[^\\u0000]*$"
 TAGS = [
     {"name": "workflows",
      "description": "Workflows stored through the API (rule-file workflows are read-only here)."},
@@ -32,12 +37,37 @@ def install(app: FastAPI) -> None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description,
                              routes=app.routes, tags=TAGS)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (Workflow, Strategy):   # the rule-file formats, for the request bodies
+        # The rule-file formats and the execute request, for bodies the routes read themselves.
+        for model in (Workflow, Strategy, ExecuteRequest):
             spec = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
             for name, definition in spec.pop("$defs", {}).items():
                 components.setdefault(name, definition)
             components[model.__name__] = spec
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                if operation.get("parameters"):
+                    _bad_parameters(operation)
+                    for parameter in operation["parameters"]:
+                        _no_nul(parameter.get("schema", {}))
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _no_nul(schema: dict[str, Any]) -> None:
+    """A text parameter holds no NUL character (engine.api.edge refuses it)."""
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == "string" and "pattern" not in option and "format" not in option \
+                and "enum" not in option:
+            option["pattern"] = NO_NUL
+
+
+def _bad_parameters(operation: dict[str, Any]) -> None:
+    responses = operation.setdefault("responses", {})
+    known = responses.get("400")
+    if known is None:
+        responses["400"] = {"description": BAD_PARAMETER, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/Message"}}}}
+    else:
+        known["description"] = f"{known['description']}; or: {BAD_PARAMETER[0].lower()}{BAD_PARAMETER[1:]}"

@@ -14,7 +14,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from engine.api.auth import Credentials, identify
+from engine.api.auth import OPTIONAL_AUTH, Credentials, identify
 from engine.api.deps import Deps
 from engine.api.models import Health, Readiness
 from engine.auth import Permission
@@ -22,7 +22,7 @@ from engine.auth import Permission
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", response_class=Response, summary="Prometheus metrics",
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics", openapi_extra=OPTIONAL_AUTH,
             responses={200: {"description": "Prometheus text exposition format", "content": {
                 CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
 async def metrics(request: Request, deps: Deps, credentials: Credentials) -> Response:
@@ -41,7 +41,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Readiness,
+@router.get("/readyz", response_model=Readiness, openapi_extra=OPTIONAL_AUTH,
             summary="Readiness: started, PostgreSQL answers, NATS connected (Redis may be degraded)",
             responses={503: {"model": Readiness, "description": "Not ready: 'reasons' says why"}})
 async def readyz(request: Request, deps: Deps, credentials: Credentials) -> Any:

@@ -39,6 +39,7 @@ from engine.api.models import (
     WorkflowRecord,
 )
 from engine.auth import Principal
+from engine.payloads import shown
 from engine.policy import Policy
 from engine.rules.check import validate
 from engine.rules.generation import Generation
@@ -145,6 +146,15 @@ async def _active_rules(q: Queries, gen: Generation | None, drop: tuple[str, str
     return ruleset
 
 
+def _clip(message: str, limit: int = 300) -> str:
+    """A loader message may quote the document (an unknown key, a bad value): only so much of it."""
+    return message if len(message) <= limit else f"{message[:limit - 3]}..."
+
+
+def _loc(loc: tuple[str | int, ...]) -> list[str | int]:
+    return [part if isinstance(part, int) or len(part) <= 64 else shown(part) for part in loc]
+
+
 async def _check(kind: Kind, raw: Any, q: Queries, gen: Generation | None,
                  drop: tuple[str, str] | None, policy: Policy) -> tuple[Any, list[Row]]:
     """Validate one document as a rule file would be, among the active rules.
@@ -156,9 +166,10 @@ async def _check(kind: Kind, raw: Any, q: Queries, gen: Generation | None,
     errors: list[Row] = []
     for problem in validate(ruleset, policy):
         if problem.path == API_ORIGIN:
-            errors.append({"loc": list(problem.loc), "msg": problem.msg, "type": "rule_error"})
+            errors.append({"loc": _loc(problem.loc), "msg": _clip(problem.msg), "type": "rule_error"})
         elif str(problem) not in baseline:
-            errors.append({"loc": [], "msg": f"{problem.path}: {problem.message}", "type": "rule_conflict"})
+            errors.append({"loc": [], "msg": _clip(f"{problem.path}: {problem.message}"),
+                           "type": "rule_conflict"})
     if errors:
         return None, errors
     return kind.of(ruleset)[raw["id"]], []
@@ -178,10 +189,10 @@ async def _broken_by_delete(kind: Kind, ident: str, q: Queries, gen: Generation 
 async def _reload(rules: Rules, response: Response) -> ReloadResult:
     try:
         ok = await rules.reload("api")
-    except Exception as exc:   # the write is done; say that the reload did not happen
+    except Exception as exc:   # the write is done; say that the reload did not happen (the log says why)
         log.exception("rule reload after an API write failed")
         result = ReloadResult(ok=False, generation=rules.status.generation,
-                              problems=[f"reload failed: {type(exc).__name__}: {exc}"])
+                              problems=[f"reload failed: {type(exc).__name__} (see the service log)"])
     else:
         status = rules.status
         result = ReloadResult(ok=ok, generation=status.generation, problems=[str(p) for p in status.problems])
@@ -192,8 +203,8 @@ async def _reload(rules: Rules, response: Response) -> ReloadResult:
 
 
 def _file_conflict(kind: Kind, ident: str, rules: Rules) -> HTTPException:
-    return HTTPException(409, f"{kind.name} {ident!r} is defined in a rule file (source 'file'): edit it "
-                              f"under {rules.directory}")
+    return HTTPException(409, f"{kind.name} {shown(ident)} is defined in a rule file (source 'file'): "
+                              f"edit it under {rules.directory}")
 
 
 def _unprocessable(errors: list[Row]) -> JSONResponse:
@@ -203,7 +214,7 @@ def _unprocessable(errors: list[Row]) -> JSONResponse:
 async def _get(kind: Kind, ident: str, q: Queries, rules: Rules) -> Row:
     row = await kind.get(q, ident)
     if row is None:
-        raise HTTPException(404, f"no {kind.name} {ident!r}")
+        raise HTTPException(404, f"no {kind.name} {shown(ident)}")
     return _record(kind, row, rules)
 
 
@@ -218,14 +229,14 @@ async def _create(kind: Kind, request: Request, response: Response, q: Queries, 
                 existing is None and gen is not None and ident in kind.of(gen)):
             raise _file_conflict(kind, ident, rules)
         if existing is not None:
-            raise HTTPException(409, f"{kind.name} {ident!r} exists (source {existing['source']!r}): "
+            raise HTTPException(409, f"{kind.name} {shown(ident)} exists (source {existing['source']!r}): "
                                      f"PUT {PREFIX}/{kind.plural}/{ident} replaces it")
     spec, errors = await _check(kind, raw, q, rules.generation, None, rules.policy)
     if errors:
         return _unprocessable(errors)
     row = await kind.insert(q, spec.id, kind.values(raw, spec), who)
     if row is None:
-        raise HTTPException(409, f"{kind.name} {spec.id!r} was created meanwhile")
+        raise HTTPException(409, f"{kind.name} {shown(spec.id)} was created meanwhile")
     reloaded = await _reload(rules, response)
     return _record(kind, row, rules, reloaded)
 
@@ -237,18 +248,20 @@ async def _replace(kind: Kind, ident: str, request: Request, response: Response,
         raw.setdefault("id", ident)   # a PUT body may leave the id to the path
     existing = await kind.get(q, ident)
     if existing is None:
-        raise HTTPException(404, f"no {kind.name} {ident!r} (POST {PREFIX}/{kind.plural} creates one)")
+        raise HTTPException(404, f"no {kind.name} {shown(ident)} (POST {PREFIX}/{kind.plural} creates one)")
     if existing["source"] == "file":
         raise _file_conflict(kind, ident, rules)
     if isinstance(raw, dict) and raw.get("id") != ident:
         return _unprocessable([{"loc": ["id"], "type": "rule_error",
-                                "msg": f"the body's id {raw.get('id')!r} is not the path's {ident!r}"}])
+                                "msg": f"the body's id {shown(raw.get('id'))} is not the path's "
+                                       f"{shown(ident)}"}])
     spec, errors = await _check(kind, raw, q, rules.generation, (kind.name, ident), rules.policy)
     if errors:
         return _unprocessable(errors)
     row = await kind.update(q, ident, kind.values(raw, spec), who)
     if row is None:
-        raise HTTPException(409, f"{kind.name} {ident!r} was deleted or taken over by a rule file meanwhile")
+        raise HTTPException(409, f"{kind.name} {shown(ident)} was deleted or taken over by a rule file "
+                                 "meanwhile")
     reloaded = await _reload(rules, response)
     return _record(kind, row, rules, reloaded)
 
@@ -256,14 +269,14 @@ async def _replace(kind: Kind, ident: str, request: Request, response: Response,
 async def _delete(kind: Kind, ident: str, q: Queries, rules: Rules, who: Principal) -> Response:
     existing = await kind.get(q, ident)
     if existing is None:
-        raise HTTPException(404, f"no {kind.name} {ident!r}")
+        raise HTTPException(404, f"no {kind.name} {shown(ident)}")
     if existing["source"] == "file":
         raise _file_conflict(kind, ident, rules)
     broken = await _broken_by_delete(kind, ident, q, rules.generation, rules.policy)
     if broken:
-        raise HTTPException(409, f"deleting {kind.name} {ident!r} would break: {'; '.join(broken)}")
+        raise HTTPException(409, f"deleting {kind.name} {shown(ident)} would break: {'; '.join(broken)}")
     if not await kind.delete(q, ident, who):
-        raise HTTPException(404, f"no {kind.name} {ident!r}")
+        raise HTTPException(404, f"no {kind.name} {shown(ident)}")
     response = Response(status_code=204)
     await _reload(rules, response)
     return response

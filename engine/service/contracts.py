@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from engine.correlation import Incident
 from engine.events import Event
@@ -19,8 +19,19 @@ from engine.store import Store
 
 # (event, subject, (state, strategy id, incident id)) as intake records it.
 EventRow = tuple[Event, str | None, tuple[str, str | None, str | None]]
-# (source, subject, reason, raw bytes, headers) of a dead letter.
-DeadLetter = tuple[str, str | None, str, bytes | None, dict[str, str]]
+
+
+class DeadLetter(NamedTuple):
+    """An input that could not be taken in, as recorded: at most ``intake.dead_letter_bytes``
+    of its raw bytes, with the size and SHA-256 of all of them."""
+
+    source: str
+    subject: str | None
+    reason: str
+    raw: bytes | None
+    headers: dict[str, str]
+    size: int | None = None       # of the whole raw payload (None: no raw payload)
+    sha256: str | None = None     # hex, of the whole raw payload
 
 
 class Records(Protocol):

@@ -27,6 +27,7 @@ from engine.correlation import Correlator
 from engine.events import Event, OccurrenceTracker, decode, parse_event
 from engine.exceptions import MalformedEvent
 from engine.metrics import Metrics
+from engine.payloads import DEAD_LETTER_BYTES, MAX_DEPTH, Excerpt, depth_exceeds
 from engine.rulebase import RuleBase
 from engine.service.background import Background
 from engine.service.bus import Message
@@ -36,7 +37,7 @@ from engine.storage.outage import Availability, retrying, transient
 
 log = logging.getLogger(__name__)
 
-# (raw bytes or decoded JSON, subject, message id, headers)
+# (raw bytes, decoded JSON or the Excerpt of a payload too long to hold, subject, message id, headers)
 Item = tuple[Any, str | None, str | None, dict[str, Any]]
 # (event id, incident id, field, strategy id, occurrences): a count for an incident already
 # recorded, summed once the batch is recorded, for the events that turned out new.
@@ -61,8 +62,8 @@ class Batch:
 class Intake:
     def __init__(self, *, records: Records, rulebase: RuleBase, correlator: Correlator, metrics: Metrics,
                  stats: Stats, background: Background, record_lock: asyncio.Lock,
-                 max_event_bytes: int, clock: Callable[[], float] = time.time,
-                 postgres: Availability | None = None) -> None:
+                 max_event_bytes: int, dead_letter_bytes: int = DEAD_LETTER_BYTES,
+                 clock: Callable[[], float] = time.time, postgres: Availability | None = None) -> None:
         self.records = records
         self.rulebase = rulebase
         self.correlator = correlator
@@ -72,6 +73,7 @@ class Intake:
         # Held while a batch is recorded: an incident attaches its events only once they exist.
         self.record_lock = record_lock
         self.max_event_bytes = max_event_bytes
+        self.dead_letter_bytes = dead_letter_bytes
         self.clock = clock
         self.postgres = postgres or Availability("PostgreSQL")
         self.tracker = OccurrenceTracker()
@@ -128,13 +130,12 @@ class Intake:
             try:
                 event = parse_event(self._decode(raw))
             except MalformedEvent as exc:
-                data = bytes(raw) if isinstance(raw, bytes | bytearray) else orjson.dumps(raw, default=str)
-                batch.dead.append((source, subject, str(exc), data, {k: str(v) for k, v in headers.items()}))
+                batch.dead.append(self.dead_letter(source, subject, str(exc), raw, headers))
                 continue
             except Exception as exc:  # a parser bug must not stop the intake: dead-letter it
                 log.exception("unexpected error parsing an event")
-                batch.dead.append((source, subject, f"internal error: {type(exc).__name__}: {exc}",
-                                   raw if isinstance(raw, bytes) else None, {}))
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+                batch.dead.append(self.dead_letter(source, subject, reason, raw, headers))
                 continue
             if event is None:
                 batch.ignored += 1
@@ -152,14 +153,38 @@ class Intake:
         return batch
 
     def _decode(self, raw: Any) -> Any:
+        if isinstance(raw, Excerpt):                # a line too long to hold (HTTP NDJSON)
+            raise MalformedEvent(f"payload of {raw.size} bytes exceeds {self.max_event_bytes}")
         if isinstance(raw, bytes | bytearray):      # raw bytes off the wire
             if len(raw) > self.max_event_bytes:
                 raise MalformedEvent(f"payload of {len(raw)} bytes exceeds {self.max_event_bytes}")
-            return decode(bytes(raw))
-        size = len(orjson.dumps(raw, default=str))  # a JSON value decoded already (HTTP)
+            value = decode(bytes(raw))
+            if depth_exceeds(value):
+                raise MalformedEvent(f"nested deeper than {MAX_DEPTH} levels")
+            return value
+        if depth_exceeds(raw):                      # a JSON value decoded already (HTTP)
+            raise MalformedEvent(f"nested deeper than {MAX_DEPTH} levels")
+        size = len(orjson.dumps(raw, default=str))
         if size > self.max_event_bytes:
             raise MalformedEvent(f"event of {size} bytes exceeds {self.max_event_bytes}")
         return raw
+
+    def dead_letter(self, source: str, subject: str | None, reason: str, raw: Any,
+                    headers: dict[str, Any]) -> DeadLetter:
+        """What is recorded of an input that cannot be taken in: at most ``dead_letter_bytes``
+        of it, with its size and SHA-256 (a decoded value is kept as its JSON)."""
+        if isinstance(raw, Excerpt):
+            kept: Excerpt | None = raw
+        elif isinstance(raw, bytes | bytearray):
+            kept = Excerpt.of(raw, self.dead_letter_bytes)
+        else:
+            try:
+                kept = Excerpt.of(orjson.dumps(raw, default=str), self.dead_letter_bytes)
+            except (TypeError, orjson.JSONEncodeError):   # too deep to encode: the reason says so
+                kept = None
+        raw_head = None if kept is None else bytes(kept.head[:self.dead_letter_bytes])
+        return DeadLetter(source, subject, reason, raw_head, {k: str(v) for k, v in headers.items()},
+                          None if kept is None else kept.size, None if kept is None else kept.sha256)
 
     def process(self, event: Event, deltas: list[Delta] | None = None, *, recovered: bool = False) -> State:
         """Rule base + correlation for one event; return (state, strategy id, incident id).
@@ -208,9 +233,9 @@ class Intake:
             await self.records.dead_letters_many(dead)
             self.metrics.dead_letters.labels(source).inc(len(dead))
             self.stats.dead_letters += len(dead)
-            for _, subject, reason, raw, _ in dead:
+            for letter in dead:
                 log.warning("Dead letter from %s%s: %s (%d bytes)", source,
-                            f" {subject}" if subject else "", reason, len(raw or b""))
+                            f" {letter.subject}" if letter.subject else "", letter.reason, letter.size or 0)
         async with self.record_lock:
             recorded = await self._record(source, rows)
         # Recorded before by another replica (or before a restart): not counted again here.
@@ -238,8 +263,8 @@ class Intake:
                 recorded |= await self.records.record_events([row])
             except Exception as row_exc:
                 reason = f"cannot be recorded: {type(row_exc).__name__}: {row_exc}"
-                await self.records.dead_letters_many([(source, row[1], reason,
-                                                       orjson.dumps(row[0].to_dict(), default=str), {})])
+                await self.records.dead_letters_many([self.dead_letter(source, row[1], reason,
+                                                                       row[0].to_dict(), {})])
                 self.metrics.dead_letters.labels(source).inc()
                 recorded.add(row[0].id)   # accounted for, as a dead letter
         return recorded

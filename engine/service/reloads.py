@@ -73,6 +73,8 @@ class Reloads:
         self.metrics.rules_ok.set(1 if ok else 0)
         self.metrics.rules_generation.set(status.generation)
         gen = self.rules.generation
+        if gen is not None:   # a failed reload keeps the generation: its rules stay the labels
+            self.metrics.rules_changed(gen.strategies, gen.workflows)
         if ok and gen is not None:
             self.background.spawn(self.cache.publish_generation({
                 "generation": gen.number, "digest": gen.digest, "strategies": len(gen.strategies),

@@ -179,7 +179,8 @@ class Service:
                               background=background, record_lock=record_lock, postgres=postgres)
         intake = Intake(records=records, rulebase=rulebase, correlator=correlator, metrics=self.metrics,
                         stats=stats, background=background, record_lock=record_lock,
-                        max_event_bytes=self.max_event_bytes, postgres=postgres)
+                        max_event_bytes=self.max_event_bytes, postgres=postgres,
+                        dead_letter_bytes=config.intake.dead_letter_bytes)
         reloads = Reloads(rules, changes=stored_rules, metrics=self.metrics, cache=cache,
                           background=background, replica=replica_id, audit=audit)
         if not await rules.reload("start"):
@@ -201,6 +202,10 @@ class Service:
                        readiness=health.readiness, cached_generation=cache.active_generation,
                        metrics=self.metrics, auth=tokens, tokens=tokens, audit=audit,
                        max_event_bytes=self.max_event_bytes, replica=replica_id,
+                       max_request_bytes=config.intake.max_request_bytes,
+                       max_events_per_request=config.intake.max_events_per_request,
+                       dead_letter_bytes=config.intake.dead_letter_bytes,
+                       concurrent_event_requests=config.intake.concurrent_requests,
                        metrics_public=config.http.metrics_public,
                        allowed_origins=frozenset(config.http.allowed_origins),
                        override_roles=frozenset(config.policy.override_roles))

@@ -7,6 +7,7 @@ Queries for the HTTP API live here too, so the SQL of the service is in one plac
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -90,17 +91,12 @@ class Repository:
         return sorted(({"id": r["id"], "payload": r["payload"], "received_at": r["received_at"],
                         "state": r["state"]} for r in rows), key=lambda r: r["received_at"])
 
-    async def dead_letter(self, source: str, subject: str | None, reason: str, raw: bytes | None,
-                          headers: dict[str, Any] | None = None) -> None:
-        await self.pool.execute(
-            "INSERT INTO dead_letters (source, subject, reason, raw, headers) VALUES ($1, $2, $3, $4, $5)",
-            source, subject, reason, raw, headers or {})
-
-    async def dead_letters_many(self, rows: list[tuple[str, str | None, str, bytes | None, dict]]) -> None:
+    async def dead_letters_many(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """(source, subject, reason, raw excerpt, headers, raw size, raw SHA-256) rows."""
         if rows:
             await self.pool.executemany(
-                "INSERT INTO dead_letters (source, subject, reason, raw, headers)"
-                " VALUES ($1, $2, $3, $4, $5)", rows)
+                "INSERT INTO dead_letters (source, subject, reason, raw, headers, raw_size, raw_sha256)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)", [tuple(row) for row in rows])
 
     # ------------------------------------------------------------------ incidents
 

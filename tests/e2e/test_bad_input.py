@@ -38,6 +38,7 @@ its own below: one such message in a batch of valid ones is a dead letter, the r
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import re
 from collections import Counter
@@ -58,6 +59,11 @@ FINAL_STATES = {"attached", "suppressed", "inhibited", "unmatched", "duplicate"}
 NDJSON = {"content-type": "application/x-ndjson"}
 JSON = {"content-type": "application/json"}
 TWO_MB = 2 * 1024 * 1024
+KEPT = 64 * 1024   # what a dead letter keeps of its raw bytes (intake.dead_letter_bytes)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 
@@ -344,7 +350,8 @@ def test_malformed_messages_are_dead_letters_and_valid_ones_are_processed(servic
         assert ready.status_code == 200, ready.text
 
         # ---------------------------------------------------------- every malformed one is a dead letter
-        dead = _sql(pg_dsn, "SELECT source, subject, reason, raw, headers FROM dead_letters")
+        dead = _sql(pg_dsn, "SELECT source, subject, reason, raw, headers, raw_size, raw_sha256 "
+                            "FROM dead_letters")
         assert len(dead) == expected_dead
         assert all(d["reason"] and d["reason"].strip() for d in dead)
         assert not [d["reason"] for d in dead if d["reason"].startswith("internal error")]
@@ -352,18 +359,23 @@ def test_malformed_messages_are_dead_letters_and_valid_ones_are_processed(servic
         from_nats = [d for d in dead if d["source"] == "nats"]
         from_http = [d for d in dead if d["source"] == "http"]
         assert len(from_nats) == len(bad_nats) and len(from_http) == http_malformed
-        # Each NATS one is the very message: its id, its subject, its bytes.
+        # Each NATS one is the very message: its id, its subject, its bytes (at most the first
+        # 64 KiB of them, with the size and SHA-256 of all).
         sent = {mid: data for mid, data in bad_nats}
         got = {orjson.loads(d["headers"])["Nats-Msg-Id"]: d for d in from_nats}
         assert set(got) == set(sent)
-        assert all(bytes(got[mid]["raw"]) == sent[mid] for mid in sent)
+        assert all(bytes(got[mid]["raw"]) == sent[mid][:KEPT] for mid in sent)
+        assert all((got[mid]["raw_size"], got[mid]["raw_sha256"]) == (len(sent[mid]), _sha256(sent[mid]))
+                   for mid in sent)
         assert {d["subject"] for d in from_nats} <= set(service.subjects)
         oversize = [d for mid, d in got.items() if mid.endswith("-oversized")]
         assert all(re.match(r"payload of \d+ bytes exceeds 262144", d["reason"]) for d in oversize), oversize
-        # HTTP bodies and lines are kept as sent; array elements as what was decoded.
-        raw_http = Counter(bytes(d["raw"]) for d in from_http)
-        assert not Counter(http_bad_bytes) - raw_http
-        assert sum(1 for d in from_http if len(bytes(d["raw"])) > 2_000_000) == 8
+        # HTTP bodies and lines are kept as sent (their first 64 KiB, size and digest); array
+        # elements as what was decoded.
+        raw_http = Counter((bytes(d["raw"]), d["raw_size"], d["raw_sha256"]) for d in from_http)
+        assert not Counter((b[:KEPT], len(b), _sha256(b)) for b in http_bad_bytes) - raw_http
+        big = [d for d in from_http if d["raw_size"] > 2_000_000]
+        assert len(big) == 8 and all(len(bytes(d["raw"])) == KEPT for d in big)
         # The reasons say what is wrong.
         reasons = {mid.split("-", 2)[2]: got[mid]["reason"] for mid in got}
         assert reasons["count-string"] == "Event.count must be an integer, got str"

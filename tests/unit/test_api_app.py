@@ -201,3 +201,29 @@ def test_the_api_does_not_import_the_service() -> None:
     code = "import sys, engine.api; print(sorted(m for m in sys.modules if m.startswith('engine.service')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_405_names_every_method_of_its_path() -> None:
+    app = create_app(deps())
+    for method, url, allow in (("OPTIONS", "/api/v1/workflows/x", "DELETE, GET, PUT"),
+                               ("PATCH", "/api/v1/strategies", "GET, POST"),
+                               ("GET", "/api/v1/executions/e-1/cancel", "POST")):
+        response = call(app, method, url)
+        assert (response.status_code, response.headers["allow"]) == (405, allow)
+
+
+def test_parameters_that_are_not_clean_utf8_are_refused_before_any_route() -> None:
+    app = create_app(deps())     # no parts: a route that ran would answer 503
+    for url in ("/api/v1/workflows/a%00", "/api/v1/incidents?namespace=%00", "/api/v1/executions/%ff",
+                "/api/v1/executions?status=%c3%28", "/healthz?x=%00"):
+        response = call(app, "GET", url)
+        assert response.status_code == 400, (url, response.text)
+    spec = call(app, "GET", "/openapi.json").json()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if operation.get("parameters"):
+                assert "400" in operation["responses"], (method, path)
+                for parameter in operation["parameters"]:
+                    options = parameter["schema"].get("anyOf", [parameter["schema"]])
+                    assert all(o.get("pattern") == "^[^\\u0000]*$" for o in options
+                               if o.get("type") == "string" and "enum" not in o and "format" not in o)

@@ -62,7 +62,7 @@ class RecordingClient:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    async def post_json(self, url: str, payload: object, timeout: float) -> _Response:
+    async def post_json(self, url: str, payload: object, timeout: float, wait: Any = None) -> _Response:
         self.calls.append(url)
         if url.endswith("/api/v1/commands"):
             return _Response(b'{"status": "success", "exit_code": 0, "stdout": "ok", "stderr": ""}')

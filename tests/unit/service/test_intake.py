@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 from engine.testing import message
 from tests.unit.service.conftest import k8s_event, raw
@@ -19,8 +20,9 @@ def test_a_batch_is_recorded_once_then_acked(make_parts) -> None:
         assert all(m.acked for m in batch)
         assert sorted(parts.records.events) == ["ev-blog-api@1", "m-1"]
         assert parts.records.events["m-1"]["state"] == "pending"
-        ((source, subject, reason, data, _headers),) = parts.records.dead_letters
+        ((source, subject, reason, data, _headers, size, sha256),) = parts.records.dead_letters
         assert (source, subject, data) == ("nats", "internal.event.critical", b"{not json")
+        assert (size, sha256) == (9, hashlib.sha256(b"{not json").hexdigest())
         assert "JSON" in reason, reason
         assert parts.stats.events == 2 and parts.stats.duplicates == 1 and parts.stats.dead_letters == 1
 
