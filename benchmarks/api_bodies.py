@@ -37,7 +37,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,8 +48,9 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
-import yaml
 
+from benchmarks.service import launch
+from engine.auth import new_token
 from engine.config import Config
 from engine.devservers import resolve
 
@@ -58,6 +58,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 JSON = {"content-type": "application/json"}
 NDJSON = {"content-type": "application/x-ndjson"}
+TOKEN = new_token()                            # the admin token of the service it starts
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _event(uid: str, size: int = 3640) -> dict[str, Any]:
@@ -114,7 +116,7 @@ async def _fire(url: str, bodies: list[tuple[Body, dict[str, str]]]) -> tuple[co
     statuses: collections.Counter = collections.Counter()
     retries = 0
     limits = httpx.Limits(max_connections=len(bodies), max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits, headers=AUTH) as client:
         async def one(body: Body, headers: dict[str, str]) -> None:
             nonlocal retries
             while True:
@@ -179,22 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             "service": {"replica_id": f"bench-{run}", "data_dir": str(work / "svc")},
             "logging": {"level": "warning", "file": None},
         }
-        (work / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-        log = open(work / "service.log", "wb")  # noqa: SIM115
-        service = subprocess.Popen([sys.executable, "-m", "engine", "--config", str(work / "config.yaml"),
-                                    "serve"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        service = launch(work, config, port, token=TOKEN)
+        if service is None:
+            return 1
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline or service.poll() is not None:
-                print((work / "service.log").read_text()[-3000:], file=sys.stderr)
-                return 1
-            time.sleep(0.2)
 
         start_idle = _settle(service.pid)
         print(f"one replica, default intake limits; {args.concurrency} concurrent requests per scenario, "

@@ -184,6 +184,28 @@ def _phase(dsn: str, nats_url: str, subject: str, run: str, namespace: str, grou
     }
 
 
+def launch(work: Path, config: dict, port: int, token: str | None = None) -> subprocess.Popen | None:
+    """``aetherius serve`` with ``config`` in ``work`` (``token``: its admin token), once
+    /readyz answers 200 (None: it did not; its log's end is printed)."""
+    (work / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    log = open(work / "service.log", "wb")  # noqa: SIM115 - the service writes it while it runs
+    command = [sys.executable, "-m", "engine", "--config", str(work / "config.yaml"), "serve"]
+    env = {**os.environ, **({"AETHERIUS_AUTH__BOOTSTRAP_TOKEN": token} if token else {})}
+    service = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return service
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline or service.poll() is not None:
+            print((work / "service.log").read_text()[-3000:], file=sys.stderr)
+            service.kill()
+            return None
+        time.sleep(0.2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ingest-events", type=int, default=90_000,
@@ -238,21 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             "ai": {"reasoning_service_url": f"http://127.0.0.1:{args.stub_port}"},
             "remediation": {"dry_run": True},
         }
-        (work / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-        log = open(work / "service.log", "wb")  # noqa: SIM115
-        command = [sys.executable, "-m", "engine", "--config", str(work / "config.yaml"), "serve"]
-        service = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline or service.poll() is not None:
-                print((work / "service.log").read_text()[-3000:], file=sys.stderr)
-                return 1
-            time.sleep(0.2)
+        service = launch(work, config, port)
+        if service is None:
+            return 1
 
         print(f"one replica; quiet {args.quiet}; servers: "
               f"{', '.join(f'{k} {v}' for k, v in urls.modes.items())}")
