@@ -91,6 +91,9 @@ class Metrics:
                                          registry=r), sources)
         self.events_dedup = Counter("aetherius_events_duplicate_total", "Duplicate events dropped",
                                     registry=r)
+        self.events_redelivered = Counter("aetherius_events_redelivered_total",
+                                          "Messages NATS delivered again because they were not acked",
+                                          registry=r)
         self.dead_letters = Bounded(Counter("aetherius_dead_letters_total",
                                             "Malformed inputs recorded as dead letters", ["source"],
                                             registry=r), sources)

@@ -56,6 +56,7 @@ class Message:
     msg_id: str | None
     headers: dict[str, str]
     raw: Any = None           # the nats Msg, to ack
+    deliveries: int = 1       # JetStream's delivery count: above 1, a redelivery (never acked)
 
     async def ack(self) -> None:
         if self.raw is not None and getattr(self.raw, "_ackd", False) is False and self.raw.reply:
@@ -234,5 +235,9 @@ class Bus:
 
 def _wrap(msg: Any) -> Message:
     headers = dict(msg.headers or {})
+    try:
+        deliveries = int(msg.metadata.num_delivered)
+    except Exception:      # a plain (non-JetStream) message has no metadata
+        deliveries = 1
     return Message(data=msg.data, subject=msg.subject, msg_id=headers.get("Nats-Msg-Id"),
-                   headers=headers, raw=msg)
+                   headers=headers, raw=msg, deliveries=deliveries)

@@ -79,6 +79,7 @@ class Intake:
         self.tracker = OccurrenceTracker()
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._in_flight = asyncio.Semaphore(2)   # batches processed but not yet recorded
+        self._redelivered, self._redelivered_said = 0, -60.0
 
     # ------------------------------------------------------------------ entry points
 
@@ -89,6 +90,9 @@ class Intake:
     async def ingest_messages(self, messages: list[Message]) -> None:
         """A batch off the bus: processed now, recorded and then acked in the background."""
         items: list[Item] = [(m.data, m.subject, m.msg_id, m.headers) for m in messages]
+        redelivered = sum(1 for m in messages if m.deliveries > 1)
+        if redelivered:
+            self._note_redelivered(redelivered)
         await self._in_flight.acquire()
         try:
             batch = self.prepare(items, "nats")
@@ -115,6 +119,17 @@ class Intake:
         for message in messages:
             with contextlib.suppress(Exception):
                 await message.ack()
+
+    def _note_redelivered(self, count: int) -> None:
+        """Messages NATS sent again (not acked before: a crash, an outage): counted, and said
+        at most once a minute with how many."""
+        self.metrics.events_redelivered.inc(count)
+        self._redelivered += count
+        now = time.monotonic()
+        if now - self._redelivered_said >= 60:
+            log.info("NATS redelivered %d message(s) not acked before (recorded once, by id)",
+                     self._redelivered)
+            self._redelivered, self._redelivered_said = 0, now
 
     # ------------------------------------------------------------------ processing
 

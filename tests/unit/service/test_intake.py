@@ -80,3 +80,21 @@ def test_recorded_pending_events_are_correlated_again_after_a_restart(make_parts
         assert {e["state"] for e in after.records.events.values()} == {"attached"}
 
     asyncio.run(go())
+
+
+def test_redeliveries_are_counted_and_said_once_a_minute(make_parts, caplog) -> None:
+    async def go() -> None:
+        parts = await make_parts()
+        again = [message(raw(k8s_event("web", n)), msg_id=f"m-{n}") for n in (1, 2, 3)]
+        for m in again:
+            m.deliveries = 2
+        with caplog.at_level("INFO"):
+            await parts.intake.ingest_messages(again[:2])
+            await parts.intake.ingest_messages(again[2:])
+            await parts.settle()
+        assert parts.metrics.events_redelivered._value.get() == 3
+        said = [r.getMessage() for r in caplog.records if "redelivered" in r.getMessage()]
+        assert said == ["NATS redelivered 2 message(s) not acked before (recorded once, by id)"]
+        assert all(m.acked for m in again) and len(parts.records.events) == 3
+
+    asyncio.run(go())
