@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
 import re
 import shutil
 import statistics
@@ -49,10 +48,8 @@ import asyncpg
 import httpx
 import orjson
 
-from benchmarks.service import launch
+from benchmarks.service import launch, servers
 from engine.auth import new_token
-from engine.config import Config
-from engine.devservers import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -151,11 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = [n for n in args.scenarios.split(",") if n]
 
-    env_config = {"nats": {"url": os.environ.get("AETHERIUS_TEST_NATS_URL") or None},
-                  "database": {"dsn": os.environ.get("AETHERIUS_TEST_DATABASE_DSN") or None},
-                  "redis": {"url": os.environ.get("AETHERIUS_TEST_REDIS_URL") or None}}
     work = Path(tempfile.mkdtemp(prefix="aetherius-bench-"))
-    urls, embedded = resolve(Config.model_validate(env_config), work / "var")
+    urls, embedded = servers(work)
     run = uuid.uuid4().hex[:8]
     database = f"aetherius_bench_{run}"
     service = None

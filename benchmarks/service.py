@@ -38,6 +38,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -184,6 +185,15 @@ def _phase(dsn: str, nats_url: str, subject: str, run: str, namespace: str, grou
     }
 
 
+def servers(work: Path) -> tuple[Any, Any]:
+    """The servers the AETHERIUS_TEST_* variables name, else embedded ones in ``work/var``:
+    (their URLs, the embedded servers to stop or None)."""
+    env_config = {"nats": {"url": os.environ.get("AETHERIUS_TEST_NATS_URL") or None},
+                  "database": {"dsn": os.environ.get("AETHERIUS_TEST_DATABASE_DSN") or None},
+                  "redis": {"url": os.environ.get("AETHERIUS_TEST_REDIS_URL") or None}}
+    return resolve(Config.model_validate(env_config), work / "var")
+
+
 def launch(work: Path, config: dict, port: int, token: str | None = None) -> subprocess.Popen | None:
     """``aetherius serve`` with ``config`` in ``work`` (``token``: its admin token), once
     /readyz answers 200 (None: it did not; its log's end is printed)."""
@@ -222,11 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet = parse_duration(args.quiet)
 
-    env_config = {"nats": {"url": os.environ.get("AETHERIUS_TEST_NATS_URL") or None},
-                  "database": {"dsn": os.environ.get("AETHERIUS_TEST_DATABASE_DSN") or None},
-                  "redis": {"url": os.environ.get("AETHERIUS_TEST_REDIS_URL") or None}}
     work = Path(tempfile.mkdtemp(prefix="aetherius-bench-"))
-    urls, embedded = resolve(Config.model_validate(env_config), work / "var")
+    urls, embedded = servers(work)
     run = uuid.uuid4().hex[:8]
     stub = subprocess.Popen([sys.executable, "-m", "benchmarks.stub", str(args.stub_port)], cwd=ROOT)
     service = None

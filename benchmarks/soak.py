@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import statistics
 import subprocess
@@ -28,9 +27,7 @@ from pathlib import Path
 import asyncpg
 import psutil
 
-from benchmarks.service import ROOT, RULES, _event, _publish, launch
-from engine.config import Config
-from engine.devservers import resolve
+from benchmarks.service import ROOT, RULES, _event, _publish, launch, servers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,11 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stub-port", type=int, default=18399)
     args = parser.parse_args(argv)
 
-    env_config = {"nats": {"url": os.environ.get("AETHERIUS_TEST_NATS_URL") or None},
-                  "database": {"dsn": os.environ.get("AETHERIUS_TEST_DATABASE_DSN") or None},
-                  "redis": {"url": os.environ.get("AETHERIUS_TEST_REDIS_URL") or None}}
     work = Path(tempfile.mkdtemp(prefix="aetherius-soak-"))
-    urls, embedded = resolve(Config.model_validate(env_config), work / "var")
+    urls, embedded = servers(work)
     run = uuid.uuid4().hex[:8]
     database = f"aetherius_soak_{run}"
     stub = subprocess.Popen([sys.executable, "-m", "benchmarks.stub", str(args.stub_port)], cwd=ROOT)

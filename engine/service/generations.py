@@ -177,22 +177,17 @@ class RulesManager:
                     excluded: set[str]) -> None:
         """Workflows and strategies created through the API or SQL (files win on a clash),
         except those in ``excluded`` (origin paths of stored rules found invalid)."""
-        for row in workflows:
-            origin = f"db:workflows/{row['id']}"
-            if origin in excluded:
-                continue
-            if row["id"] in rules.workflows:
-                log.warning("stored workflow %s is shadowed by a rule file with the same id", row["id"])
-                continue
-            add_workflow(rules, workflow_spec(row), Origin(origin, LineMap()))
-        for row in strategies:
-            origin = f"db:strategies/{row['id']}"
-            if origin in excluded:
-                continue
-            if row["id"] in rules.strategies:
-                log.warning("stored strategy %s is shadowed by a rule file with the same id", row["id"])
-                continue
-            add_strategy(rules, strategy_spec(row), Origin(origin, LineMap()))
+        for table, kind, rows, known, add, spec in (
+                ("workflows", "workflow", workflows, rules.workflows, add_workflow, workflow_spec),
+                ("strategies", "strategy", strategies, rules.strategies, add_strategy, strategy_spec)):
+            for row in rows:
+                origin = f"db:{table}/{row['id']}"
+                if origin in excluded:
+                    continue
+                if row["id"] in known:
+                    log.warning("stored %s %s is shadowed by a rule file with the same id", kind, row["id"])
+                    continue
+                add(rules, spec(row), Origin(origin, LineMap()))
 
     async def workflow(self, workflow_id: str, version: int | None = None) -> Workflow | None:
         """The active workflow, or the exact version an execution pinned."""
