@@ -110,6 +110,12 @@ class Metrics:
                                         ["outcome"], registry=r), Values(Outcome))
         self.executions_running = Gauge("aetherius_executions_running", "Executions running here",
                                         registry=r)
+        self.approvals = Bounded(Counter("aetherius_approvals_total",
+                                         "Approvals requested and how they ended (engine.approvals)",
+                                         ["event"], registry=r),
+                                 Values(("requested", "approved", "denied", "expired")))
+        self.approvals_waiting = Gauge("aetherius_approvals_waiting",
+                                       "Remediations waiting here for a human's approval", registry=r)
         self.step_seconds = Bounded(Histogram(
             "aetherius_step_duration_seconds", "Step run duration", ["type", "status"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)),

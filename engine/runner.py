@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.approvals import Gate
 from engine.exceptions import ServiceUnavailable, StepError, StepTimeout
 from engine.logs import FieldsAdapter
 from engine.outcomes import outcome
@@ -88,7 +89,7 @@ class WorkflowRunner:
                  http: HttpClient | None = None, registry: dict[str, type[Step]] | None = None,
                  rng: random.Random | None = None, measure_overhead: bool = False,
                  limiter: Any = None, lock: Any = None, audit: Audit | None = None,
-                 outage_retry: RetryPolicy | None = None) -> None:
+                 outage_retry: RetryPolicy | None = None, approvals: Gate | None = None) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.settings = settings or Settings(live=False)
         # Whoever makes the HTTP client closes it; None is enough when nothing calls out.
@@ -111,6 +112,8 @@ class WorkflowRunner:
         # (ServiceUnavailable, a busy lock) are retried on this policy, so a short outage of
         # agent-manager delays executions instead of failing them. None: one attempt.
         self.outage_retry = outage_retry
+        # Where remediations that need a human's approval ask for it and wait (engine.approvals).
+        self.approvals = approvals
         # Draining (service shutdown): start no new step; executions stay "running" in the
         # store, to be resumed by this or another replica.
         self.draining = False
@@ -127,14 +130,17 @@ class WorkflowRunner:
 
     async def start(self, workflow: Workflow, *, incident: dict[str, Any] | None = None,
                     events: Iterable[dict[str, Any]] = (), context: dict[str, Any] | None = None,
-                    execution_id: str | None = None, incident_id: str | None = None) -> Started:
+                    execution_id: str | None = None, incident_id: str | None = None,
+                    triggered_by: str | None = None) -> Started:
         """Record a new execution, then run it in the background. Returns once the execution
         and its first step run are in the store, so a reader finds them at once; the task's
-        result is the finished :class:`Execution`."""
+        result is the finished :class:`Execution`. ``triggered_by`` names who started it by
+        hand (that principal may not approve its changes)."""
         execution = Execution(
             id=execution_id or f"exec-{uuid.uuid4().hex[:16]}", workflow_id=workflow.id,
             workflow_version=workflow.version, incident_id=incident_id or (incident or {}).get("id"),
-            context={"incident": incident or {}, "events": list(events), "vars": context or {}},
+            context={"incident": incident or {}, "events": list(events), "vars": context or {},
+                     **({"triggered_by": triggered_by} if triggered_by else {})},
             dry_run=self._dry_run(workflow),
         )
         first = StepRun(seq=1, step_id=workflow.steps[0].id, step_type=workflow.steps[0].type)
@@ -341,11 +347,18 @@ class WorkflowRunner:
             finally:
                 deadline[-1].reschedule(loop.time() + max(0.0, left))
 
+        async def waiting(on: bool) -> None:
+            run.status = StepStatus.WAITING_APPROVAL if on else StepStatus.RUNNING
+            await self.store.start_attempt(execution.id, run)
+
         ctx = StepContext(execution_id=execution.id, workflow=workflow, step=spec, run=run,
                           names=live.names, settings=self.settings, http=self.http,
                           dry_run=execution.dry_run, log=logger,
                           run_branch=lambda ids: self._branch(live, run, ids), limiter=self.limiter,
-                          lock=self.lock, audit=self._audit_for(execution, spec.id), paused=paused)
+                          lock=self.lock, audit=self._audit_for(execution, spec.id), paused=paused,
+                          approvals=self.approvals, waiting=waiting,
+                          deadline=execution.started_at + workflow.timeout,
+                          triggered_by=execution.context.get("triggered_by"))
         step_time = 0.0
         while True:
             run.attempts += 1

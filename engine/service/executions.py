@@ -37,10 +37,13 @@ class Executions:
 
     async def start(self, workflow: Workflow, *, incident: dict[str, Any] | None = None,
                     events: Iterable[dict[str, Any]] = (), context: dict[str, Any] | None = None,
-                    execution_id: str | None = None, incident_id: str | None = None) -> Started:
-        """Record a new execution and run it; returns once it is recorded."""
+                    execution_id: str | None = None, incident_id: str | None = None,
+                    triggered_by: str | None = None) -> Started:
+        """Record a new execution and run it; returns once it is recorded. ``triggered_by``:
+        who started it by hand (they may not approve its changes)."""
         started = await self.runner.start(workflow, incident=incident, events=events, context=context,
-                                          execution_id=execution_id, incident_id=incident_id)
+                                          execution_id=execution_id, incident_id=incident_id,
+                                          triggered_by=triggered_by)
         self.stats.executions += 1
         self._watch(started.task)
         return started
