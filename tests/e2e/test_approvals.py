@@ -78,8 +78,9 @@ def make(tmp_path: Path, pg_dsn, redis_url, redis_prefix, nats_url, nats_prefix,
     made: list[ServiceProcess] = []
 
     def build(replica: str = "appr-1") -> ServiceProcess:
-        proc = ServiceProcess(tmp_path / replica, pg_dsn=pg_dsn, redis_url=redis_url, redis_prefix=redis_prefix,
-                              nats_url=nats_url, nats_prefix=nats_prefix, agent_manager=agent.url,
+        proc = ServiceProcess(tmp_path / replica, pg_dsn=pg_dsn, redis_url=redis_url,
+                              redis_prefix=redis_prefix, nats_url=nats_url, nats_prefix=nats_prefix,
+                              agent_manager=agent.url,
                               slack=f"{slack.url}/services/T0/B0/x", replica=replica, rules_dir=rules,
                               extra={"approvals": {"required": [{"actions": ["delete_pod"]}], "poll": "0.2s",
                                                    "slack": {"users": {"U0OPS2": "op2"}}}})
@@ -170,7 +171,8 @@ def test_approved_through_slack_after_every_bad_attempt_is_refused(make, stand, 
     assert stale_plan.status_code == 409 and "plan changed" in stale_plan.json()["detail"]
     # Slack: wrong secret, a timestamp 10 minutes old, no signature, an unmapped user.
     assert slack_post(service, button(approval, "U0OPS2"), secret="wrong").status_code == 401
-    assert slack_post(service, button(approval, "U0OPS2"), timestamp=int(time.time()) - 600).status_code == 401
+    old = int(time.time()) - 600
+    assert slack_post(service, button(approval, "U0OPS2"), timestamp=old).status_code == 401
     assert slack_post(service, button(approval, "U0OPS2"), headers={}).status_code == 401
     assert slack_post(service, button(approval, "U0STRANGER")).status_code == 403
     tampered = urllib.parse.urlencode({"payload": json.dumps(button(approval, "U0OPS2"))}).encode()
@@ -185,7 +187,8 @@ def test_approved_through_slack_after_every_bad_attempt_is_refused(make, stand, 
     # The genuine action: approved, once. Its replay changes nothing.
     body = urllib.parse.urlencode({"payload": json.dumps(button(approval, "U0OPS2"))}).encode()
     stamp = str(int(time.time()))
-    signed = {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": slack_sign(SIGNING_SECRET, stamp, body)}
+    signed = {"X-Slack-Request-Timestamp": stamp,
+              "X-Slack-Signature": slack_sign(SIGNING_SECRET, stamp, body)}
     first = slack_post(service, {}, body=body, headers=signed)
     assert first.status_code == 200 and "Approved by op2" in first.json()["text"]
     replay = slack_post(service, {}, body=body, headers=signed)
@@ -217,7 +220,8 @@ def test_denied_or_expired_the_change_is_not_made_and_the_failure_path_runs(make
     denied = start(service)
     approval = pending(service, denied)
     answer = httpx.post(f"{service.url}/api/v1/approvals/{approval['id']}/deny",
-                        json={"comment": "not during the sale", "plan_hash": approval["plan_hash"]}, headers=op2)
+                        json={"comment": "not during the sale", "plan_hash": approval["plan_hash"]},
+                        headers=op2)
     assert answer.status_code == 200 and answer.json()["status"] == "denied"
     ended = finished(service, denied)
     assert ended["status"] == "failed"

@@ -32,7 +32,8 @@ LIVE_DELETES_IN_PROD = ApprovalDefaults(rules=(ApprovalRule(frozenset({"delete_p
     ("delete_pod", "dev", False, False),
     ("scale", "prod", False, False),
 ])
-def test_the_service_rules_decide_by_action_namespace_and_dry_run(action, namespace, dry_run, needed) -> None:
+def test_the_service_rules_decide_by_action_namespace_and_dry_run(action, namespace, dry_run,
+                                                                  needed) -> None:
     found = requirement(None, LIVE_DELETES_IN_PROD, action=action, namespace=namespace, dry_run=dry_run)
     assert (found is not None) == needed
 
@@ -48,7 +49,8 @@ def test_a_step_can_ask_and_narrow_but_never_waive_or_auto_approve() -> None:
     assert narrow is not None and narrow.approvers == {"alice"} and narrow.timeout == 60
     assert "step asks" in narrow.why
     both = ApprovalDefaults(on_timeout="approve")
-    auto = requirement(ApprovalSpec(on_timeout="approve"), both, action="scale", namespace="dev", dry_run=False)
+    auto = requirement(ApprovalSpec(on_timeout="approve"), both, action="scale", namespace="dev",
+                       dry_run=False)
     assert auto is not None and auto.on_timeout == "approve"
 
 
