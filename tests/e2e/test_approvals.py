@@ -257,11 +257,12 @@ def test_kill_9_while_waiting_then_restart_and_approve_sends_the_change_once(mak
     assert agent.calls[sent["idempotency_key"]] == 1 and agent.applied[sent["idempotency_key"]] == 1
 
 
-def test_two_replicas_one_approval_one_change(make, stand) -> None:
+def test_two_replicas_one_approval_one_change_even_when_the_waiting_one_dies(make, stand, pg_dsn) -> None:
     agent, _ = stand
     a = make("appr-a").start()
     b = make("appr-b").start()
     op2 = token(a, "op2", "operator")
+    # One waits on replica a; the decisions race on both replicas: one wins.
     execution_id = start(a)
     approval = pending(b, execution_id)       # listed by either replica
     decisions = [httpx.post(f"{r.url}/api/v1/approvals/{approval['id']}/approve", json={}, headers=op2)
@@ -271,3 +272,15 @@ def test_two_replicas_one_approval_one_change(make, stand) -> None:
     assert ended["status"] == "succeeded"
     (sent,) = live(agent)
     assert agent.applied[sent["idempotency_key"]] == 1
+    # Another waits on a, and a dies: b takes the execution over and waits on the same approval.
+    orphan = start(a)
+    approval = pending(a, orphan)
+    a.kill()
+    b.wait_for(lambda: sql(pg_dsn, "SELECT owner FROM workflow_executions WHERE id = $1",
+                           orphan)[0]["owner"] == "appr-b", 30)
+    assert pending(b, orphan)["id"] == approval["id"]
+    answer = httpx.post(f"{b.url}/api/v1/approvals/{approval['id']}/approve", json={}, headers=op2)
+    assert answer.status_code == 200, answer.text
+    assert finished(b, orphan)["outcome"] == "remediated"
+    keys = [r["idempotency_key"] for r in live(agent)]
+    assert len(keys) == 2 and all(agent.applied[k] == 1 and agent.calls[k] == 1 for k in keys)
