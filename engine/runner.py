@@ -12,7 +12,8 @@ Semantics (documented for operators in the README):
   ran); *timed_out* past the workflow ``timeout``; *cancelled* by ``cancel()``.
 - Each attempt has the step's ``timeout``. Failed attempts are retried with exponential
   backoff and jitter (the step's ``retry``, else the workflow's, else one attempt), unless
-  the error is not retryable or its kind is listed in ``non_retryable``.
+  the error is not retryable or its kind is listed in ``non_retryable``. On a virtual
+  clock (``Settings.virtual_time``: replay, rehearsals) the backoff, like a wait, is not slept.
 
 Every transition goes through the :class:`~engine.store.Store` before the next one
 happens, so a crashed execution can be resumed from the store: finished step runs are
@@ -410,7 +411,8 @@ class WorkflowRunner:
             await self.store.fail_attempt(execution.id, run, str(error), error.kind)
             logger.info("Step %s attempt %d failed (%s: %s); retrying in %.2fs", spec.id, run.attempts,
                         error.kind, error, delay)
-            await asyncio.sleep(delay)
+            # On a virtual clock (replay, rehearsals) the backoff is taken at once, like a wait.
+            await asyncio.sleep(0 if self.settings.virtual_time else delay)
 
     def _audit_for(self, execution: Execution, step_id: str) -> StepAudit | None:
         audit = self.audit
