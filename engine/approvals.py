@@ -191,8 +191,9 @@ def problem(approval: Approval, decision: Literal["approve", "deny"], who: str, 
     if approval.approvers and who not in approval.approvers:
         listed = ", ".join(sorted(approval.approvers))
         return 403, f"{who} is not an approver of this change (approvers: {listed})"
-    if decision == "approve" and approval.triggered_by is not None and who == approval.triggered_by:
-        return 403, f"{who} started this execution by hand and may not approve its change"
+    if approval.triggered_by is not None and who == approval.triggered_by:
+        # Four eyes: whoever started it by hand has a say already (and may cancel it).
+        return 403, f"{who} started this execution by hand and may not decide on its change"
     return None
 
 

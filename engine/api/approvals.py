@@ -10,7 +10,7 @@ mapped to an approver (``approvals.slack.users``).
 Whoever decides, the same rules hold (:func:`engine.approvals.problem`): the first decision
 wins, a late or replayed one is 409 and changes nothing, a decision made on a plan hash that
 is no longer the approval's is 409, only the listed approvers decide, and the principal that
-started the execution by hand may not approve its change. Each decision, and each refused
+started the execution by hand may not decide on its change. Each decision, and each refused
 attempt, is on the audit trail.
 """
 

@@ -316,7 +316,7 @@ class ApprovalView(BaseModel):
     why: str = Field(description="which policy rule, or the step, asks for approval")
     approvers: list[str] = Field(description="who may decide (empty: anyone whose role may approve)")
     on_timeout: Literal["deny", "approve"]
-    triggered_by: str | None = Field(description="who started the execution by hand (may not approve)")
+    triggered_by: str | None = Field(description="who started the execution by hand (may not decide)")
     requested_at: datetime
     expires_at: datetime
     decided_at: datetime | None

@@ -165,6 +165,7 @@ def test_approved_through_slack_after_every_bad_attempt_is_refused(make, stand, 
     # The admin started it by hand: may not approve it. A viewer may not decide at all.
     own = httpx.post(f"{url}/approve", json={}, headers=service.headers)
     assert own.status_code == 403 and "started this execution" in own.json()["detail"]
+    assert httpx.post(f"{url}/deny", json={}, headers=service.headers).status_code == 403
     assert httpx.post(f"{url}/approve", json={}, headers=viewer).status_code == 403
     # A plan hash other than the approval's: refused.
     stale_plan = httpx.post(f"{url}/approve", json={"plan_hash": "0" * 64}, headers=op2)

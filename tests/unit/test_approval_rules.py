@@ -68,7 +68,7 @@ def test_who_may_decide() -> None:
 
     assert problem(approval(), "approve", "bob") is None
     assert problem(approval(), "approve", "alice")[0] == 403        # started it by hand
-    assert problem(approval(), "deny", "alice") is None              # may still call it off
+    assert problem(approval(), "deny", "alice")[0] == 403            # four eyes (cancel is theirs)
     assert problem(approval(approvers=frozenset({"carol"})), "approve", "bob")[0] == 403
     assert problem(approval(), "approve", "bob", plan_hash="cd" * 32)[0] == 409
     assert problem(approval(expires_at=time.time() - 1), "approve", "bob")[0] == 409
