@@ -1,53 +1,26 @@
 """``ai_analysis``: ask reasoning-service for a root cause (``POST /api/v1/analyze``).
 
 It honours ``ai.timeout`` per call and ``ai.max_retries``. When the service is not
-configured, or still fails after its retries, a built-in classifier over the evidence
-answers instead, marked ``"source": "builtin"`` with the reason, so a workflow never
-stalls on the AI. The answer becomes ``analysis`` for later steps and expressions.
+configured, or still fails after its retries, the built-in classifier
+(:mod:`steps.classifier`) answers from the evidence instead, marked ``"source": "builtin"``
+with the reason and the evidence line it used, so a workflow never stalls on the AI. The
+answer becomes ``analysis`` for later steps and expressions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 from typing import Any, Literal
 
 from pydantic import Field
 
 from engine.exceptions import StepError
 from steps.base import Step, StepConfig, StepContext, StepResult
+from steps.classifier import classify
 from steps.http import post_json
 
-# (root cause, patterns) in order: the first class with a match in the evidence wins.
-# Patterns are specific on purpose: every `kubectl describe pod` mentions ConfigMaps.
-_CLASSES: tuple[tuple[str, re.Pattern], ...] = tuple(
-    (cause, re.compile("|".join(patterns)))
-    for cause, patterns in (
-        ("OOM", (r"oomkill", r"systemoom", r"out ?of ?memory", r"exit ?code:? 137", r"exit_code\W+137")),
-        (
-            "Config",
-            (
-                r"createcontainerconfigerror",
-                r"(configmap|secret)s? \"?[\w.-]+\"? not found",
-                r"couldn't find key",
-                r"invalid configuration",
-            ),
-        ),
-        ("Image", (r"errimagepull", r"imagepullbackoff", r"failed to pull image", r"back-off pulling image")),
-        ("Probe", (r"(liveness|readiness|startup) probe failed", r"reason: unhealthy")),
-        ("Scheduling", (r"failedscheduling", r"\d+/\d+ nodes are available", r"insufficient (cpu|memory)")),
-    )
-)
-_SUMMARY = {
-    "OOM": "The container was killed for exceeding its memory limit.",
-    "Config": "The container cannot start because of missing or invalid configuration.",
-    "Image": "The image cannot be pulled.",
-    "Probe": "Health probes fail, so the kubelet restarts or withholds the container.",
-    "Scheduling": "No node can take the pod.",
-    "Unknown": "The evidence does not show a known cause.",
-}
-
+__all__ = ["AIAnalysis", "AIAnalysisConfig", "classify"]
 
 class AIAnalysisConfig(StepConfig):
     analysis_type: Literal["root_cause", "summary", "impact"] = "root_cause"
@@ -55,38 +28,10 @@ class AIAnalysisConfig(StepConfig):
     evidence: list[str] = Field(default_factory=list)
 
 
-def _evidence_text(incident: dict[str, Any], events: list[Any], evidence: dict[str, Any]) -> str:
-    parts = [f"reason: {incident.get('reason') or ''}", str(incident.get("message") or "")]
-    for event in events or []:
-        if isinstance(event, dict):
-            parts.append(f"reason: {event.get('reason') or ''} {event.get('message') or ''}")
-    for output in evidence.values():
-        if isinstance(output, dict):
-            # What the cluster said, not what we asked (a request's args say nothing).
-            for key in ("stdout", "stderr", "summary", "message"):
-                if output.get(key):
-                    parts.append(str(output[key]))
-            if output.get("exit_code") == 137:
-                parts.append("exit code 137")
-        elif isinstance(output, str):
-            parts.append(output)
-    return "\n".join(parts).lower()
-
-
-def classify(incident: dict[str, Any], events: list[Any], evidence: dict[str, Any]) -> dict[str, Any]:
-    """The built-in classifier: simple, explainable rules over the evidence."""
-    text = _evidence_text(incident, events, evidence)
-    for cause, pattern in _CLASSES:
-        found = pattern.search(text)
-        if found is not None:
-            return {
-                "root_cause": cause,
-                "confidence": 0.6,
-                "summary": _SUMMARY[cause],
-                "recommendations": [],
-                "matched": found.group(0),
-            }
-    return {"root_cause": "Unknown", "confidence": 0.1, "summary": _SUMMARY["Unknown"], "recommendations": []}
+def _actions(ctx: StepContext) -> dict[str, str]:
+    """What each command step of the workflow asks (logs, describe, get): what its output is."""
+    return {step.id: str(step.config.get("action") or "") for step in ctx.workflow.steps
+            if step.type == "command"}
 
 
 def _valid_answer(answer: Any) -> dict[str, Any]:
@@ -150,7 +95,7 @@ class AIAnalysis(Step):
         elif not settings.live and settings.reasoning_service_url:
             # Not configured reads the same live or not; configured, dry-run did not call it.
             reason = "dry-run: reasoning-service not called"
-        output = classify(ctx.incident, events, evidence)
+        output = classify(ctx.incident, events, evidence, _actions(ctx))
         output.update(source="builtin", fallback_reason=reason)
         ctx.log.info("AI analysis answered by the built-in classifier (%s): %s", reason, output["root_cause"])
         return StepResult(output=output, context={"analysis": output})

@@ -90,7 +90,7 @@ def test_untested_rules_are_listed_and_can_fail_the_run(tmp_path, capsys) -> Non
     shutil.copy(TESTS / "pod_crashloop.yaml", tmp_path)
     code, out, _ = run(capsys, "--coverage", str(tmp_path))
     assert code == 0
-    assert "untested strategies: failed_scheduling, image_pull_backoff, node_not_ready" in out
+    assert "untested strategies: container_start_error, failed_create, failed_scheduling, hpa_failing" in out
     assert "diagnose_node_not_ready.cordon" in out
     code, _, _ = run(capsys, "--fail-on-untested", str(tmp_path))
     assert code == 1
