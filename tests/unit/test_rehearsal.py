@@ -46,12 +46,13 @@ def test_a_wrong_expectation_fails_with_a_diff_naming_the_test_incident_and_step
     assert "incident pod_crashloop shop/checkout: events: expected 7, got 6" in out
     assert ("incident pod_crashloop shop/checkout, step decide_action: decision: expected 'scale', "
             "got 'increase_memory'") in out
-    assert "-check_resources" in out and "collect_logs: kubectl logs failed" in out
+    assert "-check_resources" in out
+    assert "collect_logs: kubectl logs failed: exit code 1: error: You must" in out
     # The same as JUnit: it parses, and says which case failed and why.
     code, out, _ = run(capsys, "--format", "junit", str(tmp_path / "wrong.yaml"))
     assert code == 1
     suite = ElementTree.fromstring(out.split("?>", 1)[1])
-    assert suite.get("tests") == "3" and suite.get("failures") == "2"
+    assert suite.get("tests") == "4" and suite.get("failures") == "2"
     failed = [c for c in suite.iter("testcase") if c.find("failure") is not None]
     assert failed[0].get("name").startswith("a crash-looping deployment")
     assert "events: expected 7, got 6" in failed[0].find("failure").text
