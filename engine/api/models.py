@@ -151,6 +151,8 @@ class ExecutionSummary(BaseModel):
     finished_at: datetime | None
     duration_ms: float | None
     owner: str | None = Field(description="the replica running it")
+    arm: str | None = Field(default=None, description="the experiment arm of the incident it runs for "
+                                                      "(null: no experiment, or started by hand)")
 
 
 class StepRunRecord(BaseModel):
@@ -227,6 +229,8 @@ class IncidentSummary(BaseModel):
     opened_at: datetime
     closed_at: datetime | None
     cooldown_until: datetime | None
+    arm: str | None = Field(default=None, description="the experiment arm it was assigned (its workflow_id "
+                                                      "is the arm's workflow); null: no experiment")
 
 
 class IncidentDetail(IncidentSummary):
