@@ -73,7 +73,8 @@ def _print_incident(incident: Incident, as_json: bool) -> None:
     if s["inhibited"]:
         covered = " covers " + ", ".join(f"{k}={v}" for k, v in sorted(s["inhibited"].items()))
     print(f"incident {s['id']}  strategy={s['strategy']}  key={s['key']}  events={s['events']}"
-          f"  first={s['first']}  last={s['last']}  workflow={s['workflow']}{covered}")
+          f"  first={s['first']}  last={s['last']}  workflow={s['workflow']}"
+          + (f"  arm={s['arm']}" if "arm" in s else "") + covered)
 
 
 def _settings(args: argparse.Namespace):
@@ -85,13 +86,16 @@ _MARK = {"succeeded": "ok", "failed": "FAILED", "skipped": "skipped", "cancelled
          "timed_out": "timed out"}
 
 
-def _print_execution(execution, as_json: bool, incident_id: str | None = None) -> None:
+def _print_execution(execution, as_json: bool, incident_id: str | None = None,
+                     arm: str | None = None) -> None:
     from engine.runner import summary
 
     line = summary(execution)
     if as_json:
         if incident_id:
             line["incident"] = incident_id
+        if arm is not None:
+            line["arm"] = arm
         print(json.dumps(line, ensure_ascii=False, default=str))
         return
     path = " -> ".join(f"{s['id']} ({_MARK.get(s['status'], s['status'])})" for s in line["steps"])
@@ -124,7 +128,7 @@ async def _run_incidents(incidents: list[Incident], workflows: dict, settings, a
             execution = await runner.run(workflow, incident=incident.context(),
                                          events=incident.events_context(),
                                          execution_id=f"replay-{incident.id}")
-            _print_execution(execution, as_json, incident.id)
+            _print_execution(execution, as_json, incident.id, incident.arm)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -154,6 +158,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"{summary['records']} records, {summary['duplicates']} duplicates, "
               f"{summary['dead_letters']} dead letters, {summary['incidents']} incidents",
               file=sys.stderr)
+        for strategy_id, arms in sorted(summary.get("arms", {}).items()):
+            print(f"experiment {strategy_id}: " + ", ".join(f"{arm}={n}" for arm, n in sorted(arms.items())),
+                  file=sys.stderr)
     return 0
 
 

@@ -33,6 +33,7 @@ from reactivex.abc import DisposableBase, SchedulerBase
 from reactivex.subject import Subject
 
 from engine.events import Event
+from engine.experiments import Assignment, assign
 from engine.rulebase import Hit
 from engine.rules.model import Strategy
 from engine.statuses import IncidentStatus
@@ -86,10 +87,20 @@ class Incident:
     # down), and whether that row exists yet (until then counts travel with its INSERT).
     record_id: str | None = None
     recorded: bool = False
+    # The workflow it runs and, in an experiment, its arm: chosen once, when the burst starts,
+    # by the one function that chooses (engine.experiments.assign).
+    assignment: Assignment = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.assignment = assign(self.strategy, self.first_event)
 
     @property
     def workflow_id(self) -> str:
-        return self.strategy.workflow_id
+        return self.assignment.workflow_id
+
+    @property
+    def arm(self) -> str | None:
+        return self.assignment.arm
 
     @property
     def key_text(self) -> str:
@@ -105,6 +116,7 @@ class Incident:
             "last": _iso(self.last_seen), "workflow": self.workflow_id,
             "severity": self.strategy.severity, "namespace": e.namespace,
             "workload": e.workload, "node": e.node, "reason": e.reason,
+            **({"arm": self.arm} if self.arm is not None else {}),
         }
 
     def events_context(self) -> list[dict[str, Any]]:
@@ -121,6 +133,7 @@ class Incident:
             "message": e.message, "container": e.container, "cluster": e.cluster,
             "count": self.events, "severity": self.strategy.severity,
             "first_seen": _iso(self.first_seen), "last_seen": _iso(self.last_seen),
+            **({"arm": self.arm} if self.arm is not None else {}),
         }
 
 
@@ -258,8 +271,9 @@ class Correlator(Observer[Hit]):
             incident.status = IncidentStatus.OPEN
             incident.formed_at = now
             self.stats["incidents"] += 1
-            log.info("Strategy matched: %s key=%s events=%d workflow=%s",
+            log.info("Strategy matched: %s key=%s events=%d workflow=%s%s",
                      incident.strategy.id, incident.key_text, incident.events, incident.workflow_id,
+                     f" arm={incident.arm}" if incident.arm is not None else "",
                      extra={"incident_id": incident.id, "strategy": incident.strategy.id})
             try:
                 self.formed.on_next(incident)

@@ -7,7 +7,7 @@ the exposition grow without limit:
 
 - ``source``, ``outcome``, ``status``, ``result``: fixed sets (the intake's sources, the
   statuses of :mod:`engine.statuses`); ``type``: the registered step types;
-- ``strategy`` and ``workflow``: the ids of the active rule generation, at most
+- ``strategy``, ``workflow`` and ``arm``: the ids (arm names) of the active rule generation, at most
   :data:`MAX_RULE_LABELS` of each (the first ones in id order). :meth:`Metrics.rules_changed`
   sets them on every reload and removes the series of rules that are gone, so a rule deleted
   through the API or from the files leaves nothing behind. Until the first generation is
@@ -85,7 +85,7 @@ class Bounded(Generic[M]):
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.strategy_ids, self.workflow_ids = Values(), Values()
+        self.strategy_ids, self.workflow_ids, self.arm_names = Values(), Values(), Values()
         sources = Values(SOURCES)
         self.events_in = Bounded(Counter("aetherius_events_received_total", "Events taken in", ["source"],
                                          registry=r), sources)
@@ -129,12 +129,34 @@ class Metrics:
             "aetherius_event_to_execution_seconds", "From an incident's first event to its execution start",
             registry=r, buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600))
 
-    def rules_changed(self, strategies: Iterable[str], workflows: Iterable[str]) -> None:
-        """The active generation's rule ids: from now on only these are labels, and the
-        series of the others (deleted rules) are removed."""
+        # Experiments (engine.experiments): per strategy and arm.
+        arm_labels = (self.strategy_ids, self.arm_names)
+        self.experiment_incidents = Bounded(Counter(
+            "aetherius_experiment_incidents_total", "Incidents opened, by experiment arm",
+            ["strategy", "arm"], registry=r), *arm_labels)
+        self.experiment_outcomes = Bounded(Counter(
+            "aetherius_experiment_executions_total",
+            "Executions of experiment arms that ended, by outcome (engine.outcomes)",
+            ["strategy", "arm", "outcome"], registry=r), *arm_labels, Values(Outcome))
+        self.experiment_open_seconds = Bounded(Histogram(
+            "aetherius_experiment_incident_open_seconds", "From an incident's opening to its close, by arm",
+            ["strategy", "arm"], registry=r,
+            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)), *arm_labels)
+        self.experiment_suppressed = Bounded(Counter(
+            "aetherius_experiment_suppressed_events_total",
+            "Events of an arm's incidents that fired again within the cooldown (suppressed)",
+            ["strategy", "arm"], registry=r), *arm_labels)
+        self.experiment_metrics = (self.experiment_incidents, self.experiment_outcomes,
+                                   self.experiment_open_seconds, self.experiment_suppressed)
+
+    def rules_changed(self, strategies: Iterable[str], workflows: Iterable[str],
+                      arms: Iterable[str] = ()) -> None:
+        """The active generation's rule ids (and experiment arm names): from now on only these
+        are labels, and the series of the others (deleted rules, ended experiments) are removed."""
         self.strategy_ids.set(strategies)
         self.workflow_ids.set(workflows)
-        for metric in (self.hits, self.incidents, self.executions):
+        self.arm_names.set(arms)
+        for metric in (self.hits, self.incidents, self.executions, *self.experiment_metrics):
             metric.prune()
 
     def render(self) -> bytes:

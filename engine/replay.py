@@ -43,12 +43,23 @@ class ReplayResult:
     rulebase: dict[str, int] = field(default_factory=dict)
     correlation: dict[str, int] = field(default_factory=dict)
 
+    def arms(self) -> dict[str, dict[str, int]]:
+        """Incidents per experiment arm: strategy id -> arm -> incidents."""
+        out: dict[str, dict[str, int]] = {}
+        for incident in self.incidents:
+            if incident.arm is not None:
+                counts = out.setdefault(incident.strategy.id, {})
+                counts[incident.arm] = counts.get(incident.arm, 0) + 1
+        return out
+
     def summary(self) -> dict[str, Any]:
+        arms = self.arms()
         return {
             "kind": "summary", "records": self.records, "duplicates": self.duplicates,
             "ignored": self.ignored, "dead_letters": len(self.dead_letters),
             "incidents": len(self.incidents), **{f"rules_{k}": v for k, v in self.rulebase.items()},
             **{f"correlation_{k}": v for k, v in self.correlation.items()},
+            **({"arms": arms} if arms else {}),
         }
 
 

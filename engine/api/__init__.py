@@ -6,6 +6,7 @@ Everything is under ``/api/v1`` except the operational endpoints ``/metrics``,
 One router per resource, each given only the parts it needs (:mod:`engine.api.deps`)::
 
     rules.py         /workflows, /strategies   stored rules: one create/replace/delete for both
+    versions.py      .../{id}/versions, /experiments   versions: list, read, diff, restore; per-arm outcomes
     executions.py    /workflows/{id}/execute, /executions
     incidents.py     /incidents
     events.py        /events                   HTTP intake (JSON or NDJSON)
@@ -41,6 +42,7 @@ from engine.api import (
     operations,
     rules,
     rules_status,
+    versions,
 )
 from engine.api.auth import AUTH_RESPONSES, authorize
 from engine.api.deps import ApiDeps
@@ -58,8 +60,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
     )
     app.state.deps = deps
     app.state.event_slots = asyncio.Semaphore(deps.concurrent_event_requests)   # see events.py
-    for router in (rules.router, executions.router, incidents.router, events.router, rules_status.router,
-                   admin.router, approvals.router):
+    for router in (rules.router, versions.router, executions.router, incidents.router, events.router,
+                   rules_status.router, admin.router, approvals.router):
         # Every /api/v1 route: a token whose role has the route's permission (engine.api.auth).
         app.include_router(router, prefix=PREFIX, dependencies=[Depends(authorize)], responses=AUTH_RESPONSES)
     # Slack's buttons carry Slack's signature, not a token (engine.api.auth.SIGNED).

@@ -151,6 +151,8 @@ class ExecutionSummary(BaseModel):
     finished_at: datetime | None
     duration_ms: float | None
     owner: str | None = Field(description="the replica running it")
+    arm: str | None = Field(default=None, description="the experiment arm of the incident it runs for "
+                                                      "(null: no experiment, or started by hand)")
 
 
 class StepRunRecord(BaseModel):
@@ -227,6 +229,8 @@ class IncidentSummary(BaseModel):
     opened_at: datetime
     closed_at: datetime | None
     cooldown_until: datetime | None
+    arm: str | None = Field(default=None, description="the experiment arm it was assigned (its workflow_id "
+                                                      "is the arm's workflow); null: no experiment")
 
 
 class IncidentDetail(IncidentSummary):
@@ -342,3 +346,86 @@ class SlackReply(BaseModel):
     text: str
     response_type: str = "ephemeral"
     replace_original: bool = False
+
+
+# ----------------------------------------------------------------------------- versions
+
+VersionChange = Literal["create", "replace", "delete", "restore"]
+
+
+class RuleVersionSummary(BaseModel):
+    version: int
+    change: VersionChange = Field(description="what made it: create, replace, delete (the row as it was "
+                                              "deleted), or restore (of restored_from)")
+    digest: str | None = Field(description="SHA-256 of the stored row (the audit trail's before/after)")
+    source: str | None = Field(description="file (rules/), api, or sql")
+    author: str = Field(description="token:<name>, file:<path>, sql:<database user>, cli:<user>, system:..., "
+                                    "or unknown (kept before versions had authors)")
+    author_role: str | None
+    restored_from: int | None = Field(description="the version a restore brought back")
+    created_at: datetime
+    current: bool = Field(description="the rule's version now")
+
+
+class RuleVersionList(BaseModel):
+    id: str
+    kind: Literal["workflow", "strategy"]
+    current_version: int | None = Field(description="null: the rule is deleted (its versions are kept)")
+    source: str | None = Field(description="the rule's source now (a file rule is restored by editing "
+                                           "rules/)")
+    items: list[RuleVersionSummary] = Field(description="oldest first")
+
+
+class RuleVersionDetail(RuleVersionSummary):
+    id: str
+    kind: Literal["workflow", "strategy"]
+    content: dict[str, Any] = Field(description="the spec of this version, as in a rule file")
+    yaml: str = Field(description="the content as YAML, in rule-file key order")
+
+
+class RuleVersionDiff(BaseModel):
+    id: str
+    kind: Literal["workflow", "strategy"]
+    from_version: int | None = Field(description="null: the diff is from nothing (version 1)")
+    to_version: int
+    from_digest: str | None
+    to_digest: str | None
+    identical: bool = Field(description="the two contents are the same")
+    diff: str = Field(description="unified diff of the YAML of from_version to to_version")
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+class OpenToClose(BaseModel):
+    count: int = Field(description="closed incidents measured")
+    mean: float | None
+    p50: float | None
+    p90: float | None
+    max: float | None
+
+
+class ArmReport(BaseModel):
+    arm: str
+    workflow_id: str | None
+    weight: float | None = Field(description="its weight now (null: no longer an arm)")
+    share: float | None = Field(description="its share of the weights now, 0..1")
+    incidents: int = Field(description="incidents assigned to it")
+    observed_share: float | None = Field(description="its share of the experiment's incidents, 0..1")
+    open: int = Field(description="incidents still open")
+    executions: int
+    outcomes: dict[str, int] = Field(description="executions by outcome: remediated, dry_run, "
+                                                 "waiting_approval, needs_human, failed, no_action, running")
+    open_to_close_seconds: OpenToClose | None = Field(description="from an incident's opening to its close")
+    refired: int = Field(description="incidents that fired again within their cooldown")
+    suppressed_events: int = Field(description="events suppressed by those cooldowns")
+    late_events: int = Field(description="events that arrived while the incidents were open")
+
+
+class ExperimentReport(BaseModel):
+    strategy_id: str
+    active: bool = Field(description="the active rules run an experiment for this strategy")
+    key: list[str] | None = Field(description="the event fields arms are assigned by")
+    incidents: int
+    since: datetime | None
+    arms: list[ArmReport] = Field(description="the configured arms, then arms no longer configured")

@@ -24,6 +24,8 @@ TAGS = [
     {"name": "incidents", "description": "Incidents formed from bursts of strategy hits."},
     {"name": "events", "description": "Event intake over HTTP (the same intake as NATS)."},
     {"name": "rules", "description": "The active rule generation and hot reload."},
+    {"name": "experiments", "description": "Strategies that split incidents between workflow arms: "
+                                           "per-arm outcomes."},
     {"name": "operations", "description": "Metrics and probes."},
 ]
 

@@ -40,7 +40,7 @@ def effective_strategies(rules: RuleSet) -> dict[str, Strategy]:
     """Enabled strategies, plus implicit ones for event-triggered workflows that no
     explicit strategy already starts (so one event never opens two incidents)."""
     out = {sid: s for sid, s in rules.strategies.items() if s.enabled}
-    started = {s.workflow_id for s in rules.strategies.values()}
+    started = {wf_id for s in rules.strategies.values() for wf_id in s.workflow_ids}
     for wf in rules.workflows.values():
         if (wf.trigger_type == "event" and wf.status == "active"
                 and wf.trigger_config.event_reason and wf.id not in started):
@@ -218,11 +218,16 @@ def validate(rules: RuleSet, policy: Policy | None = None) -> list[Problem]:
         _check_policy(rules, origin, i, step, policy)
     for strategy in rules.strategies.values():
         origin = rules.origin("strategy", strategy.id)
-        if (strategy.workflow_id not in rules.workflows
-                and ("workflow", strategy.workflow_id) not in rules.invalid
-                and not rules.may_define(strategy.workflow_id)):
+        arms = strategy.experiment.arms if strategy.experiment is not None else []
+        named_by_arm = any(arm.workflow == strategy.workflow_id for arm in arms)
+        if not named_by_arm and _missing(rules, strategy.workflow_id):
             rules.problem(origin, ("workflow_id",),
                           f"strategy {strategy.id!r} names missing workflow {strategy.workflow_id!r}")
+        for i, arm in enumerate(arms):
+            if _missing(rules, arm.workflow):
+                rules.problem(origin, ("experiment", "arms", i, "workflow"),
+                              f"experiment arm {arm.label!r} of strategy {strategy.id!r} names missing "
+                              f"workflow {arm.workflow!r}")
         for i, symptom in enumerate(strategy.symptoms):
             try:
                 conjuncts(symptom.tree)
@@ -240,6 +245,12 @@ def validate(rules: RuleSet, policy: Policy | None = None) -> list[Problem]:
                                   named=f"inhibits.{i}.strategies")
     rules.problems.sort()
     return rules.problems
+
+
+def _missing(rules: RuleSet, workflow_id: str) -> bool:
+    """A workflow that is not defined (and not merely invalid, or in a file that did not parse)."""
+    return (workflow_id not in rules.workflows and ("workflow", workflow_id) not in rules.invalid
+            and not rules.may_define(workflow_id))
 
 
 def load_valid(directory: str | Path, policy: Policy | None = None) -> RuleSet:

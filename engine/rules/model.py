@@ -131,13 +131,55 @@ class Inhibit(Spec):
         return self
 
 
+class Arm(Spec):
+    """One workflow of an experiment, and its share of the incidents (``weight`` out of the
+    arms' total)."""
+
+    workflow: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    weight: float = Field(gt=0, le=1_000_000)
+    name: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
+                             description="the arm's name in the API and metrics (default: the workflow id)")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.workflow
+
+
+class Experiment(Spec):
+    """Incidents of the strategy split between workflows: each incident goes to one arm, chosen
+    by a stable hash of the strategy id and the ``key`` fields of its first event
+    (:func:`engine.experiments.assign`), so repeat incidents of one workload stay in one arm."""
+
+    arms: list[Arm] = Field(min_length=2, max_length=20)
+    key: list[str] | None = Field(default=None, min_length=1,
+                                  description="event fields (default: the strategy's correlation key)")
+
+    @field_validator("key")
+    @classmethod
+    def _key_fields(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _event_fields(value)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Experiment:
+        seen: dict[str, int] = {}
+        for i, arm in enumerate(self.arms):
+            if arm.label in seen:
+                raise LocatedError(("arms", i, "name" if arm.name else "workflow"),
+                                   f"two arms named {arm.label!r} (arms {seen[arm.label]} and {i}): "
+                                   "give each arm its own workflow or name")
+            seen[arm.label] = i
+        return self
+
+
 class Strategy(Spec):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     name: str = ""
     category: str = "general"
     description: str = ""
     symptoms: list[Symptom] = Field(min_length=1)
-    workflow_id: str
+    # With an experiment, its arms choose the workflow; workflow_id defaults to the first arm's.
+    workflow_id: str = ""
+    experiment: Experiment | None = None
     priority: int = Field(default=5, ge=0, le=1000)
     enabled: bool = True
     severity: str | None = None
@@ -159,7 +201,17 @@ class Strategy(Spec):
     def _sequence(self) -> Strategy:
         if self.match == "sequence" and len(self.symptoms) < 2:
             raise ValueError("match: sequence needs at least two symptoms")
+        if not self.workflow_id:
+            if self.experiment is None:
+                raise LocatedError(("workflow_id",), "missing required field 'workflow_id'")
+            self.workflow_id = self.experiment.arms[0].workflow
         return self
+
+    @property
+    def workflow_ids(self) -> list[str]:
+        """Every workflow this strategy may start: its workflow_id, and its experiment's arms."""
+        arms = [arm.workflow for arm in self.experiment.arms] if self.experiment is not None else []
+        return list(dict.fromkeys([self.workflow_id, *arms]))
 
     @property
     def implicit(self) -> bool:

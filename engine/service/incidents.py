@@ -81,6 +81,8 @@ class Incidents:
             await self._db(partial(self.records.repoint_events, incident.id, other))
             count = incident.events + incident.late
             if outcome == "cooling":
+                if incident.arm is not None:   # the same key: the same arm as the incident cooling down
+                    self.metrics.experiment_suppressed.labels(sid, incident.arm).inc(count)
                 await self._db(partial(self.records.add_to_incident, other, suppressed=count))
             else:
                 await self._db(partial(self.records.add_to_incident, other, late=count))
@@ -88,6 +90,8 @@ class Incidents:
             return
         incident.event_ids = []
         self.metrics.incidents.labels(sid).inc()
+        if incident.arm is not None:
+            self.metrics.experiment_incidents.labels(sid, incident.arm).inc()
         self.stats.incidents += 1
         if workflow is None or execution_id is None:
             log.error("Incident %s: workflow %s is missing or not active; closing the incident",
@@ -108,18 +112,33 @@ class Incidents:
         """An execution ended: close the incident it was started for, if it is still open."""
         incident = self._by_execution.pop(execution.id, None)
         if incident is not None:
+            if incident.arm is not None:
+                self._arm_ended(incident.strategy.id, incident.arm, execution,
+                                time.time() - (incident.formed_at or incident.first_seen))
             await self.close(incident)
             return
         # Resumed after a restart or taken over: the incident is known only by its row.
         row = await self._db(partial(self.records.open_incident_of, execution.id))
         if row is None:
             return      # a manual execution, or the incident was closed already
+        if row.get("arm") is not None:
+            opened = row.get("opened_at")
+            self._arm_ended(row["strategy_id"], row["arm"], execution,
+                            None if opened is None else time.time() - opened.timestamp())
         gen = self.workflows.generation
         strategy = gen.strategies.get(row["strategy_id"]) if gen is not None else None
         cooldown = strategy.correlation.cooldown if strategy is not None else DEFAULT_COOLDOWN
         closed = await self._db(partial(self.records.close_incident_by_id, row["id"], cooldown))
         if closed is not None:
             await self.cooldowns.set_cooldown(closed["strategy_id"], closed["key"], cooldown, row["id"])
+
+    def _arm_ended(self, strategy_id: str, arm: str, execution: Execution,
+                   open_seconds: float | None) -> None:
+        """The per-arm metrics of an experiment's execution that ended (its incident closes)."""
+        if execution.outcome:
+            self.metrics.experiment_outcomes.labels(strategy_id, arm, execution.outcome).inc()
+        if open_seconds is not None:
+            self.metrics.experiment_open_seconds.labels(strategy_id, arm).observe(max(0.0, open_seconds))
 
     async def close(self, incident: Incident) -> None:
         await self._db(partial(self.records.close_incident, incident))

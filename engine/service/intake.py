@@ -232,6 +232,8 @@ class Intake:
             return ("attached", hit.strategy.id, record_id)
         assert incident.status == IncidentStatus.CLOSED
         add("suppressed", event.count)
+        if incident.arm is not None:
+            self.metrics.experiment_suppressed.labels(hit.strategy.id, incident.arm).inc(event.count)
         return ("suppressed", hit.strategy.id, record_id)
 
     def remember(self, event_id: str) -> None:

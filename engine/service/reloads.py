@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.auth import Principal
+from engine.experiments import arm_names
 from engine.metrics import Metrics
 from engine.rules.generation import ReloadStatus
 from engine.service.background import Background
@@ -74,7 +75,7 @@ class Reloads:
         self.metrics.rules_generation.set(status.generation)
         gen = self.rules.generation
         if gen is not None:   # a failed reload keeps the generation: its rules stay the labels
-            self.metrics.rules_changed(gen.strategies, gen.workflows)
+            self.metrics.rules_changed(gen.strategies, gen.workflows, arm_names(gen.strategies.values()))
         if ok and gen is not None:
             self.background.spawn(self.cache.publish_generation({
                 "generation": gen.number, "digest": gen.digest, "strategies": len(gen.strategies),

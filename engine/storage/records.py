@@ -139,9 +139,10 @@ class Repository:
         return dict(row) if row else None
 
     async def open_incident_of(self, execution_id: str) -> dict[str, Any] | None:
-        """The open incident this execution was started for (id, strategy_id), if any."""
+        """The open incident this execution was started for (id, strategy_id, arm, opened_at), if any."""
         row = await self.pool.fetchrow(
-            "SELECT id, strategy_id FROM incidents WHERE execution_id = $1 AND status = 'open'", execution_id)
+            "SELECT id, strategy_id, arm, opened_at FROM incidents "
+            "WHERE execution_id = $1 AND status = 'open'", execution_id)
         return dict(row) if row else None
 
     async def add_to_incident(self, incident_id: str, events: int = 0, late: int = 0,
