@@ -260,6 +260,9 @@ def cmd_test(args: argparse.Namespace) -> int:
         for outcome in outcomes:
             mark = "ok  " if outcome.passed else "FAIL"
             print(f"{mark} {outcome.case.title}")
+            for incident in outcome.got.incidents if outcome.got is not None else []:
+                if incident.arm is not None:   # an experiment's arm, for each incident
+                    print(f"     incident {incident.strategy.id} {incident.key_text}: arm {incident.arm}")
             for failure in outcome.failures:
                 print(f"     {failure}")
         print(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed", file=sys.stderr)

@@ -412,7 +412,8 @@ def compare(case: Case, got: Got) -> list[str]:
         out.append(f"missing incident {key[0]} {key[1]}" + _nearby(key, found))
     for key in sorted(set(found) - set(wanted)):
         incident = found[key]
-        out.append(f"unexpected incident {key[0]} {key[1]} ({incident.events} events)")
+        arm = f", arm {incident.arm}" if incident.arm is not None else ""
+        out.append(f"unexpected incident {key[0]} {key[1]} ({incident.events} events{arm})")
     for key in sorted(set(wanted) & set(found)):
         out.extend(_incident(wanted[key], found[key], got))
     return out

@@ -4,6 +4,7 @@ exits 2 with ``path:line``; repeats count like the kubelet's patched Events."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -113,3 +114,40 @@ def test_repeats_patch_one_event_as_the_kubelet_does() -> None:
     # One Event object: its count goes on growing across the two inputs, never repeats.
     assert [e.total_count for _, _, e in events] == [1, 2, 3, 4, 5]
     assert len({e.id for _, _, e in events}) == 5
+
+
+def test_an_experiment_arm_is_shown_and_checked(tmp_path, capsys) -> None:
+    from tests.unit.test_experiments import RULES
+
+    rules = tmp_path / "rules"
+    (rules / "tests").mkdir(parents=True)
+    (rules / "experiment.yaml").write_text(RULES, encoding="utf-8")
+    from engine.rules.check import load_valid
+
+    (strategy,) = load_valid(rules).strategies.values()
+    arms = [arm.label for arm in strategy.experiment.arms]
+    case = textwrap.dedent(f"""\
+        tests:
+          - name: one crash loop, one arm
+            events:
+              - t: 0s
+                repeat: 3
+                event: {{kind: Event, reason: BackOff, count: 1, type: Warning,
+                        message: "Back-off restarting failed container app in pod web-7d9f8c6b5-x2x4k",
+                        metadata: {{name: web.1, namespace: team-01, uid: e-1}},
+                        involvedObject: {{kind: Pod, name: web-7d9f8c6b5-x2x4k, namespace: team-01}}}}
+            expect:
+              incidents:
+                - {{strategy: {strategy.id}, key: team-01/web, arm: ARM}}
+        """)
+    # A wrong arm fails, saying which arm the incident got; that arm then passes, and shows.
+    (rules / "tests" / "arm.yaml").write_text(case.replace("ARM", "no_such_arm"), encoding="utf-8")
+    code = main(["test", "--rules", str(rules)])
+    out, _ = capsys.readouterr()
+    assert code == 1
+    chosen = re.search(r"arm: expected 'no_such_arm', got '(\w+)'", out).group(1)
+    assert chosen in arms
+    (rules / "tests" / "arm.yaml").write_text(case.replace("ARM", chosen), encoding="utf-8")
+    code = main(["test", "--rules", str(rules)])
+    out, _ = capsys.readouterr()
+    assert code == 0 and f"incident {strategy.id} team-01/web: arm {chosen}" in out
