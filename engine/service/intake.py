@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from engine.bounded import RecentSet
 from engine.correlation import Correlator
 from engine.events import Event, OccurrenceTracker, decode, parse_event
 from engine.exceptions import MalformedEvent
@@ -44,7 +44,11 @@ Item = tuple[Any, str | None, str | None, dict[str, Any]]
 Delta = tuple[str, str, str, str, int]
 State = tuple[str, str | None, str | None]
 
-RECENT_IDS = 200_000   # ids remembered for deduplication (FIFO); older ones the database catches
+# Event ids remembered for deduplication before the database's key (which catches the rest):
+# as 64-bit hashes, at most this many, for at most this long (engine.bounded: at least half of
+# each), which covers NATS redeliveries (``nats.ack_wait``, 30 s) at thousands of events/s.
+RECENT_IDS = 100_000
+RECENT_SECONDS = 600.0
 
 
 @dataclass
@@ -77,7 +81,7 @@ class Intake:
         self.clock = clock
         self.postgres = postgres or Availability("PostgreSQL")
         self.tracker = OccurrenceTracker()
-        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._recent = RecentSet(RECENT_IDS, RECENT_SECONDS)
         self._in_flight = asyncio.Semaphore(2)   # batches processed but not yet recorded
         self._redelivered, self._redelivered_said = 0, -60.0
 
@@ -107,7 +111,7 @@ class Intake:
         except Exception as exc:
             # Not acked, so redelivered: let the redelivery be processed, not dropped as seen.
             for event, _, _ in batch.rows:
-                self._recent.pop(event.id, None)
+                self._recent.discard(event.id)
             if transient(exc):
                 self.postgres.failed(exc)   # one line per outage, not a traceback per batch
             else:
@@ -235,9 +239,7 @@ class Intake:
         return ("suppressed", hit.strategy.id, record_id)
 
     def remember(self, event_id: str) -> None:
-        self._recent[event_id] = None
-        if len(self._recent) > RECENT_IDS:
-            self._recent.popitem(last=False)
+        self._recent.add(event_id)
 
     # ------------------------------------------------------------------ recording
 
