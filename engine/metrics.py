@@ -110,6 +110,13 @@ class Metrics:
                                         ["outcome"], registry=r), Values(Outcome))
         self.executions_running = Gauge("aetherius_executions_running", "Executions running here",
                                         registry=r)
+        self.executions_queued = Gauge("aetherius_executions_queued",
+                                       "Executions waiting in this replica's admission queue "
+                                       "(executions.max_running run already)", registry=r)
+        self.queue_wait = Histogram(
+            "aetherius_execution_queue_wait_seconds", "Time an execution waited in the admission queue "
+            "before it started", registry=r,
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
         self.step_seconds = Bounded(Histogram(
             "aetherius_step_duration_seconds", "Step run duration", ["type", "status"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)),

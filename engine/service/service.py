@@ -11,9 +11,9 @@ backwards, whatever step a failure stopped at):
 4. the runner (and its HTTP client), :mod:`~engine.service.executions`,
    :mod:`~engine.service.incidents`, :mod:`~engine.service.intake`;
 5. NATS; :mod:`~engine.service.recovery` takes back what this replica held before a stop;
-6. the loops, in one ``asyncio.TaskGroup``: the NATS intake, heartbeat and takeover, rule
-   reloads, the rules watcher, LISTEN for stored rule changes, retention, the HTTP API. If
-   one dies, the service stops rather than limp on.
+6. the loops, in one ``asyncio.TaskGroup``: the NATS intake, heartbeat and takeover, the
+   admission of queued executions, rule reloads, the rules watcher, LISTEN for stored rule
+   changes, retention, the HTTP API. If one dies, the service stops rather than limp on.
 
 Shutdown (SIGTERM/SIGINT): no new events, running steps get ``service.shutdown_grace`` to
 finish, background writes (acks, incident updates) complete, the runner's last state is
@@ -169,7 +169,9 @@ class Service:
         background = Background()
         stack.push_async_callback(background.wait, 5.0)
         stats = Stats()
-        executions = Executions(runner, metrics=self.metrics, stats=stats, background=background)
+        executions = Executions(runner, metrics=self.metrics, stats=stats, background=background,
+                                store=store, workflows=rules, max_running=config.executions.max_running,
+                                poll=max(0.5, self.lease / 3), postgres=postgres)
         stack.push_async_callback(executions.drain, self.grace)
 
         correlator = Correlator(AsyncIOScheduler(asyncio.get_running_loop()), track_event_ids=True)
@@ -197,6 +199,7 @@ class Service:
         for event_id in await records.recent_event_ids(max(120.0, 4 * bus.ack_wait)):
             intake.remember(event_id)
         await recovery.at_start()
+        await executions.recount()      # its queued executions from before a stop go first
 
         deps = ApiDeps(queries=Queries(pool), rules=rules, executions=executions, ingest=intake.ingest,
                        readiness=health.readiness, cached_generation=cache.active_generation,
@@ -242,6 +245,7 @@ class Service:
             group.create_task(r.api.serve(), name="http-api")
             loops = [
                 group.create_task(r.recovery.run(), name="heartbeat"),
+                group.create_task(r.executions.run(), name="admission"),
                 group.create_task(r.reloads.run(), name="rules-reload"),
                 group.create_task(r.reloads.watch(self._stop), name="rules-watcher"),
                 group.create_task(r.reloads.listen(), name="db-listen"),

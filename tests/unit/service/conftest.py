@@ -97,19 +97,21 @@ class Parts:
 
 @pytest.fixture
 def make_parts(tmp_path: Path) -> Callable[..., Any]:
-    async def make(rules_text: str = RULES, replica: str = "r1") -> Parts:
+    async def make(rules_text: str = RULES, replica: str = "r1", max_running: int | None = None,
+                   virtual_time: bool = True, store: MemoryExecutionStore | None = None) -> Parts:
         (tmp_path / "rules.yaml").write_text(rules_text)
         scheduler = HistoricalScheduler(T0)
         clock = lambda: scheduler.now.timestamp()  # noqa: E731
-        store = MemoryExecutionStore(replica)
+        store = store if store is not None else MemoryExecutionStore(replica)
         records = MemoryRecords(replica, store=store)
         cache = Cache(None)
         rulebase = RuleBase([])
         rules = RulesManager(tmp_path, rulebase)
         assert await rules.reload("start"), rules.status.problems
         metrics, stats, background = Metrics(), Stats(), Background()
-        runner = WorkflowRunner(store, Settings(live=False, virtual_time=True))
-        executions = Executions(runner, metrics=metrics, stats=stats, background=background)
+        runner = WorkflowRunner(store, Settings(live=False, virtual_time=virtual_time))
+        executions = Executions(runner, metrics=metrics, stats=stats, background=background, store=store,
+                                workflows=rules, max_running=max_running, poll=0.05)
         correlator = Correlator(scheduler, track_event_ids=True)
         lock = asyncio.Lock()
         incidents = Incidents(records=records, cooldowns=cache, workflows=rules, correlator=correlator,
