@@ -192,6 +192,7 @@ class ExecutionsConfig(Section):
     wait as ``queued`` in the database, first in, first out."""
 
     max_running: Positive = 200
+    max_queued: Positive = 10_000      # past this many queued, the NATS intake waits (events stay in NATS)
 
 
 class AuthConfig(Section):

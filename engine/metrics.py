@@ -127,7 +127,8 @@ class Metrics:
                               registry=r)
         self.rules_generation = Gauge("aetherius_rules_generation", "Active rule generation", registry=r)
         self.publish_to_start = Histogram(
-            "aetherius_event_to_execution_seconds", "From an incident's first event to its execution start",
+            "aetherius_event_to_execution_seconds", "From an incident's first event to its execution's "
+            "admission (started, or queued: see aetherius_execution_queue_wait_seconds)",
             registry=r, buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600))
 
     def rules_changed(self, strategies: Iterable[str], workflows: Iterable[str]) -> None:

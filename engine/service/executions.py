@@ -15,7 +15,9 @@ executions back at once, and another replica takes those of a replica whose hear
 older than ``service.lease``, as recovery does with running executions. Executions resumed
 after a restart or a takeover were admitted before: they resume at once, and the queue
 waits until fewer than ``max_running`` run. So under overload latency grows, and nothing
-times out in memory.
+times out in memory. Past ``executions.max_queued`` queued here, the NATS intake stops
+fetching until the queue drains below it (the events wait in JetStream, as durable as the
+queue), so memory stays bounded however long an overload lasts.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class Executions:
     def __init__(self, runner: WorkflowRunner, *, metrics: Metrics, stats: Stats,
                  background: Background, store: ExecutionStore | None = None,
                  workflows: Workflows | None = None, max_running: int | None = None,
-                 poll: float = 5.0, postgres: Availability | None = None) -> None:
+                 max_queued: int | None = None, poll: float = 5.0,
+                 postgres: Availability | None = None) -> None:
         self.runner = runner
         self.metrics = metrics
         self.stats = stats
@@ -58,6 +61,8 @@ class Executions:
         self.store = store
         self.workflows = workflows
         self.max_running = max_running if store is not None and workflows is not None else None
+        # Past this many queued here, the NATS intake waits (:meth:`room`): events stay in JetStream.
+        self.max_queued = max_queued if self.max_running is not None else None
         self.poll = poll            # also look for the queued executions of replicas that stopped
         self.postgres = postgres or Availability("PostgreSQL")
         # Called with every execution that ended here (not one left running at shutdown).
@@ -66,6 +71,9 @@ class Executions:
         self._inserting = 0         # of which being recorded
         self._reserved = 0          # slots taken by starts and claims not yet running
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._full_since: float | None = None
 
     # ------------------------------------------------------------------ starting
 
@@ -208,6 +216,26 @@ class Executions:
 
     def _gauge(self) -> None:
         self.metrics.executions_queued.set(self._queued)
+        if self.max_queued is None or self._queued < self.max_queued:
+            self._room.set()
+            if self._full_since is not None:
+                log.info("The admission queue has room again (%d queued): the intake resumes after %.0fs",
+                         self._queued, time.monotonic() - self._full_since)
+                self._full_since = None
+        elif self._room.is_set():
+            self._room.clear()
+            self._full_since = time.monotonic()
+            log.warning("The admission queue holds %d executions (executions.max_queued): the intake "
+                        "takes no more events until it drains; they wait in NATS", self._queued)
+
+    async def room(self) -> None:
+        """Wait while the queue is full (past ``max_queued``): the intake calls this before it
+        fetches more, so under a long overload events wait in JetStream, not in memory.
+        Returns at once when the service stops."""
+        while not self._room.is_set() and not self.runner.draining:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._room.wait()
 
     # ------------------------------------------------------------------ cancelling, draining
 

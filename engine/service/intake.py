@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -67,7 +67,8 @@ class Intake:
     def __init__(self, *, records: Records, rulebase: RuleBase, correlator: Correlator, metrics: Metrics,
                  stats: Stats, background: Background, record_lock: asyncio.Lock,
                  max_event_bytes: int, dead_letter_bytes: int = DEAD_LETTER_BYTES,
-                 clock: Callable[[], float] = time.time, postgres: Availability | None = None) -> None:
+                 clock: Callable[[], float] = time.time, postgres: Availability | None = None,
+                 room: Callable[[], Awaitable[None]] | None = None) -> None:
         self.records = records
         self.rulebase = rulebase
         self.correlator = correlator
@@ -83,6 +84,9 @@ class Intake:
         self.tracker = OccurrenceTracker()
         self._recent = RecentSet(RECENT_IDS, RECENT_SECONDS)
         self._in_flight = asyncio.Semaphore(2)   # batches processed but not yet recorded
+        # Waited for after each batch off the bus, before the next fetch: the admission queue's
+        # room (Executions.room), so a long overload leaves events in JetStream.
+        self.room = room
         self._redelivered, self._redelivered_said = 0, -60.0
 
     # ------------------------------------------------------------------ entry points
@@ -104,6 +108,8 @@ class Intake:
             self._in_flight.release()
             raise
         self.background.spawn(self._record_and_ack(batch, messages))
+        if self.room is not None:
+            await self.room()
 
     async def _record_and_ack(self, batch: Batch, messages: list[Message]) -> None:
         try:

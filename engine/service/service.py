@@ -171,7 +171,8 @@ class Service:
         stats = Stats()
         executions = Executions(runner, metrics=self.metrics, stats=stats, background=background,
                                 store=store, workflows=rules, max_running=config.executions.max_running,
-                                poll=max(0.5, self.lease / 3), postgres=postgres)
+                                max_queued=config.executions.max_queued, poll=max(0.5, self.lease / 3),
+                                postgres=postgres)
         stack.push_async_callback(executions.drain, self.grace)
 
         correlator = Correlator(AsyncIOScheduler(asyncio.get_running_loop()), track_event_ids=True)
@@ -182,7 +183,7 @@ class Service:
         intake = Intake(records=records, rulebase=rulebase, correlator=correlator, metrics=self.metrics,
                         stats=stats, background=background, record_lock=record_lock,
                         max_event_bytes=self.max_event_bytes, postgres=postgres,
-                        dead_letter_bytes=config.intake.dead_letter_bytes)
+                        dead_letter_bytes=config.intake.dead_letter_bytes, room=executions.room)
         reloads = Reloads(rules, changes=stored_rules, metrics=self.metrics, cache=cache,
                           background=background, replica=replica_id, audit=audit)
         if not await rules.reload("start"):

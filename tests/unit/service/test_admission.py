@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from engine.testing import MemoryExecutionStore
-from tests.unit.service.conftest import k8s_event
+from engine.testing import MemoryExecutionStore, message
+from tests.unit.service.conftest import k8s_event, raw
 
 SLOW = """
 strategies:
@@ -166,6 +166,26 @@ def test_incidents_past_max_running_wait_and_all_close(make_parts) -> None:
         await parts.settle()
         assert {r.status for r in rows} == {"closed"}
         assert statuses(parts, [r.execution_id for r in rows]) == ["succeeded"] * 4
+        admission.cancel()
+
+    asyncio.run(go())
+
+
+def test_a_full_queue_holds_the_bus_intake_back_until_it_drains(make_parts) -> None:
+    async def go() -> None:
+        parts = await make_parts(SLOW, max_running=1, max_queued=2, virtual_time=False)
+        workflow = await parts.rules.workflow("slow")
+        ids = [(await parts.executions.start(workflow, incident={})).id for _ in range(3)]
+        assert parts.executions.queued == 2
+        # The next batch off the bus is processed, then the intake waits before fetching more.
+        handled = asyncio.create_task(parts.intake.ingest_messages([message(raw(k8s_event("z", 1)),
+                                                                            msg_id="m-1")]))
+        await asyncio.sleep(0.1)
+        assert not handled.done()
+        admission = asyncio.create_task(parts.executions.run())
+        await asyncio.wait_for(handled, 5)              # room again once one left the queue
+        assert parts.executions.queued < 2
+        await until_done(parts, ids)
         admission.cancel()
 
     asyncio.run(go())
