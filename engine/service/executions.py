@@ -70,6 +70,7 @@ class Executions:
         self._queued = 0            # this replica's queued executions (recorded or being recorded)
         self._inserting = 0         # of which being recorded
         self._reserved = 0          # slots taken by starts and claims not yet running
+        self._claimed: set[str] = set()   # taken from the queue, not yet running (not orphans!)
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -169,15 +170,23 @@ class Executions:
                 break
             asked = min(free, CLAIM_BATCH)
             self._reserved += asked
+            claimed: list[tuple[str, bool, float]] = []
             try:
                 claimed = await self.store.claim_queued(asked)
+                self._claimed.update(execution_id for execution_id, _, _ in claimed)
                 for execution_id, own, waited in claimed:
                     if own:
                         self._queued = max(0, self._queued - 1)
-                    if await self._start_claimed(execution_id, waited):
-                        started += 1
+                    try:
+                        if await self._start_claimed(execution_id, waited):
+                            started += 1
+                    finally:
+                        self._claimed.discard(execution_id)
             finally:
                 self._reserved -= asked
+                # Any left unstarted (an outage midway) are running rows of this replica with no
+                # task: recovery resumes them at their first step, as after a restart.
+                self._claimed.difference_update(execution_id for execution_id, _, _ in claimed)
                 self._gauge()
             if len(claimed) < asked:
                 await self.recount()     # the queue is empty, as far as this replica may take
@@ -262,7 +271,9 @@ class Executions:
         return True
 
     def running(self) -> list[str]:
-        return self.runner.running()
+        """Executions running here, and those just taken from the queue to start here (so
+        recovery does not take them for orphans)."""
+        return [*self.runner.running(), *self._claimed]
 
     async def drain(self, grace: float) -> list[str]:
         """Shutdown: running steps get ``grace`` seconds; what still runs is left in the

@@ -189,3 +189,36 @@ def test_a_full_queue_holds_the_bus_intake_back_until_it_drains(make_parts) -> N
         admission.cancel()
 
     asyncio.run(go())
+
+
+def test_recovery_does_not_take_an_execution_just_taken_from_the_queue_for_an_orphan(make_parts) -> None:
+    class Store(MemoryExecutionStore):
+        """In PostgreSQL a claimed entry is a running row of this replica: recovery's query
+        would take it for one of its own from before a restart, unless it is named running."""
+
+        recovery = None
+
+        async def load_execution(self, execution_id: str):
+            saved = self.executions.get(execution_id)
+            recovery, self.recovery = self.recovery, None
+            if recovery is not None and saved is not None and saved.status == "running" and not saved.runs:
+                self.orphans.add(execution_id)
+                await recovery.resume_orphans()
+                self.orphans.discard(execution_id)
+            self.recovery = recovery
+            return await super().load_execution(execution_id)
+
+    async def go() -> None:
+        store = Store("r1")
+        parts = await make_parts(SLOW, max_running=1, virtual_time=False, store=store)
+        store.recovery = parts.recovery
+        workflow = await parts.rules.workflow("slow")
+        ids = [(await parts.executions.start(workflow, incident={})).id for _ in range(3)]
+        admission = asyncio.create_task(parts.executions.run())
+        await until_done(parts, ids)
+        assert statuses(parts, ids) == ["succeeded"] * 3
+        for execution_id in ids:
+            assert [r.step_id for r in store.executions[execution_id].runs] == ["pause", "note"]
+        admission.cancel()
+
+    asyncio.run(go())
