@@ -18,7 +18,8 @@ backwards, whatever step a failure stopped at):
 Shutdown (SIGTERM/SIGINT): no new events, running steps get ``service.shutdown_grace`` to
 finish, background writes (acks, incident updates) complete, the runner's last state is
 committed (shielded from cancellation), and the process exits 0; what still runs stays
-"running" in the store and is resumed by the next replica that starts or notices.
+"running" in the store and is resumed by the next replica that starts or notices; what is
+queued stays queued, for the same.
 """
 
 from __future__ import annotations

@@ -81,10 +81,10 @@ def make(tmp_path, pg_dsn, redis_url, redis_prefix, nats_url, nats_prefix, agent
     (rules / "admission.yaml").write_text(RULES, encoding="utf-8")
     made: list[ServiceProcess] = []
 
-    def make(name: str, **extra: dict[str, Any]) -> ServiceProcess:
+    def make(name: str, replica: str = "admission-1", **extra: dict[str, Any]) -> ServiceProcess:
         proc = ServiceProcess(tmp_path / name, pg_dsn=pg_dsn, redis_url=redis_url, redis_prefix=redis_prefix,
                               nats_url=nats_url, nats_prefix=nats_prefix, agent_manager=agent.url,
-                              replica="admission-1", rules_dir=rules, extra=extra)
+                              replica=replica, rules_dir=rules, extra=extra)
         made.append(proc)
         return proc
 
@@ -160,3 +160,20 @@ def test_queued_executions_survive_kill_9_and_each_runs_once_after_the_restart(m
     calls = Counter(k.split(":")[0] for k, n in agent.calls.items() for _ in range(n))
     assert sorted(calls.values())[:4] == [1, 1, 1, 1] and sum(calls.values()) <= 6
     assert "left the queue" not in second.log() and "leaves the queue" in second.log()
+
+
+def test_another_replica_takes_over_the_queue_of_a_replica_killed(make, agent, pg_dsn) -> None:
+    agent.delay = {"describe": 1.0}
+    first = make("first", executions={"max_running": 1}).start()
+    _publish(first, "t", 4)
+    first.wait_for(lambda: Counter(r["status"] for r in _executions(pg_dsn)) == {"running": 1, "queued": 3},
+                   15, interval=0.05)
+    first.kill()
+    other = make("other", replica="admission-2", executions={"max_running": 2}).start()
+    other.wait_for(lambda: all(r["status"] not in ("queued", "running") for r in _executions(pg_dsn)), 40)
+    rows = _executions(pg_dsn)
+    assert Counter(r["status"] for r in rows) == {"succeeded": 4}
+    assert {r["owner"] for r in rows} == {"admission-2"}      # the lease (3 s) passed: all taken over
+    runs = sql(pg_dsn, "SELECT execution_id, step_id FROM step_executions")
+    assert Counter((r["execution_id"], r["step_id"]) for r in runs) == Counter(
+        (r["id"], step) for r in rows for step in ("describe", "notify"))
