@@ -10,7 +10,7 @@ role       may
 =========  ===================================================================
 viewer     read everything except tokens and the audit trail
 ingest     post events (for an event source; reads nothing)
-operator   viewer + post events, start executions by hand, cancel, approve
+operator   viewer + post events, start executions by hand, cancel, approve or deny changes
 editor     viewer + create, replace and delete stored rules, reload the rules
 admin      everything: tokens and the audit trail included
 =========  ===================================================================
@@ -32,7 +32,8 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,62}$")
 class Permission(StrEnum):
     READ = "read"              # GET the rules, executions, incidents, rule status
     INGEST = "ingest"          # POST events
-    EXECUTE = "execute"        # start an execution by hand, cancel one, approve a change
+    EXECUTE = "execute"        # start an execution by hand, cancel one
+    APPROVE = "approve"        # approve or deny a change that waits for a human
     EDIT_RULES = "edit_rules"  # create, replace, delete stored rules; reload
     ADMIN = "admin"            # tokens and the audit trail
 
@@ -48,7 +49,7 @@ class Role(StrEnum):
 GRANTS: dict[Role, frozenset[Permission]] = {
     Role.VIEWER: frozenset({Permission.READ}),
     Role.INGEST: frozenset({Permission.INGEST}),
-    Role.OPERATOR: frozenset({Permission.READ, Permission.INGEST, Permission.EXECUTE}),
+    Role.OPERATOR: frozenset({Permission.READ, Permission.INGEST, Permission.EXECUTE, Permission.APPROVE}),
     Role.EDITOR: frozenset({Permission.READ, Permission.EDIT_RULES}),
     Role.ADMIN: frozenset(Permission),
 }

@@ -5,6 +5,7 @@
 - ``aetherius replay FILE``    what a recorded event stream turns into, on event time,
                                with each incident's workflow path in dry-run
 - ``aetherius run WORKFLOW --event FILE``  one workflow against one event
+- ``aetherius test [PATH...]`` rule rehearsals: storms in, the expected incidents and paths out
 - ``aetherius serve``          the service: NATS intake, PostgreSQL, Redis, HTTP API
 
 ``--config FILE`` and ``-v`` go before or after the command (``aetherius serve --config FILE``).
@@ -219,6 +220,56 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if execution.status == "succeeded" else 1
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    from engine import rehearsal
+
+    config = load_config(args.config)
+    directory = _rules_dir(args)
+    paths = args.paths or [directory / "tests"]
+    cases, problems = rehearsal.load_cases(paths)
+    try:
+        rules = load_valid(directory, config.agent_policy())
+    except RuleError as exc:
+        problems += exc.problems
+        rules = None
+    if problems or rules is None:
+        for problem in sorted(problems):
+            print(problem, file=sys.stderr)
+        print(f"aetherius test: {len(problems)} problem(s) in the test or rule files", file=sys.stderr)
+        return 2
+    if not cases:
+        print(f"aetherius test: no test cases in {', '.join(map(str, paths))}", file=sys.stderr)
+        return 2
+    if not args.verbose:
+        # The steps' own warnings (a failed step, a refusal) are what a case checks; the
+        # report says what differs.
+        logging.getLogger("engine").setLevel(logging.ERROR)
+        logging.getLogger("steps").setLevel(logging.ERROR)
+    outcomes = rehearsal.rehearse(cases, rules, config.step_settings(live=True, virtual_time=True))
+    failed = [o for o in outcomes if not o.passed]
+    if args.format == "junit":
+        print(rehearsal.junit(outcomes))
+    else:
+        for outcome in outcomes:
+            mark = "ok  " if outcome.passed else "FAIL"
+            print(f"{mark} {outcome.case.title}")
+            for failure in outcome.failures:
+                print(f"     {failure}")
+        print(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed", file=sys.stderr)
+    untested = rehearsal.coverage(outcomes, rules) if args.coverage or args.fail_on_untested else None
+    if untested is not None:
+        missing = sum(len(v) for v in untested.values())
+        out = sys.stderr if args.format == "junit" else sys.stdout
+        for kind, names in untested.items():
+            if names:
+                print(f"untested {kind}: {', '.join(names)}", file=out)
+        if not missing:
+            print("coverage: every strategy, workflow and step is reached by a test", file=out)
+        if args.fail_on_untested and missing:
+            return 1
+    return 1 if failed else 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine.service import serve
 
@@ -273,6 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="call agent-manager, reasoning-service and Slack from the config")
     run.add_argument("--json", action="store_true", help="end with one JSON line for the execution")
     run.set_defaults(func=cmd_run)
+
+    test = sub.add_parser("test", parents=[common],
+                          help="rule rehearsals: events in, the expected incidents and workflow paths out")
+    test.add_argument("paths", nargs="*", type=Path, help="test files or directories (default: RULES/tests)")
+    test.add_argument("--rules", help="rule directory (default: rules.dir)")
+    test.add_argument("--format", choices=("text", "junit"), default="text",
+                      help="junit: JUnit XML on stdout")
+    test.add_argument("--coverage", action="store_true",
+                      help="list strategies, workflows and steps no test reaches")
+    test.add_argument("--fail-on-untested", action="store_true",
+                      help="exit 1 if a strategy, workflow or step is reached by no test")
+    test.set_defaults(func=cmd_test)
 
     serve = sub.add_parser("serve", parents=[common],
                            help="run the service (NATS intake, PostgreSQL, Redis, HTTP API)")

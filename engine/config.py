@@ -38,6 +38,7 @@ from pydantic import (
     model_validator,
 )
 
+from engine.approvals import ApprovalDefaults, ApprovalRule
 from engine.auth import Role
 from engine.durations import Duration
 from engine.exceptions import ConfigError, ConfigProblem
@@ -179,6 +180,47 @@ class IntakeConfig(Section):
     concurrent_requests: Positive = 2                 # POST /api/v1/events bodies read at once
 
 
+class ApprovalRuleConfig(Section):
+    """One ``approvals.required`` entry: changes matching it wait for a human."""
+
+    actions: tuple[str, ...] = ()       # empty: every action
+    namespaces: tuple[str, ...] = ()    # empty: every namespace
+    dry_run: bool | None = False        # false: live changes only; true: dry runs only; null: both
+
+    @field_validator("actions")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [action for action in value if action not in ACTIONS]
+        if unknown:
+            raise ValueError(f"unknown remediation action(s) {', '.join(map(repr, unknown))}; "
+                             f"known: {', '.join(sorted(ACTIONS))}")
+        return value
+
+
+class SlackApprovalsConfig(Section):
+    """Slack interactive buttons (POST /api/v1/approvals/slack): the app's signing secret and
+    which Slack user ids may decide, as which approver name."""
+
+    signing_secret: SecretStr | None = None
+    users: dict[str, str] = Field(default_factory=dict)    # Slack user id: approver name
+
+
+class ApprovalsConfig(Section):
+    required: tuple[ApprovalRuleConfig, ...] = ()
+    timeout: Duration = 1800.0
+    on_timeout: Literal["deny", "approve"] = "deny"
+    approvers: tuple[str, ...] = ()     # token names (or Slack-mapped names); empty: any operator
+    poll: Duration = 1.0
+    slack: SlackApprovalsConfig = SlackApprovalsConfig()
+
+    def defaults(self) -> ApprovalDefaults:
+        return ApprovalDefaults(
+            rules=tuple(ApprovalRule(frozenset(r.actions), frozenset(r.namespaces), r.dry_run)
+                        for r in self.required),
+            timeout=self.timeout, on_timeout=self.on_timeout, approvers=frozenset(self.approvers),
+            poll=self.poll)
+
+
 class ServiceConfig(Section):
     replica_id: str | None = None
     data_dir: Path = Path("var")
@@ -258,6 +300,7 @@ class Config(Section):
     auth: AuthConfig = AuthConfig()
     audit: AuditConfig = AuditConfig()
     retries: RetriesConfig = RetriesConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
 
     def step_settings(self, *, live: bool = True, virtual_time: bool = False) -> Settings:
         """What steps read from this configuration, secrets in plain text."""
@@ -279,6 +322,7 @@ class Config(Section):
             allow_secrets=self.policy.allow_secrets,
             protected_namespaces=frozenset(self.policy.protected_namespaces),
             public_url=self.http.base_url,
+            approvals=self.approvals.defaults(),
             live=live,
             virtual_time=virtual_time,
         )

@@ -17,7 +17,8 @@
           │    └── LockBusy            another replica holds the lock on the target (retryable)
           ├── ServiceRejected      an outside service refused the request, 4xx (not retryable)
           ├── CommandFailed        agent-manager ran the command and it failed
-          └── NotAllowed           refused by policy (engine.policy), allowlist, change cap (not retryable)
+          ├── NotAllowed           refused by policy (engine.policy), allowlist, change cap (not retryable)
+          └── NotApproved          a change that needed approval was denied, or expired (not retryable)
 
 Third-party errors (yaml, pydantic, durable-rules, httpx/aiohttp) are translated where they are met,
 so callers only need to know this tree.
@@ -186,5 +187,11 @@ class CommandFailed(StepError):
 
 class NotAllowed(StepError):
     """Refused by policy."""
+
+    retryable = False
+
+
+class NotApproved(StepError):
+    """The change was not approved: denied by a human, or its approval expired."""
 
     retryable = False

@@ -117,6 +117,12 @@ class Metrics:
             "aetherius_execution_queue_wait_seconds", "Time an execution waited in the admission queue "
             "before it started", registry=r,
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
+        self.approvals = Bounded(Counter("aetherius_approvals_total",
+                                         "Approvals requested and how they ended (engine.approvals)",
+                                         ["event"], registry=r),
+                                 Values(("requested", "approved", "denied", "expired")))
+        self.approvals_waiting = Gauge("aetherius_approvals_waiting",
+                                       "Remediations waiting here for a human's approval", registry=r)
         self.step_seconds = Bounded(Histogram(
             "aetherius_step_duration_seconds", "Step run duration", ["type", "status"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)),

@@ -17,7 +17,7 @@ from typing import Any
 from reactivex.scheduler import HistoricalScheduler
 
 from engine.correlation import Correlator, Incident
-from engine.events import OccurrenceTracker, parse_event, read_stream
+from engine.events import Event, OccurrenceTracker, parse_event, read_stream
 from engine.exceptions import MalformedEvent
 from engine.rulebase import RuleBase
 from engine.rules.model import Strategy
@@ -97,17 +97,25 @@ class Replayer:
             if event is None:
                 result.ignored += 1
                 continue
-            result.records += 1
-            if not tracker.observe(event):
-                result.duplicates += 1
-                continue
-            ts = event.time
-            correlator = self._ensure_clock(ts)
-            if ts > self._clock:
-                self._clock = ts
-                self.scheduler.advance_to(datetime.fromtimestamp(ts, UTC))  # type: ignore[union-attr]
-            for hit in rulebase.process(event, now=self._clock):
-                correlator.add(hit, self._clock)
+            self._one(event, tracker, rulebase)
+
+    def feed_events(self, events: Iterable[Event]) -> None:
+        """Feed events already parsed (a rehearsal builds them), in time order."""
+        for event in events:
+            self._one(event, self.tracker, self.rulebase)
+
+    def _one(self, event: Event, tracker: OccurrenceTracker, rulebase: RuleBase) -> None:
+        self.result.records += 1
+        if not tracker.observe(event):
+            self.result.duplicates += 1
+            return
+        ts = event.time
+        correlator = self._ensure_clock(ts)
+        if ts > self._clock:
+            self._clock = ts
+            self.scheduler.advance_to(datetime.fromtimestamp(ts, UTC))  # type: ignore[union-attr]
+        for hit in rulebase.process(event, now=self._clock):
+            correlator.add(hit, self._clock)
 
     def finish(self) -> ReplayResult:
         """Let every pending burst run out its quiet period."""

@@ -12,7 +12,8 @@ Semantics (documented for operators in the README):
   ran); *timed_out* past the workflow ``timeout``; *cancelled* by ``cancel()``.
 - Each attempt has the step's ``timeout``. Failed attempts are retried with exponential
   backoff and jitter (the step's ``retry``, else the workflow's, else one attempt), unless
-  the error is not retryable or its kind is listed in ``non_retryable``.
+  the error is not retryable or its kind is listed in ``non_retryable``. On a virtual
+  clock (``Settings.virtual_time``: replay, rehearsals) the backoff, like a wait, is not slept.
 
 Every transition goes through the :class:`~engine.store.Store` before the next one
 happens, so a crashed execution can be resumed from the store: finished step runs are
@@ -31,6 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.approvals import Gate
 from engine.exceptions import ServiceUnavailable, StepError, StepTimeout
 from engine.logs import FieldsAdapter
 from engine.outcomes import outcome
@@ -93,7 +95,7 @@ class WorkflowRunner:
                  http: HttpClient | None = None, registry: dict[str, type[Step]] | None = None,
                  rng: random.Random | None = None, measure_overhead: bool = False,
                  limiter: Any = None, lock: Any = None, audit: Audit | None = None,
-                 outage_retry: RetryPolicy | None = None) -> None:
+                 outage_retry: RetryPolicy | None = None, approvals: Gate | None = None) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.settings = settings or Settings(live=False)
         # Whoever makes the HTTP client closes it; None is enough when nothing calls out.
@@ -116,6 +118,8 @@ class WorkflowRunner:
         # (ServiceUnavailable, a busy lock) are retried on this policy, so a short outage of
         # agent-manager delays executions instead of failing them. None: one attempt.
         self.outage_retry = outage_retry
+        # Where remediations that need a human's approval ask for it and wait (engine.approvals).
+        self.approvals = approvals
         # Draining (service shutdown): start no new step; executions stay "running" in the
         # store, to be resumed by this or another replica.
         self.draining = False
@@ -133,12 +137,15 @@ class WorkflowRunner:
 
     async def start(self, workflow: Workflow, *, incident: dict[str, Any] | None = None,
                     events: Iterable[dict[str, Any]] = (), context: dict[str, Any] | None = None,
-                    execution_id: str | None = None, incident_id: str | None = None) -> Started:
+                    execution_id: str | None = None, incident_id: str | None = None,
+                    triggered_by: str | None = None) -> Started:
         """Record a new execution, then run it in the background. Returns once the execution
         and its first step run are in the store, so a reader finds them at once; the task's
-        result is the finished :class:`Execution`."""
+        result is the finished :class:`Execution`. ``triggered_by`` names who started it by
+        hand (that principal may not approve its changes)."""
         execution = self.prepare(workflow, incident=incident, events=events, context=context,
-                                 execution_id=execution_id, incident_id=incident_id)
+                                 execution_id=execution_id, incident_id=incident_id,
+                                 triggered_by=triggered_by)
         first = StepRun(seq=1, step_id=workflow.steps[0].id, step_type=workflow.steps[0].type)
         execution.runs.append(first)
         await self.store.create_execution(execution, first)
@@ -149,13 +156,15 @@ class WorkflowRunner:
 
     def prepare(self, workflow: Workflow, *, incident: dict[str, Any] | None = None,
                 events: Iterable[dict[str, Any]] = (), context: dict[str, Any] | None = None,
-                execution_id: str | None = None, incident_id: str | None = None) -> Execution:
+                execution_id: str | None = None, incident_id: str | None = None,
+                triggered_by: str | None = None) -> Execution:
         """The execution :meth:`start` would record (not recorded: the service may queue it,
         and :meth:`resume_loaded` starts it at its first step once it leaves the queue)."""
         return Execution(
             id=execution_id or f"exec-{uuid.uuid4().hex[:16]}", workflow_id=workflow.id,
             workflow_version=workflow.version, incident_id=incident_id or (incident or {}).get("id"),
-            context={"incident": incident or {}, "events": list(events), "vars": context or {}},
+            context={"incident": incident or {}, "events": list(events), "vars": context or {},
+                     **({"triggered_by": triggered_by} if triggered_by else {})},
             dry_run=self._dry_run(workflow),
         )
 
@@ -365,11 +374,18 @@ class WorkflowRunner:
             finally:
                 deadline[-1].reschedule(loop.time() + max(0.0, left))
 
+        async def waiting(on: bool) -> None:
+            run.status = StepStatus.WAITING_APPROVAL if on else StepStatus.RUNNING
+            await self.store.start_attempt(execution.id, run)
+
         ctx = StepContext(execution_id=execution.id, workflow=workflow, step=spec, run=run,
                           names=live.names, settings=self.settings, http=self.http,
                           dry_run=execution.dry_run, log=logger,
                           run_branch=lambda ids: self._branch(live, run, ids), limiter=self.limiter,
-                          lock=self.lock, audit=self._audit_for(execution, spec.id), paused=paused)
+                          lock=self.lock, audit=self._audit_for(execution, spec.id), paused=paused,
+                          approvals=self.approvals, waiting=waiting,
+                          deadline=execution.started_at + workflow.timeout,
+                          triggered_by=execution.context.get("triggered_by"))
         step_time = 0.0
         while True:
             run.attempts += 1
@@ -421,7 +437,8 @@ class WorkflowRunner:
             await self.store.fail_attempt(execution.id, run, str(error), error.kind)
             logger.info("Step %s attempt %d failed (%s: %s); retrying in %.2fs", spec.id, run.attempts,
                         error.kind, error, delay)
-            await asyncio.sleep(delay)
+            # On a virtual clock (replay, rehearsals) the backoff is taken at once, like a wait.
+            await asyncio.sleep(0 if self.settings.virtual_time else delay)
 
     def _audit_for(self, execution: Execution, step_id: str) -> StepAudit | None:
         audit = self.audit

@@ -15,6 +15,7 @@ class StepStatus(StrEnum):
 
     PENDING = "pending"          # scheduled, not started
     RUNNING = "running"
+    WAITING_APPROVAL = "waiting_approval"   # running, and waiting for a human's decision
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"          # nothing to do; its path goes on

@@ -117,7 +117,7 @@ class MemoryStore:
 
     async def start_attempt(self, execution_id: str, run: StepRun) -> None:
         saved = self._run(execution_id, run.seq)
-        saved.status, saved.attempts = StepStatus.RUNNING, run.attempts
+        saved.status, saved.attempts = run.status, run.attempts
         saved.started_at, saved.attempt_started_at = run.started_at, run.attempt_started_at
         self.log.append(("start_attempt", execution_id, (run.step_id, run.attempts)))
 

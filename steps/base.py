@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from engine.approvals import ApprovalDefaults, Gate
 from engine.exceptions import ExpressionError, StepError
 from engine.policy import ACTIONS, PROTECTED_NAMESPACES, Policy, Refusal
 from engine.statuses import StepStatus
@@ -60,6 +61,8 @@ class Settings:
     allow_secrets: bool = False
     protected_namespaces: frozenset[str] = PROTECTED_NAMESPACES
     public_url: str = "http://localhost:8081"
+    # Which changes need a human's approval, and on what terms (engine.approvals).
+    approvals: ApprovalDefaults = field(default_factory=ApprovalDefaults)
     # live=False (replay, ``run`` without --live): steps that would call out answer dry-run.
     live: bool = True
     # virtual_time=True (replay, dry-run ``run``): waits return at once instead of sleeping.
@@ -112,6 +115,13 @@ class StepContext:
     # ``async with paused():`` stops this attempt's timeout while it waits for a free slot of
     # an outside service, so the timeout counts the step's own work on the wire.
     paused: Pause | None = None
+    # Where approvals are kept (engine.approvals.Gate); None where nobody can decide (run, replay).
+    approvals: Gate | None = None
+    # ``await waiting(True)`` records the run as waiting_approval; ``waiting(False)`` as running.
+    waiting: Callable[[bool], Awaitable[None]] | None = None
+    # When the workflow times out (epoch seconds), and who started the execution by hand.
+    deadline: float | None = None
+    triggered_by: str | None = None
 
     @property
     def idempotency_key(self) -> str:

@@ -13,7 +13,11 @@ Safe by default:
 - a **cap** on one change: memory at most ``max_memory_factor`` (x2) and never above
   ``max_memory_mib``; replicas never above ``max_replicas`` nor more than doubled;
 - an **idempotency key** per execution and step run, the same on every retry and after
-  a resume, so agent-manager never applies a change twice.
+  a resume, so agent-manager never applies a change twice;
+- a human's **approval** where the service config (``approvals.required``) or the step
+  (``config.approval``) asks for one (:mod:`steps.approval`): the plan (the request and
+  agent-manager's dry run of it) is shown, the step waits durably, and only an approval of
+  that very plan lets the change go; a denial or an expiry takes the ``on_failure`` path.
 
 ``patch_deployment`` (the seed's action) applies the patch named by ``params.patch`` or,
 without one, by the preceding decision's value: ``increase_memory``, ``restart_rollout``
@@ -27,10 +31,12 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from engine.approvals import ApprovalSpec
 from engine.exceptions import NotAllowed
 from engine.policy import ACTIONS, PATCHES, Policy, Refusal, write_refusals
 from engine.statuses import StepStatus
 from steps.agent import agent_request, not_called, send, vet
+from steps.approval import obtain
 from steps.base import Step, StepConfig, StepContext, StepResult
 
 DEFAULT_MEMORY_FACTOR = 1.5
@@ -41,6 +47,8 @@ class RemediationConfig(StepConfig):
     action: str
     params: dict[str, Any] = Field(default_factory=dict)
     dry_run: bool | None = None
+    # Ask a human before this change (engine.approvals); the service config may require it anyway.
+    approval: ApprovalSpec | None = None
 
     @field_validator("action")
     @classmethod
@@ -147,11 +155,12 @@ class Remediation(Step):
         target = _target(action, ctx.incident, params)
         request = agent_request(ctx, config.action_type, action, [], target, None)
         request.update(params=params, dry_run=dry_run)
-        await vet(ctx, request, writes=True)
-        # Approvals (issue 9, item 3) go here: after the policy, before the rate limit and the
-        # lock. The Verdict vet returns holds what they are decided on (action, namespace,
-        # dry_run) and its digest, the request an approval is bound to (a changed plan needs a
-        # new approval); a dry-run answer from agent-manager is the plan an approver sees.
+        verdict = await vet(ctx, request, writes=True)
+        # A human's approval, where policy or the step asks for one: after the policy, before
+        # the rate limit and the lock; bound to this very request (its digest).
+        approved = await obtain(ctx, config.approval, request, verdict, self._send)
+        if isinstance(approved, StepResult):
+            return approved
         where = f"{target.get('kind')}/{target.get('namespace') or '-'}/{target.get('name')}"
         if not dry_run and ctx.limiter is not None and not await ctx.limiter(action, where):
             raise NotAllowed(f"{action} on {where}: remediation rate limit reached "
@@ -160,7 +169,8 @@ class Remediation(Step):
         if reason is not None:
             return StepResult(output={"status": "not_sent", "sent": False, "applied": False,
                                       "dry_run": dry_run, "reason": reason, "action": action,
-                                      "request": request})
+                                      "request": request,
+                                      **({"approval": approved} if approved else {})})
         ctx.log.info("Remediation %s on %s/%s (dry_run=%s, key=%s)", action, target.get("kind"),
                      target.get("name"), dry_run, request["idempotency_key"])
         if ctx.lock is not None:
@@ -171,4 +181,5 @@ class Remediation(Step):
             answer = await self._send(ctx, request)
         # The record says what was sent, whatever agent-manager's answer holds.
         return StepResult(output={**answer, "sent": True, "applied": not dry_run, "dry_run": dry_run,
-                                  "action": action, "target": target})
+                                  "action": action, "target": target,
+                                  **({"approval": approved} if approved else {})})

@@ -11,6 +11,7 @@ One router per resource, each given only the parts it needs (:mod:`engine.api.de
     events.py        /events                   HTTP intake (JSON or NDJSON)
     rules_status.py  /rules/status, /rules/reload
     admin.py         /tokens, /audit           the admin role only
+    approvals.py     /approvals                pending changes; approve, deny; Slack's signed buttons
     auth.py          who may call what: one table of route -> permission
     operations.py    /metrics, /healthz, /readyz
     models.py, body.py, openapi.py             shapes, bounded bodies, the OpenAPI document
@@ -29,7 +30,18 @@ from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from engine import __version__
-from engine.api import admin, edge, events, executions, incidents, openapi, operations, rules, rules_status
+from engine.api import (
+    admin,
+    approvals,
+    edge,
+    events,
+    executions,
+    incidents,
+    openapi,
+    operations,
+    rules,
+    rules_status,
+)
 from engine.api.auth import AUTH_RESPONSES, authorize
 from engine.api.deps import ApiDeps
 from engine.api.models import PREFIX
@@ -47,9 +59,11 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.state.deps = deps
     app.state.event_slots = asyncio.Semaphore(deps.concurrent_event_requests)   # see events.py
     for router in (rules.router, executions.router, incidents.router, events.router, rules_status.router,
-                   admin.router):
+                   admin.router, approvals.router):
         # Every /api/v1 route: a token whose role has the route's permission (engine.api.auth).
         app.include_router(router, prefix=PREFIX, dependencies=[Depends(authorize)], responses=AUTH_RESPONSES)
+    # Slack's buttons carry Slack's signature, not a token (engine.api.auth.SIGNED).
+    app.include_router(approvals.slack_router, prefix=PREFIX)
     app.include_router(operations.router)
     app.add_middleware(edge.CleanParameters)
     app.add_exception_handler(RequestValidationError, edge.validation_failed)

@@ -1,7 +1,8 @@
 """Authentication and authorization of every route, in one table.
 
-Every request but ``/healthz`` (and ``/readyz``, which without a token says only whether
-the replica is ready, and ``/metrics`` while ``http.metrics_public`` is true) must carry
+Every request but ``/healthz``, Slack's signed ``/api/v1/approvals/slack`` (and ``/readyz``,
+which without a token says only whether the replica is ready, and ``/metrics`` while
+``http.metrics_public`` is true) must carry
 ``Authorization: Bearer <token>``: no token or an unknown, revoked or expired one is 401,
 a token whose role lacks the route's permission is 403. :data:`PERMISSIONS` maps each
 route to the permission it needs; a route missing from it is refused (fail closed), and a
@@ -30,7 +31,7 @@ from engine.auth import Permission, Principal
 
 P = "/api/v1"
 READ, INGEST, EXECUTE = Permission.READ, Permission.INGEST, Permission.EXECUTE
-EDIT, ADMIN = Permission.EDIT_RULES, Permission.ADMIN
+EDIT, ADMIN, APPROVE = Permission.EDIT_RULES, Permission.ADMIN, Permission.APPROVE
 
 # (method, route path) -> the permission it needs. /healthz, /readyz and /metrics are open
 # (see the module docstring) and are not listed.
@@ -58,8 +59,15 @@ PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("POST", f"{P}/tokens"): ADMIN,
     ("DELETE", f"{P}/tokens/{{name}}"): ADMIN,
     ("GET", f"{P}/audit"): ADMIN,
+    ("GET", f"{P}/approvals"): READ,
+    ("GET", f"{P}/approvals/{{approval_id}}"): READ,
+    ("POST", f"{P}/approvals/{{approval_id}}/approve"): APPROVE,
+    ("POST", f"{P}/approvals/{{approval_id}}/deny"): APPROVE,
 }
 OPEN = frozenset({("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")})
+# Authenticated by a signature instead of a token: Slack's interactive buttons
+# (``X-Slack-Signature``, checked by engine.api.approvals with approvals.slack.signing_secret).
+SIGNED = frozenset({("POST", f"{P}/approvals/slack")})
 
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl",

@@ -9,14 +9,15 @@ answers 503. Routes take the parts through ``Depends`` (:data:`QueriesDep`, ...)
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException, Request
 
+from engine.approvals import Approval
 from engine.auth import Principal, Role
 from engine.metrics import Metrics
 from engine.policy import Policy
@@ -54,7 +55,7 @@ class Executions(Protocol):
     """Starts and cancels executions (the service: its runner, plus its own bookkeeping)."""
 
     async def start(self, workflow: Workflow, *, incident: dict[str, Any], events: list[dict[str, Any]],
-                    context: dict[str, Any]) -> Started:
+                    context: dict[str, Any], triggered_by: str | None = None) -> Started:
         """Returns once the execution is recorded (running, or queued: then it has no task);
         its task ends with the final execution."""
         ...
@@ -101,6 +102,20 @@ class Audit(Protocol):
                    offset: int = 0, cursor: str | None = None) -> Page: ...
 
 
+class ApprovalsApi(Protocol):
+    """Approvals, read and decided (``engine.storage.approvals.Approvals``)."""
+
+    async def get(self, approval_id: str) -> Approval | None: ...
+
+    async def list(self, *, status: str | None = "pending", execution_id: str | None = None,
+                   limit: int = 50) -> list[Approval]: ...
+
+    async def decide(self, approval: Approval, decision: Any, who: Principal, channel: str,
+                     comment: str | None) -> Approval | None:
+        """None: somebody decided first (or it expired)."""
+        ...
+
+
 # (raw bytes or decoded JSON, subject, message id, headers), source -> counts: accepted,
 # duplicates, dead_letters, ignored. The intake behind NATS and HTTP alike.
 IngestItem = tuple[Any, str | None, str | None, dict]
@@ -133,6 +148,10 @@ class ApiDeps:
     allowed_origins: frozenset[str] = frozenset()   # browser origins allowed to write
     # Roles whose manual execute may set what reaches agent-manager (policy.override_roles).
     override_roles: frozenset[Role] = frozenset({Role.ADMIN})
+    approvals: ApprovalsApi | None = None
+    # Slack interactive buttons: the signing secret, and Slack user id -> approver name.
+    slack_signing_secret: str | None = field(default=None, repr=False)
+    slack_users: Mapping[str, str] = field(default_factory=dict)
 
 
 def api_deps(request: Request) -> ApiDeps:
@@ -162,3 +181,4 @@ ExecutionsDep = Annotated[Executions, Depends(_part("executions"))]
 IngestDep = Annotated[Ingest, Depends(_part("ingest"))]
 TokensDep = Annotated[TokenAdmin, Depends(_part("tokens"))]
 AuditDep = Annotated[Audit, Depends(_part("audit"))]
+ApprovalsDep = Annotated[ApprovalsApi, Depends(_part("approvals"))]

@@ -131,7 +131,8 @@ async def execute_workflow(workflow_id: str, request: Request, rules: RulesDep, 
     if isinstance(overridden, JSONResponse):
         return overridden
     incident.update(body.incident or {})
-    started = await executions.start(workflow, incident=incident, events=events, context=body.context or {})
+    started = await executions.start(workflow, incident=incident, events=events, context=body.context or {},
+                                     triggered_by=who.name)
     status = "queued" if started.queued else "running"
     log.info("Workflow execution %s %s by hand by %s: workflow=%s version=%d", started.id,
              "queued" if started.queued else "started", who.label, workflow.id, workflow.version,

@@ -144,7 +144,8 @@ class ExecutionSummary(BaseModel):
     incident_id: str | None
     status: str
     outcome: str | None = Field(default=None, description="what it did to the cluster: remediated, dry_run, "
-                                "waiting_approval, needs_human, failed, no_action (null while it runs)")
+                                "waiting_approval, needs_human, failed, no_action (null while it runs, "
+                                "unless it waits for an approval)")
     dry_run: bool
     error: str | None
     started_at: datetime
@@ -173,9 +174,26 @@ class StepRunRecord(BaseModel):
     duration_ms: float | None
 
 
+class ExecutionApproval(BaseModel):
+    id: str
+    step_id: str
+    seq: int
+    status: str = Field(description="pending, approved, denied, expired, superseded, cancelled")
+    plan_hash: str
+    action: str
+    requested_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    channel: str | None
+    comment: str | None
+
+
 class ExecutionDetail(ExecutionSummary):
     context: dict[str, Any] = Field(description="incident, events and vars the execution started with")
     steps: list[StepRunRecord] = Field(description="step runs, ordered by seq")
+    approvals: list[ExecutionApproval] = Field(default_factory=list,
+                                               description="approvals asked for (/api/v1/approvals/{id})")
     running_here: bool = Field(description="running on this replica (so it can be cancelled here)")
 
 
@@ -279,3 +297,53 @@ BAD_JSON: Responses = {400: {"model": Message, "description": "The body is not J
                                                               "deeper than 64)"},
                        413: {"model": Message, "description": "The body is too large"}}
 UNAVAILABLE: Responses = {503: {"model": Message, "description": "The service is not started"}}
+
+
+ApprovalState = Literal["pending", "approved", "denied", "expired", "superseded", "cancelled"]
+
+
+class ApprovalView(BaseModel):
+    """A request for a human decision on one remediation's plan (engine.approvals)."""
+
+    id: str
+    execution_id: str
+    step_id: str
+    seq: int
+    status: ApprovalState
+    action: str
+    target: dict[str, Any]
+    namespace: str | None
+    dry_run: bool = Field(description="whether the change to approve is itself a dry run")
+    plan_hash: str = Field(description="SHA-256 of the exact request that will be sent; pass it back "
+                                       "when deciding to make sure you approve what you read")
+    plan: dict[str, Any] = Field(description="request: what will be sent; dry_run_result: agent-manager's "
+                                             "server-side dry run of it (stdout: what would change)")
+    why: str = Field(description="which policy rule, or the step, asks for approval")
+    approvers: list[str] = Field(description="who may decide (empty: anyone whose role may approve)")
+    on_timeout: Literal["deny", "approve"]
+    triggered_by: str | None = Field(description="who started the execution by hand (may not approve)")
+    requested_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    channel: str | None = Field(description="api, slack or timeout")
+    comment: str | None
+
+
+class ApprovalList(BaseModel):
+    items: list[ApprovalView]
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    comment: str | None = Field(None, max_length=2000, description="why; kept on the audit trail")
+    plan_hash: str | None = Field(None, max_length=64, pattern=r"^[0-9a-f]{1,64}$",
+                                  description="the plan_hash you read: the decision is refused if the "
+                                              "plan changed since")
+
+
+class SlackReply(BaseModel):
+    text: str
+    response_type: str = "ephemeral"
+    replace_original: bool = False

@@ -114,6 +114,12 @@ def _check_workflow(rules: RuleSet, wf: Workflow, policy: Policy) -> None:
                                   named=f"steps.{i}.config.branches")
             in_branch.update(branch_steps)
             _check_policy(rules, origin, i, step, policy)
+            approval = getattr(step.parsed, "approval", None)
+            if approval is not None and approval.timeout is not None and approval.timeout >= wf.timeout:
+                rules.problem(origin, ("steps", i, "config", "approval", "timeout"),
+                              f"approval timeout {approval.timeout:g}s must be shorter than the workflow "
+                              f"timeout {wf.timeout:g}s (the wait for a human counts against it)",
+                              named=f"steps.{i}.config.approval.timeout")
             for sub, source in step_type.expressions(step.parsed):
                 try:
                     Expression(source)

@@ -196,10 +196,14 @@ def _add_document(rules: RuleSet, data: Any, path: str, lines: LineMap) -> None:
             "'symptoms', a bundle has 'strategies'/'workflows'"))
 
 
+TESTS_DIR = "tests"   # rule rehearsals (``aetherius test``) live in RULES/tests/, not rules
+
+
 def rule_files(directory: Path) -> list[Path]:
     if directory.is_file():
         return [directory]
-    return sorted(p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    return sorted(p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+                  and p.relative_to(directory).parts[0] != TESTS_DIR)
 
 
 def load_text(rules: RuleSet, text: str, path: str) -> None:

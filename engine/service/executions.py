@@ -14,10 +14,11 @@ the database, so it survives a ``kill -9``: a restarted replica takes its own qu
 executions back at once, and another replica takes those of a replica whose heartbeat is
 older than ``service.lease``, as recovery does with running executions. Executions resumed
 after a restart or a takeover were admitted before: they resume at once, and the queue
-waits until fewer than ``max_running`` run. So under overload latency grows, and nothing
-times out in memory. Past ``executions.max_queued`` queued here, the NATS intake stops
-fetching until the queue drains below it (the events wait in JetStream, as durable as the
-queue), so memory stays bounded however long an overload lasts.
+waits until fewer than ``max_running`` run. An execution waiting for a human's approval
+holds no slot meanwhile. So under overload latency grows, and nothing times out in memory.
+Past ``executions.max_queued`` queued here, the NATS intake stops fetching until the queue
+drains below it (the events wait in JetStream, as durable as the queue), so memory stays
+bounded however long an overload lasts.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Executions:
         self._inserting = 0         # of which being recorded
         self._reserved = 0          # slots taken by starts and claims not yet running
         self._claimed: set[str] = set()   # taken from the queue, not yet running (not orphans!)
+        self._humans = 0            # running here, but waiting for a human's approval
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -80,15 +82,17 @@ class Executions:
 
     async def start(self, workflow: Workflow, *, incident: dict[str, Any] | None = None,
                     events: Iterable[dict[str, Any]] = (), context: dict[str, Any] | None = None,
-                    execution_id: str | None = None, incident_id: str | None = None) -> Started:
+                    execution_id: str | None = None, incident_id: str | None = None,
+                    triggered_by: str | None = None) -> Started:
         """Record a new execution and run it, or queue it if ``max_running`` run already (or
-        others wait before it); returns once it is recorded (``Started.queued``: no task yet)."""
+        others wait before it); returns once it is recorded (``Started.queued``: no task yet).
+        ``triggered_by``: who started it by hand (they may not approve its changes)."""
         if self.max_running is None or (self._queued == 0 and self.busy() < self.max_running):
             self._reserved += 1
             try:
                 started = await self.runner.start(workflow, incident=incident, events=events,
                                                   context=context, execution_id=execution_id,
-                                                  incident_id=incident_id)
+                                                  incident_id=incident_id, triggered_by=triggered_by)
             finally:
                 self._reserved -= 1
             assert started.task is not None
@@ -97,7 +101,8 @@ class Executions:
             return started
         assert self.store is not None
         execution = self.runner.prepare(workflow, incident=incident, events=events, context=context,
-                                        execution_id=execution_id, incident_id=incident_id)
+                                        execution_id=execution_id, incident_id=incident_id,
+                                        triggered_by=triggered_by)
         execution.status = ExecutionStatus.QUEUED
         execution.queued_at = execution.started_at = time.time()
         self._queued += 1       # from now on, later starts queue behind this one
@@ -125,8 +130,15 @@ class Executions:
         return task
 
     def busy(self) -> int:
-        """Executions running here, and slots taken for ones about to."""
-        return len(self.runner.running()) + self._reserved
+        """Executions running here, and slots taken for ones about to; one that waits for a
+        human's approval holds no slot (it calls out to no one, and may wait for hours)."""
+        return max(0, len(self.runner.running()) - self._humans) + self._reserved
+
+    def waiting_for_humans(self, delta: int) -> None:
+        """An execution here began (+1) or ended (-1) a wait for a human's approval."""
+        self._humans = max(0, self._humans + delta)
+        if delta > 0:
+            self._wake.set()        # its slot is free meanwhile
 
     @property
     def queued(self) -> int:

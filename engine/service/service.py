@@ -62,6 +62,8 @@ from engine.service.recovery import Recovery
 from engine.service.reloads import Reloads
 from engine.service.retention import Retention
 from engine.service.transport import make_client
+from engine.statuses import ExecutionStatus
+from engine.storage.approvals import Approvals
 from engine.storage.audit import AuditLog
 from engine.storage.db import create_pool, migrate
 from engine.storage.executions import PostgresStore
@@ -163,9 +165,20 @@ class Service:
         async def audit_step(execution: Execution, step_id: str, action: str, detail: dict[str, Any]) -> None:
             await audit.record(system, action, "execution", execution.id, {**detail, "step_id": step_id})
 
+        metrics = self.metrics
+        admission: list[Executions] = []    # set below: an execution waiting for a human frees its slot
+
+        def approval_waits(delta: int) -> None:
+            metrics.approvals_waiting.inc(delta)
+            for part in admission:
+                part.waiting_for_humans(delta)
+
+        approvals = Approvals(pool, audit, poll=config.approvals.poll, availability=postgres, system=system,
+                              count=lambda event: metrics.approvals.labels(event).inc(),
+                              waiting=approval_waits)
         runner = WorkflowRunner(store, settings, http=http, limiter=allow,
                                 lock=lambda name: locks.hold(name, ttl=60.0, wait=30.0), audit=audit_step,
-                                outage_retry=RetryPolicy(**config.retries.model_dump()))
+                                outage_retry=RetryPolicy(**config.retries.model_dump()), approvals=approvals)
         runner.listeners.append(self._step_finished)
         background = Background()
         stack.push_async_callback(background.wait, 5.0)
@@ -174,6 +187,14 @@ class Service:
                                 store=store, workflows=rules, max_running=config.executions.max_running,
                                 max_queued=config.executions.max_queued, poll=max(0.5, self.lease / 3),
                                 postgres=postgres)
+        admission.append(executions)
+
+        async def abandon_approvals(execution: Execution) -> None:
+            # Cancelled or timed out while a change waited for a human: nobody can decide it now.
+            if execution.status in (ExecutionStatus.CANCELLED, ExecutionStatus.TIMED_OUT):
+                await approvals.abandon(execution.id)
+
+        executions.listeners.append(abandon_approvals)
         stack.push_async_callback(executions.drain, self.grace)
 
         correlator = Correlator(AsyncIOScheduler(asyncio.get_running_loop()), track_event_ids=True)
@@ -213,7 +234,10 @@ class Service:
                        concurrent_event_requests=config.intake.concurrent_requests,
                        metrics_public=config.http.metrics_public,
                        allowed_origins=frozenset(config.http.allowed_origins),
-                       override_roles=frozenset(config.policy.override_roles))
+                       override_roles=frozenset(config.policy.override_roles),
+                       approvals=approvals,
+                       slack_signing_secret=plain(config.approvals.slack.signing_secret),
+                       slack_users=dict(config.approvals.slack.users))
         api = ApiServer(create_app(deps), config.http.host, config.http.port)
         health.ready = True
         return Replica(health=health, intake=intake, incidents=incidents, executions=executions,

@@ -25,7 +25,10 @@ WORKFLOW_FIELDS = ("name", "description", "trigger_type", "trigger_config", "sta
 STRATEGY_FIELDS = ("name", "category", "symptoms", "workflow_id", "priority", "enabled", "definition")
 
 EXECUTION_COLUMNS = """
-    id, workflow_id, workflow_version, incident_id, status, outcome, dry_run, error, started_at, finished_at,
+    id, workflow_id, workflow_version, incident_id, status,
+    COALESCE(outcome, CASE WHEN status = 'running' AND EXISTS (
+        SELECT 1 FROM approvals a WHERE a.execution_id = workflow_executions.id AND a.status = 'pending')
+        THEN 'waiting_approval' END) AS outcome, dry_run, error, started_at, finished_at,
     (extract(epoch FROM duration) * 1000)::float8 AS duration_ms, owner, queued_at"""
 STEP_COLUMNS = """
     seq, step_id, step_type, parent, in_branch_of, status, attempts, output, error, error_kind, branch,
@@ -241,7 +244,11 @@ class Queries:
                 return None
             steps = await conn.fetch(f"SELECT {STEP_COLUMNS} FROM step_executions WHERE execution_id = $1 "
                                      "ORDER BY seq", execution_id)
-        return {**dict(row), "steps": [dict(s) for s in steps]}
+            approvals = await conn.fetch(
+                "SELECT id, step_id, seq, status, plan_hash, action, requested_at, expires_at, decided_at, "
+                "decided_by, channel, comment FROM approvals WHERE execution_id = $1 ORDER BY requested_at",
+                execution_id)
+        return {**dict(row), "steps": [dict(s) for s in steps], "approvals": [dict(a) for a in approvals]}
 
     async def execution_status(self, execution_id: str) -> dict[str, Any] | None:
         """{status, owner (the replica), dry_run}, or None if there is no such execution."""

@@ -39,6 +39,7 @@ from engine.service.health import Health
 from engine.service.incidents import Incidents
 from engine.service.intake import Intake
 from engine.service.transport import make_client
+from engine.storage.approvals import Approvals
 from engine.storage.audit import AuditLog
 from engine.storage.db import create_pool, migrate
 from engine.storage.executions import PostgresStore
@@ -116,7 +117,10 @@ async def harness(dsn: str, *, settings: Settings | None = None,
         deps = ApiDeps(queries=Queries(pool), rules=rules, executions=executions, ingest=intake.ingest,
                        readiness=health.readiness, cached_generation=cache.active_generation,
                        metrics=metrics, auth=tokens, tokens=tokens, audit=AuditLog(pool),
-                       max_event_bytes=64 * 1024, replica="api-test")
+                       max_event_bytes=64 * 1024, replica="api-test",
+                       approvals=Approvals(pool, AuditLog(pool)),
+                       slack_signing_secret="api-test-signing-secret",
+                       slack_users={"U0TEST": "slack-approver"})
         api = Api(deps, pool, rules, rulebase, runner, executions, stats, health, tokens, issued[0])
         async with api.client() as client:
             yield api, client

@@ -156,8 +156,9 @@ class FakeExecutions:
         self.calls: list[tuple[str, Any]] = []
 
     async def start(self, workflow: Workflow, *, incident: dict[str, Any], events: list[dict[str, Any]],
-                    context: dict[str, Any]) -> Started:
+                    context: dict[str, Any], triggered_by: str | None = None) -> Started:
         self.calls.append(("start", (workflow.id, incident, events, context)))
+        self.triggered_by = triggered_by
         execution = Execution(id="exec-1", workflow_id=workflow.id, workflow_version=workflow.version)
         return Started(execution, asyncio.create_task(asyncio.sleep(0, execution)))
 

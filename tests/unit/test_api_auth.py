@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from engine.api import create_app
-from engine.api.auth import OPEN, PERMISSIONS
+from engine.api.auth import OPEN, PERMISSIONS, SIGNED
 from engine.auth import GRANTS, Permission, Role
 from tests.unit.test_api_app import call, deps
 
@@ -17,13 +17,14 @@ APP = create_app(deps())
 ROUTES = sorted((method.upper(), path) for path, operations in APP.openapi()["paths"].items()
                 for method in operations)
 SAMPLE = {"{workflow_id}": "w1", "{strategy_id}": "s1", "{execution_id}": "exec-1", "{incident_id}": "inc-1",
-          "{name}": "someone"}
+          "{name}": "someone", "{approval_id}": "appr-1"}
 
 # The matrix the README shows, written out: which roles may call each kind of route.
 MAY = {
     Permission.READ: {Role.VIEWER, Role.OPERATOR, Role.EDITOR, Role.ADMIN},
     Permission.INGEST: {Role.INGEST, Role.OPERATOR, Role.ADMIN},
     Permission.EXECUTE: {Role.OPERATOR, Role.ADMIN},
+    Permission.APPROVE: {Role.OPERATOR, Role.ADMIN},
     Permission.EDIT_RULES: {Role.EDITOR, Role.ADMIN},
     Permission.ADMIN: {Role.ADMIN},
 }
@@ -36,8 +37,9 @@ def url(path: str) -> str:
 
 
 def test_every_route_is_in_the_permission_table_and_nothing_else_is() -> None:
-    guarded = {r for r in ROUTES if r not in OPEN and r[0] != "HEAD"}
+    guarded = {r for r in ROUTES if r not in OPEN and r not in SIGNED and r[0] != "HEAD"}
     assert guarded == set(PERMISSIONS)
+    assert {r for r in ROUTES if r in SIGNED} == set(SIGNED)
     assert {r for r in ROUTES if r in OPEN} == set(OPEN)
 
 

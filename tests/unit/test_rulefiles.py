@@ -274,7 +274,7 @@ def test_schema_accepts_duration_strings(schema):
 def test_every_shipped_rule_file_validates_against_the_schema(schema):
     jsonschema = pytest.importorskip("jsonschema")
     validator = jsonschema.Draft202012Validator(schema)
-    files = sorted(RULES.rglob("*.yaml"))
+    files = sorted(p for p in RULES.rglob("*.yaml") if "tests" not in p.relative_to(RULES).parts)
     assert files
     for file in files:
         for document in yaml.safe_load_all(file.read_text(encoding="utf-8")):

@@ -222,3 +222,19 @@ def test_recovery_does_not_take_an_execution_just_taken_from_the_queue_for_an_or
         admission.cancel()
 
     asyncio.run(go())
+
+
+def test_an_execution_waiting_for_a_human_holds_no_slot(make_parts) -> None:
+    async def go() -> None:
+        parts = await make_parts(SLOW, max_running=1, virtual_time=False)
+        workflow = await parts.rules.workflow("slow")
+        first = await parts.executions.start(workflow, incident={})
+        second = await parts.executions.start(workflow, incident={})
+        assert second.queued
+        parts.executions.waiting_for_humans(1)       # the first now waits for an approval
+        assert await parts.executions.admit() == 1
+        assert parts.store.executions[second.id].status == "running"
+        parts.executions.waiting_for_humans(-1)
+        await until_done(parts, [first.id, second.id])
+
+    asyncio.run(go())
