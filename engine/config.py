@@ -229,6 +229,14 @@ class ServiceConfig(Section):
     retention: Duration = 30 * 86400.0
 
 
+class ExecutionsConfig(Section):
+    """Admission: at most ``max_running`` executions run on a replica at once; the others
+    wait as ``queued`` in the database, first in, first out."""
+
+    max_running: Positive = 200
+    max_queued: Positive = 10_000      # past this many queued, the NATS intake waits (events stay in NATS)
+
+
 class AuthConfig(Section):
     bootstrap_token: SecretStr | None = None
     token_cache: Duration = 2.0
@@ -286,6 +294,7 @@ class Config(Section):
     policy: PolicyConfig = PolicyConfig()
     intake: IntakeConfig = IntakeConfig()
     service: ServiceConfig = ServiceConfig()
+    executions: ExecutionsConfig = ExecutionsConfig()
     notifications: NotificationsConfig = NotificationsConfig()
     logging: LoggingConfig = LoggingConfig()
     auth: AuthConfig = AuthConfig()

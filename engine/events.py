@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import operator
 import re
-from collections import OrderedDict
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,10 +27,16 @@ from typing import Any, Literal, overload
 
 import orjson
 
+from engine.bounded import RecentMap
 from engine.exceptions import MalformedEvent
 
 MAX_EVENT_BYTES = 1024 * 1024
 MAX_COUNT = 2 ** 31 - 1   # Kubernetes' counts are int32; an incident's counters are too
+# What the occurrence tracker keeps (README, *Memory bounds*): Event objects' last counts,
+# for an hour (Kubernetes' own event TTL) and at most this many; pods' nodes likewise.
+TRACKED_EVENTS = 100_000
+TRACKED_PODS = 50_000
+TRACKED_SECONDS = 3600.0
 
 # A pod made by a Deployment is <deployment>-<replicaset hash>-<5 char suffix>;
 # by a StatefulSet <name>-<ordinal>; by a DaemonSet or Job <name>-<5 char suffix>.
@@ -372,13 +378,17 @@ class OccurrenceTracker:
     Kept per Event object (its uid, else object uid + reason): the last count seen. A
     record with a higher count stands for the difference; an equal or lower one for
     nothing (a duplicate delivery or a relist), and ``observe`` returns False.
-    Bounded: the oldest entries are forgotten first.
+
+    Bounded by count and by age (:mod:`engine.bounded`: keys as 64-bit hashes, two
+    generations): an Event object not seen for ``max_age`` (Kubernetes keeps events an
+    hour) or pushed out by ``max_entries`` newer ones is forgotten, and its next record
+    counts as new (its whole count). Pods' nodes are kept the same way.
     """
 
-    def __init__(self, max_entries: int = 500_000) -> None:
-        self._counts: OrderedDict[tuple, int] = OrderedDict()
-        self._nodes: OrderedDict[str, str] = OrderedDict()
-        self._max = max_entries
+    def __init__(self, max_entries: int = TRACKED_EVENTS, max_age: float = TRACKED_SECONDS,
+                 max_pods: int = TRACKED_PODS) -> None:
+        self._counts: RecentMap[int] = RecentMap(max_entries, max_age)
+        self._nodes: RecentMap[str] = RecentMap(max_pods, max_age)
 
     def observe(self, event: Event) -> bool:
         if event.source == "kubernetes":
@@ -390,16 +400,16 @@ class OccurrenceTracker:
         seen = self._counts.get(key)
         total = event.total_count
         if seen is not None:
-            self._counts.move_to_end(key)
             if total <= seen:
                 return False
             event.count = total - seen
         else:
             event.count = total if event.source == "kubernetes" and event.event_uid else max(total, 1)
-            if len(self._counts) >= self._max:
-                self._counts.popitem(last=False)
-        self._counts[key] = total
+        self._counts.set(key, total)
         return True
+
+    def __len__(self) -> int:
+        return len(self._counts)
 
     def _learn_node(self, event: Event) -> None:
         if event.kind == "Pod" and event.uid:
@@ -413,10 +423,8 @@ class OccurrenceTracker:
                 self._remember(event.uid, match.group(3))
 
     def _remember(self, pod_uid: str, node: str) -> None:
-        self._nodes[pod_uid] = node
-        self._nodes.move_to_end(pod_uid)
-        if len(self._nodes) > self._max:
-            self._nodes.popitem(last=False)
+        # A cluster has few nodes: one string each, whatever number of pods names it.
+        self._nodes.set(pod_uid, sys.intern(node))
 
 
 def read_stream(data: bytes) -> Iterator[tuple[int, Any]]:

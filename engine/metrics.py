@@ -110,6 +110,13 @@ class Metrics:
                                         ["outcome"], registry=r), Values(Outcome))
         self.executions_running = Gauge("aetherius_executions_running", "Executions running here",
                                         registry=r)
+        self.executions_queued = Gauge("aetherius_executions_queued",
+                                       "Executions waiting in this replica's admission queue "
+                                       "(executions.max_running run already)", registry=r)
+        self.queue_wait = Histogram(
+            "aetherius_execution_queue_wait_seconds", "Time an execution waited in the admission queue "
+            "before it started", registry=r,
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
         self.approvals = Bounded(Counter("aetherius_approvals_total",
                                          "Approvals requested and how they ended (engine.approvals)",
                                          ["event"], registry=r),
@@ -126,7 +133,8 @@ class Metrics:
                               registry=r)
         self.rules_generation = Gauge("aetherius_rules_generation", "Active rule generation", registry=r)
         self.publish_to_start = Histogram(
-            "aetherius_event_to_execution_seconds", "From an incident's first event to its execution start",
+            "aetherius_event_to_execution_seconds", "From an incident's first event to its execution's "
+            "admission (started, or queued: see aetherius_execution_queue_wait_seconds)",
             registry=r, buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600))
 
         # Experiments (engine.experiments): per strategy and arm.

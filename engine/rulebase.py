@@ -43,7 +43,9 @@ from engine.rules.model import Strategy
 
 log = logging.getLogger(__name__)
 
-MEMO_LIMIT = 200_000
+# Outcomes memoized per symptom values (README, *Memory bounds*): cleared when it holds this
+# many, and on every fact change. Real repeats come close together, so a small memo serves them.
+MEMO_LIMIT = 20_000
 
 
 class _Host(durable_engine.Host):

@@ -61,14 +61,19 @@ def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random) -> floa
 
 @dataclass(frozen=True)
 class Started:
-    """A recorded execution and the task that runs it (its result: the ended execution)."""
+    """A recorded execution and the task that runs it (its result: the ended execution).
+    No task: the service recorded it as queued, to start when a slot is free."""
 
     execution: Execution
-    task: asyncio.Task
+    task: asyncio.Task | None
 
     @property
     def id(self) -> str:
         return self.execution.id
+
+    @property
+    def queued(self) -> bool:
+        return self.task is None
 
 
 @dataclass
@@ -127,6 +132,7 @@ class WorkflowRunner:
         """Start an execution and wait for it to end."""
         started = await self.start(workflow, incident=incident, events=events, context=context,
                                    execution_id=execution_id, incident_id=incident_id)
+        assert started.task is not None
         return await started.task
 
     async def start(self, workflow: Workflow, *, incident: dict[str, Any] | None = None,
@@ -137,13 +143,9 @@ class WorkflowRunner:
         and its first step run are in the store, so a reader finds them at once; the task's
         result is the finished :class:`Execution`. ``triggered_by`` names who started it by
         hand (that principal may not approve its changes)."""
-        execution = Execution(
-            id=execution_id or f"exec-{uuid.uuid4().hex[:16]}", workflow_id=workflow.id,
-            workflow_version=workflow.version, incident_id=incident_id or (incident or {}).get("id"),
-            context={"incident": incident or {}, "events": list(events), "vars": context or {},
-                     **({"triggered_by": triggered_by} if triggered_by else {})},
-            dry_run=self._dry_run(workflow),
-        )
+        execution = self.prepare(workflow, incident=incident, events=events, context=context,
+                                 execution_id=execution_id, incident_id=incident_id,
+                                 triggered_by=triggered_by)
         first = StepRun(seq=1, step_id=workflow.steps[0].id, step_type=workflow.steps[0].type)
         execution.runs.append(first)
         await self.store.create_execution(execution, first)
@@ -151,6 +153,20 @@ class WorkflowRunner:
                  execution.id, workflow.id, workflow.version, execution.dry_run, extra=_ids(execution))
         live = _Live(execution, workflow, self._names(execution, workflow), seq=1)
         return Started(execution, self._track(execution.id, self._drive(live, [first])))
+
+    def prepare(self, workflow: Workflow, *, incident: dict[str, Any] | None = None,
+                events: Iterable[dict[str, Any]] = (), context: dict[str, Any] | None = None,
+                execution_id: str | None = None, incident_id: str | None = None,
+                triggered_by: str | None = None) -> Execution:
+        """The execution :meth:`start` would record (not recorded: the service may queue it,
+        and :meth:`resume_loaded` starts it at its first step once it leaves the queue)."""
+        return Execution(
+            id=execution_id or f"exec-{uuid.uuid4().hex[:16]}", workflow_id=workflow.id,
+            workflow_version=workflow.version, incident_id=incident_id or (incident or {}).get("id"),
+            context={"incident": incident or {}, "events": list(events), "vars": context or {},
+                     **({"triggered_by": triggered_by} if triggered_by else {})},
+            dry_run=self._dry_run(workflow),
+        )
 
     def cancel(self, execution_id: str) -> bool:
         """Cancel a running execution; its running steps are cancelled, the status recorded."""
@@ -215,6 +231,16 @@ class WorkflowRunner:
     async def _continue(self, execution: Execution, workflow: Workflow) -> Execution:
         live = _Live(execution, workflow, self._names(execution, workflow),
                      seq=max((r.seq for r in execution.runs), default=0))
+        if not execution.runs:
+            # Recorded without a step run: it waited in the service's queue (or its replica
+            # stopped just as it left the queue). It starts at the first step.
+            first = StepRun(seq=1, step_id=workflow.steps[0].id, step_type=workflow.steps[0].type)
+            execution.runs.append(first)
+            live.seq = 1
+            await self.store.schedule_runs(execution.id, [first])
+            log.info("Workflow execution %s started: workflow=%s version=%d dry_run=%s",
+                     execution.id, workflow.id, workflow.version, execution.dry_run, extra=_ids(execution))
+            return await self._drive(live, [first])
         pending = []
         for run in sorted(execution.runs, key=lambda r: r.seq):
             if run.status in FINAL_STEP:

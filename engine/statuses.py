@@ -26,6 +26,7 @@ class StepStatus(StrEnum):
 class ExecutionStatus(StrEnum):
     """A workflow execution."""
 
+    QUEUED = "queued"            # admitted, waiting for a free slot (executions.max_running)
     RUNNING = "running"
     SUCCEEDED = "succeeded"      # no step failed
     FAILED = "failed"            # a step failed (its on_failure path still ran)

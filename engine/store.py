@@ -63,6 +63,7 @@ class Execution:
     error: str | None = None
     runs: list[StepRun] = field(default_factory=list)
     outcome: str | None = None          # engine.outcomes.Outcome, once it ended
+    queued_at: float | None = None      # when it was admitted (it may have waited, status queued)
 
     @property
     def duration(self) -> float | None:

@@ -17,6 +17,7 @@ tested against the same behaviour in ``tests/integration``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from engine.correlation import Incident
 from engine.service.bus import Message
 from engine.service.contracts import DeadLetter, EventRow
 from engine.statuses import FINAL_EXECUTION, ExecutionStatus
-from engine.store import MemoryStore
+from engine.store import Execution, MemoryStore
 
 
 @dataclass
@@ -212,6 +213,44 @@ class MemoryExecutionStore(MemoryStore):
 
     def unfinished(self) -> list[str]:
         return [e.id for e in self.executions.values() if e.status not in FINAL_EXECUTION]
+
+    # The admission queue: queued executions are this replica's, or orphans (owner gone).
+
+    async def queue_execution(self, execution: Execution) -> None:
+        saved = copy.copy(execution)
+        saved.runs = []
+        self.executions[execution.id] = saved
+        self.owners[execution.id] = self.replica
+        self.log.append(("queue_execution", execution.id, None))
+
+    def _queued(self) -> list[Execution]:
+        return sorted((e for e in self.executions.values() if e.status == ExecutionStatus.QUEUED),
+                      key=lambda e: (e.queued_at or 0.0, e.id))
+
+    async def claim_queued(self, limit: int) -> list[tuple[str, bool, float]]:
+        now = time.time()
+        out: list[tuple[str, bool, float]] = []
+        for saved in self._queued():
+            own = self.owners.get(saved.id) == self.replica
+            if len(out) >= limit or not (own or saved.id in self.orphans):
+                continue
+            self.orphans.discard(saved.id)
+            self.owners[saved.id] = self.replica
+            saved.status, saved.started_at = ExecutionStatus.RUNNING, now
+            out.append((saved.id, own, now - (saved.queued_at or now)))
+        return out
+
+    async def queued_count(self) -> int:
+        return sum(1 for e in self._queued() if self.owners.get(e.id) == self.replica)
+
+    async def cancel_queued(self, execution_id: str, outcome: str) -> bool | None:
+        saved = self.executions.get(execution_id)
+        if saved is None or saved.status != ExecutionStatus.QUEUED:
+            return None
+        saved.status, saved.error = ExecutionStatus.CANCELLED, "cancelled while queued"
+        saved.outcome = outcome
+        saved.finished_at = time.time()
+        return self.owners.get(execution_id) == self.replica
 
 
 class MemoryRuleChanges:

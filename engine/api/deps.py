@@ -56,11 +56,16 @@ class Executions(Protocol):
 
     async def start(self, workflow: Workflow, *, incident: dict[str, Any], events: list[dict[str, Any]],
                     context: dict[str, Any], triggered_by: str | None = None) -> Started:
-        """Returns once the execution is recorded; its task ends with the final execution."""
+        """Returns once the execution is recorded (running, or queued: then it has no task);
+        its task ends with the final execution."""
         ...
 
     def cancel(self, execution_id: str) -> bool:
         """False if it is not running here."""
+        ...
+
+    async def cancel_queued(self, execution_id: str) -> bool:
+        """Cancel a queued execution (any replica's); False if it is not queued."""
         ...
 
     def running(self) -> list[str]:

@@ -133,14 +133,16 @@ async def execute_workflow(workflow_id: str, request: Request, rules: RulesDep, 
     incident.update(body.incident or {})
     started = await executions.start(workflow, incident=incident, events=events, context=body.context or {},
                                      triggered_by=who.name)
-    log.info("Workflow execution %s started by hand by %s: workflow=%s version=%d", started.id, who.label,
-             workflow.id, workflow.version, extra={"execution_id": started.id})
+    status = "queued" if started.queued else "running"
+    log.info("Workflow execution %s %s by hand by %s: workflow=%s version=%d", started.id,
+             "queued" if started.queued else "started", who.label, workflow.id, workflow.version,
+             extra={"execution_id": started.id})
     await audit.record(who, "execution.start", "execution", started.id, {
         "workflow_id": workflow.id, "workflow_version": workflow.version,
         "dry_run": started.execution.dry_run, "event": body.event is not None,
         "incident_fields": sorted(body.incident or {}), "context_fields": sorted(body.context or {}),
         "overrides": overridden})
-    return {"execution_id": started.id, "status": "running", "workflow_id": workflow.id,
+    return {"execution_id": started.id, "status": status, "workflow_id": workflow.id,
             "workflow_version": workflow.version, "dry_run": started.execution.dry_run,
             "href": f"{PREFIX}/executions/{started.id}"}
 
@@ -180,7 +182,7 @@ async def get_execution(execution_id: str, q: QueriesDep, deps: Deps) -> dict[st
 @router.post("/executions/{execution_id}/cancel", response_model=CancelResult,
              responses={**NOT_FOUND, **UNAVAILABLE,
                         409: {"model": Message, "description": "Finished, or running on another replica"}},
-             summary="Cancel a running execution")
+             summary="Cancel a running or queued execution")
 async def cancel_execution(execution_id: str, q: QueriesDep, deps: Deps, audit: AuditDep,
                            who: Who) -> dict[str, Any]:
     found = await q.execution_status(execution_id)
@@ -190,6 +192,12 @@ async def cancel_execution(execution_id: str, q: QueriesDep, deps: Deps, audit: 
         raise HTTPException(404, f"no execution {shown(execution_id)}")
     if found is not None and found["status"] in FINAL_EXECUTION:
         raise HTTPException(409, f"execution {shown(execution_id)} already finished: {found['status']}")
+    if (found is not None and found["status"] == "queued" and executions is not None
+            and await executions.cancel_queued(execution_id)):
+        # Still in the queue (on any replica): it never starts.
+        await audit.record(who, "execution.cancel", "execution", execution_id, {"queued": True})
+        return {"execution_id": execution_id, "status": "cancelled"}
+    here = executions is not None and execution_id in executions.running()   # it may have started since
     if executions is None or not here or not executions.cancel(execution_id):
         owner = found["owner"] if found is not None else None
         raise HTTPException(409, f"execution {shown(execution_id)} is not running on this replica "

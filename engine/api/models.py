@@ -41,7 +41,7 @@ Moment = Annotated[datetime, BeforeValidator(_iso), AfterValidator(_utc)]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="items per page")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"items to skip (at most {MAX_OFFSET}; "
                                                                 "use the cursor to go further)")]
-ExecutionStatus = Literal["running", "succeeded", "failed", "cancelled", "timed_out"]
+ExecutionStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
 Responses = dict[int | str, dict[str, Any]]
 
 
@@ -129,7 +129,8 @@ class ExecuteRequest(BaseModel):
 
 class ExecuteAccepted(BaseModel):
     execution_id: str
-    status: str = "running"
+    status: str = Field("running", description="'running', or 'queued': executions.max_running run "
+                                               "already, it starts when a slot is free (first in, first out)")
     workflow_id: str
     workflow_version: int
     dry_run: bool
@@ -150,9 +151,11 @@ class ExecutionSummary(BaseModel):
     started_at: datetime
     finished_at: datetime | None
     duration_ms: float | None
-    owner: str | None = Field(description="the replica running it")
+    owner: str | None = Field(description="the replica running it (or that queued it)")
     arm: str | None = Field(default=None, description="the experiment arm of the incident it runs for "
                                                       "(null: no experiment, or started by hand)")
+    queued_at: datetime | None = Field(default=None, description="when it was admitted; it waited "
+                                       "(status 'queued') until started_at")
 
 
 class StepRunRecord(BaseModel):
@@ -216,6 +219,8 @@ class IncidentSummary(BaseModel):
     severity: str | None
     workflow_id: str | None
     execution_id: str | None
+    execution_status: str | None = Field(default=None, description="its execution's status ('queued' "
+                                         "while it waits for a free slot)")
     namespace: str | None
     workload: str | None
     node: str | None

@@ -21,8 +21,9 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
-# Entries kept for this replica's own cooldowns and rate limits (the fallback without Redis).
-LOCAL_ENTRIES = 100_000
+# Entries kept for this replica's own cooldowns and rate limits (the fallback without Redis);
+# ended ones go first. The database still decides cooldowns (aetherius_open_incident).
+LOCAL_ENTRIES = 20_000
 
 PREFIX = "aetherius:"
 class Cache:

@@ -15,7 +15,7 @@ from engine.correlation import Incident
 from engine.events import Event
 from engine.rules.generation import Generation
 from engine.rules.model import Workflow
-from engine.store import Store
+from engine.store import Execution, Store
 
 # (event, subject, (state, strategy id, incident id)) as intake records it.
 EventRow = tuple[Event, str | None, tuple[str, str | None, str | None]]
@@ -74,9 +74,18 @@ class Records(Protocol):
 
 
 class ExecutionStore(Store, Protocol):
-    """The runner's store, plus taking over executions of replicas that are gone."""
+    """The runner's store, plus taking over executions of replicas that are gone, plus the
+    durable admission queue (:class:`engine.service.executions.Executions`)."""
 
     async def claim_orphans(self, running_here: list[str], limit: int = 100) -> list[str]: ...
+
+    async def queue_execution(self, execution: Execution) -> None: ...
+
+    async def claim_queued(self, limit: int) -> list[tuple[str, bool, float]]: ...
+
+    async def queued_count(self) -> int: ...
+
+    async def cancel_queued(self, execution_id: str, outcome: str) -> bool | None: ...
 
 
 class Workflows(Protocol):

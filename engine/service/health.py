@@ -61,6 +61,7 @@ class Health:
             "redis": "ok" if self.cache.healthy else "degraded",
             "rules": self.rules.status.as_dict(),
             "running_executions": len(self.executions.running()),
+            "queued_executions": self.executions.queued,
             "open_incidents": len(self.correlator.open_incidents()),
             "stats": self.stats.as_dict(),
         }

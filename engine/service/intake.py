@@ -15,14 +15,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import orjson
 
+from engine.bounded import RecentSet
 from engine.correlation import Correlator
 from engine.events import Event, OccurrenceTracker, decode, parse_event
 from engine.exceptions import MalformedEvent
@@ -44,7 +44,11 @@ Item = tuple[Any, str | None, str | None, dict[str, Any]]
 Delta = tuple[str, str, str, str, int]
 State = tuple[str, str | None, str | None]
 
-RECENT_IDS = 200_000   # ids remembered for deduplication (FIFO); older ones the database catches
+# Event ids remembered for deduplication before the database's key (which catches the rest):
+# as 64-bit hashes, at most this many, for at most this long (engine.bounded: at least half of
+# each), which covers NATS redeliveries (``nats.ack_wait``, 30 s) at thousands of events/s.
+RECENT_IDS = 100_000
+RECENT_SECONDS = 600.0
 
 
 @dataclass
@@ -63,7 +67,8 @@ class Intake:
     def __init__(self, *, records: Records, rulebase: RuleBase, correlator: Correlator, metrics: Metrics,
                  stats: Stats, background: Background, record_lock: asyncio.Lock,
                  max_event_bytes: int, dead_letter_bytes: int = DEAD_LETTER_BYTES,
-                 clock: Callable[[], float] = time.time, postgres: Availability | None = None) -> None:
+                 clock: Callable[[], float] = time.time, postgres: Availability | None = None,
+                 room: Callable[[], Awaitable[None]] | None = None) -> None:
         self.records = records
         self.rulebase = rulebase
         self.correlator = correlator
@@ -77,8 +82,11 @@ class Intake:
         self.clock = clock
         self.postgres = postgres or Availability("PostgreSQL")
         self.tracker = OccurrenceTracker()
-        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._recent = RecentSet(RECENT_IDS, RECENT_SECONDS)
         self._in_flight = asyncio.Semaphore(2)   # batches processed but not yet recorded
+        # Waited for after each batch off the bus, before the next fetch: the admission queue's
+        # room (Executions.room), so a long overload leaves events in JetStream.
+        self.room = room
         self._redelivered, self._redelivered_said = 0, -60.0
 
     # ------------------------------------------------------------------ entry points
@@ -100,6 +108,8 @@ class Intake:
             self._in_flight.release()
             raise
         self.background.spawn(self._record_and_ack(batch, messages))
+        if self.room is not None:
+            await self.room()
 
     async def _record_and_ack(self, batch: Batch, messages: list[Message]) -> None:
         try:
@@ -107,7 +117,7 @@ class Intake:
         except Exception as exc:
             # Not acked, so redelivered: let the redelivery be processed, not dropped as seen.
             for event, _, _ in batch.rows:
-                self._recent.pop(event.id, None)
+                self._recent.discard(event.id)
             if transient(exc):
                 self.postgres.failed(exc)   # one line per outage, not a traceback per batch
             else:
@@ -237,9 +247,7 @@ class Intake:
         return ("suppressed", hit.strategy.id, record_id)
 
     def remember(self, event_id: str) -> None:
-        self._recent[event_id] = None
-        if len(self._recent) > RECENT_IDS:
-            self._recent.popitem(last=False)
+        self._recent.add(event_id)
 
     # ------------------------------------------------------------------ recording
 

@@ -4,7 +4,10 @@ At start-up a replica correlates again the events it had recorded but not yet tu
 an incident. Then, every third of ``service.lease``, it sends its heartbeat and takes over
 from replicas whose heartbeat is older than the lease: their running executions (resumed
 at the step they were in), incidents opened without an execution (the replica died in
-between: the workflow starts here), and their pending events.
+between: the workflow starts here), and their pending events. Their queued executions are
+taken by the admission loop (:meth:`engine.service.executions.Executions.run`), oldest first,
+as slots free up here; a running execution with no step run yet (its replica stopped just as
+it left the queue) resumes at its first step.
 """
 
 from __future__ import annotations

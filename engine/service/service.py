@@ -11,14 +11,15 @@ backwards, whatever step a failure stopped at):
 4. the runner (and its HTTP client), :mod:`~engine.service.executions`,
    :mod:`~engine.service.incidents`, :mod:`~engine.service.intake`;
 5. NATS; :mod:`~engine.service.recovery` takes back what this replica held before a stop;
-6. the loops, in one ``asyncio.TaskGroup``: the NATS intake, heartbeat and takeover, rule
-   reloads, the rules watcher, LISTEN for stored rule changes, retention, the HTTP API. If
-   one dies, the service stops rather than limp on.
+6. the loops, in one ``asyncio.TaskGroup``: the NATS intake, heartbeat and takeover, the
+   admission of queued executions, rule reloads, the rules watcher, LISTEN for stored rule
+   changes, retention, the HTTP API. If one dies, the service stops rather than limp on.
 
 Shutdown (SIGTERM/SIGINT): no new events, running steps get ``service.shutdown_grace`` to
 finish, background writes (acks, incident updates) complete, the runner's last state is
 committed (shielded from cancellation), and the process exits 0; what still runs stays
-"running" in the store and is resumed by the next replica that starts or notices.
+"running" in the store and is resumed by the next replica that starts or notices; what is
+queued stays queued, for the same.
 """
 
 from __future__ import annotations
@@ -165,9 +166,16 @@ class Service:
             await audit.record(system, action, "execution", execution.id, {**detail, "step_id": step_id})
 
         metrics = self.metrics
+        admission: list[Executions] = []    # set below: an execution waiting for a human frees its slot
+
+        def approval_waits(delta: int) -> None:
+            metrics.approvals_waiting.inc(delta)
+            for part in admission:
+                part.waiting_for_humans(delta)
+
         approvals = Approvals(pool, audit, poll=config.approvals.poll, availability=postgres, system=system,
                               count=lambda event: metrics.approvals.labels(event).inc(),
-                              waiting=metrics.approvals_waiting.inc)
+                              waiting=approval_waits)
         runner = WorkflowRunner(store, settings, http=http, limiter=allow,
                                 lock=lambda name: locks.hold(name, ttl=60.0, wait=30.0), audit=audit_step,
                                 outage_retry=RetryPolicy(**config.retries.model_dump()), approvals=approvals)
@@ -175,7 +183,11 @@ class Service:
         background = Background()
         stack.push_async_callback(background.wait, 5.0)
         stats = Stats()
-        executions = Executions(runner, metrics=self.metrics, stats=stats, background=background)
+        executions = Executions(runner, metrics=self.metrics, stats=stats, background=background,
+                                store=store, workflows=rules, max_running=config.executions.max_running,
+                                max_queued=config.executions.max_queued, poll=max(0.5, self.lease / 3),
+                                postgres=postgres)
+        admission.append(executions)
 
         async def abandon_approvals(execution: Execution) -> None:
             # Cancelled or timed out while a change waited for a human: nobody can decide it now.
@@ -193,7 +205,7 @@ class Service:
         intake = Intake(records=records, rulebase=rulebase, correlator=correlator, metrics=self.metrics,
                         stats=stats, background=background, record_lock=record_lock,
                         max_event_bytes=self.max_event_bytes, postgres=postgres,
-                        dead_letter_bytes=config.intake.dead_letter_bytes)
+                        dead_letter_bytes=config.intake.dead_letter_bytes, room=executions.room)
         reloads = Reloads(rules, changes=stored_rules, metrics=self.metrics, cache=cache,
                           background=background, replica=replica_id, audit=audit)
         if not await rules.reload("start"):
@@ -210,6 +222,7 @@ class Service:
         for event_id in await records.recent_event_ids(max(120.0, 4 * bus.ack_wait)):
             intake.remember(event_id)
         await recovery.at_start()
+        await executions.recount()      # its queued executions from before a stop go first
 
         deps = ApiDeps(queries=Queries(pool), rules=rules, executions=executions, ingest=intake.ingest,
                        readiness=health.readiness, cached_generation=cache.active_generation,
@@ -258,6 +271,7 @@ class Service:
             group.create_task(r.api.serve(), name="http-api")
             loops = [
                 group.create_task(r.recovery.run(), name="heartbeat"),
+                group.create_task(r.executions.run(), name="admission"),
                 group.create_task(r.reloads.run(), name="rules-reload"),
                 group.create_task(r.reloads.watch(self._stop), name="rules-watcher"),
                 group.create_task(r.reloads.listen(), name="db-listen"),

@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 # Statements, in the order a batch applies them (an execution row before its step rows).
 INSERT_EXECUTION = (0, """
     INSERT INTO workflow_executions (id, workflow_id, workflow_version, incident_id, status, dry_run,
-                                     context, started_at, owner)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                     context, started_at, owner, queued_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
     ON CONFLICT (id) DO NOTHING""")
 UPSERT_RUN = (1, """
     INSERT INTO step_executions (execution_id, seq, step_id, step_type, parent, in_branch_of, status,
@@ -144,13 +144,57 @@ class PostgresStore:
         self.lease_seconds = lease_seconds
         self.writer = GroupCommitter(pool, availability=availability)
 
+    def _insert(self, execution: Execution) -> tuple[tuple[int, str], tuple]:
+        return (INSERT_EXECUTION, (execution.id, execution.workflow_id, execution.workflow_version,
+                                   execution.incident_id, execution.status, execution.dry_run,
+                                   execution.context, _ts(execution.started_at), self.owner,
+                                   _ts(execution.queued_at or execution.started_at)))
+
     async def create_execution(self, execution: Execution, first: StepRun) -> None:
-        await self.writer.write([
-            (INSERT_EXECUTION, (execution.id, execution.workflow_id, execution.workflow_version,
-                                execution.incident_id, execution.status, execution.dry_run,
-                                execution.context, _ts(execution.started_at), self.owner)),
-            (UPSERT_RUN, _run_args(execution.id, first)),
-        ])
+        await self.writer.write([self._insert(execution), (UPSERT_RUN, _run_args(execution.id, first))])
+
+    # ------------------------------------------------------------------ the queue
+
+    async def queue_execution(self, execution: Execution) -> None:
+        """Record an execution that waits for a free slot (status ``queued``, no step run)."""
+        await self.writer.write([self._insert(execution)])
+
+    async def claim_queued(self, limit: int) -> list[tuple[str, bool, float]]:
+        """Take the oldest queued executions (first in, first out) of this replica, and of
+        replicas whose heartbeat is older than the lease: each becomes ``running`` here,
+        started now, and is claimed by exactly one replica. Returns (id, whether it was this
+        replica's, seconds it waited), oldest first."""
+        rows = await self.pool.fetch("""
+            WITH q AS (
+                SELECT e.id, e.owner, e.queued_at FROM workflow_executions e
+                WHERE e.status = 'queued' AND (
+                    e.owner IS NULL OR e.owner = $1 OR NOT EXISTS (
+                        SELECT 1 FROM replicas r WHERE r.id = e.owner
+                        AND r.heartbeat_at > now() - make_interval(secs => $2::float8)))
+                ORDER BY e.queued_at, e.id LIMIT $3 FOR UPDATE SKIP LOCKED)
+            UPDATE workflow_executions w SET status = 'running', owner = $1, started_at = now()
+            FROM q WHERE w.id = q.id
+            RETURNING w.id, q.owner IS NOT DISTINCT FROM $1 AS own, q.queued_at,
+                      extract(epoch FROM now() - q.queued_at)::float8 AS waited""",
+            self.owner, self.lease_seconds, limit)
+        ordered = sorted(rows, key=lambda r: (r["queued_at"], r["id"]))
+        return [(r["id"], r["own"], max(0.0, r["waited"] or 0.0)) for r in ordered]
+
+    async def queued_count(self) -> int:
+        """This replica's queued executions."""
+        return int(await self.pool.fetchval(
+            "SELECT count(*) FROM workflow_executions WHERE status = 'queued' AND owner = $1", self.owner))
+
+    async def cancel_queued(self, execution_id: str, outcome: str) -> bool | None:
+        """Cancel an execution still in the queue, whichever replica queued it; returns
+        whether it was this replica's, or None if it is not queued (any more)."""
+        return await self.pool.fetchval("""
+            WITH q AS (SELECT id, owner FROM workflow_executions WHERE id = $1 AND status = 'queued'
+                       FOR UPDATE)
+            UPDATE workflow_executions w SET status = 'cancelled', error = 'cancelled while queued',
+                   finished_at = now(), outcome = $2
+            FROM q WHERE w.id = q.id RETURNING q.owner IS NOT DISTINCT FROM $3""",
+            execution_id, outcome, self.owner)
 
     async def schedule_runs(self, execution_id: str, runs: list[StepRun]) -> None:
         await self.writer.write([(UPSERT_RUN, _run_args(execution_id, r)) for r in runs])
@@ -179,7 +223,8 @@ class PostgresStore:
             id=row["id"], workflow_id=row["workflow_id"], workflow_version=row["workflow_version"],
             status=row["status"], incident_id=row["incident_id"], context=row["context"] or {},
             dry_run=row["dry_run"], started_at=_epoch(row["started_at"]) or 0.0,
-            finished_at=_epoch(row["finished_at"]), error=row["error"])
+            finished_at=_epoch(row["finished_at"]), error=row["error"], outcome=row["outcome"],
+            queued_at=_epoch(row["queued_at"]))
         execution.runs = [StepRun(
             seq=r["seq"], step_id=r["step_id"], step_type=r["step_type"], parent=r["parent"],
             status=r["status"], attempts=r["attempts"], output=r["output"], error=r["error"],
@@ -189,8 +234,8 @@ class PostgresStore:
         return execution
 
     async def unfinished_executions(self) -> list[str]:
-        rows = await self.pool.fetch("SELECT id FROM workflow_executions WHERE status = $1",
-                                     ExecutionStatus.RUNNING.value)
+        rows = await self.pool.fetch("SELECT id FROM workflow_executions WHERE status = ANY($1::text[])",
+                                     [ExecutionStatus.RUNNING.value, ExecutionStatus.QUEUED.value])
         return [r["id"] for r in rows]
 
     # ------------------------------------------------------------------ ownership

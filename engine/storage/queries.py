@@ -29,13 +29,15 @@ EXECUTION_COLUMNS = """
     COALESCE(outcome, CASE WHEN status = 'running' AND EXISTS (
         SELECT 1 FROM approvals a WHERE a.execution_id = workflow_executions.id AND a.status = 'pending')
         THEN 'waiting_approval' END) AS outcome, dry_run, error, started_at, finished_at,
-    (extract(epoch FROM duration) * 1000)::float8 AS duration_ms, owner, arm"""
+    (extract(epoch FROM duration) * 1000)::float8 AS duration_ms, owner, arm, queued_at"""
 STEP_COLUMNS = """
     seq, step_id, step_type, parent, in_branch_of, status, attempts, output, error, error_kind, branch,
     started_at, attempt_started_at, finished_at,
     (extract(epoch FROM finished_at - started_at) * 1000)::float8 AS duration_ms"""
 INCIDENT_COLUMNS = """
-    id, strategy_id, key, status, severity, workflow_id, execution_id, namespace, workload, node, reason,
+    id, strategy_id, key, status, severity, workflow_id, execution_id,
+    (SELECT x.status FROM workflow_executions x WHERE x.id = incidents.execution_id) AS execution_status,
+    namespace, workload, node, reason,
     events, late, suppressed, inhibited, first_seen, last_seen, opened_at, closed_at, cooldown_until, arm"""
 
 

@@ -182,7 +182,7 @@ class Repository:
         total = 0
         for sql in (
             """DELETE FROM workflow_executions WHERE id IN (
-                   SELECT id FROM workflow_executions WHERE status <> 'running'
+                   SELECT id FROM workflow_executions WHERE status NOT IN ('running', 'queued')
                    AND started_at < now() - make_interval(secs => $1::float8) LIMIT $2)""",
             """DELETE FROM events WHERE id IN (
                    SELECT id FROM events WHERE state <> 'pending'

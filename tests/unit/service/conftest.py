@@ -97,19 +97,23 @@ class Parts:
 
 @pytest.fixture
 def make_parts(tmp_path: Path) -> Callable[..., Any]:
-    async def make(rules_text: str = RULES, replica: str = "r1") -> Parts:
+    async def make(rules_text: str = RULES, replica: str = "r1", max_running: int | None = None,
+                   virtual_time: bool = True, store: MemoryExecutionStore | None = None,
+                   max_queued: int | None = None) -> Parts:
         (tmp_path / "rules.yaml").write_text(rules_text)
         scheduler = HistoricalScheduler(T0)
         clock = lambda: scheduler.now.timestamp()  # noqa: E731
-        store = MemoryExecutionStore(replica)
+        store = store if store is not None else MemoryExecutionStore(replica)
         records = MemoryRecords(replica, store=store)
         cache = Cache(None)
         rulebase = RuleBase([])
         rules = RulesManager(tmp_path, rulebase)
         assert await rules.reload("start"), rules.status.problems
         metrics, stats, background = Metrics(), Stats(), Background()
-        runner = WorkflowRunner(store, Settings(live=False, virtual_time=True))
-        executions = Executions(runner, metrics=metrics, stats=stats, background=background)
+        runner = WorkflowRunner(store, Settings(live=False, virtual_time=virtual_time))
+        executions = Executions(runner, metrics=metrics, stats=stats, background=background, store=store,
+                                workflows=rules, max_running=max_running, max_queued=max_queued,
+                                poll=0.05)
         correlator = Correlator(scheduler, track_event_ids=True)
         lock = asyncio.Lock()
         incidents = Incidents(records=records, cooldowns=cache, workflows=rules, correlator=correlator,
@@ -117,7 +121,7 @@ def make_parts(tmp_path: Path) -> Callable[..., Any]:
                               record_lock=lock)
         intake = Intake(records=records, rulebase=rulebase, correlator=correlator, metrics=metrics,
                         stats=stats, background=background, record_lock=lock, max_event_bytes=64 * 1024,
-                        clock=clock)
+                        clock=clock, room=executions.room)
         recovery = Recovery(records=records, store=store, workflows=rules, executions=executions,
                             intake=intake, cache=cache, lease=15.0, info=lambda: {})
         return Parts(scheduler, records, store, cache, rules, MemoryRuleChanges(), metrics, stats, background,
