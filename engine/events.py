@@ -5,7 +5,11 @@ Accepted shapes:
 - a core/v1 ``Event`` (``involvedObject``, ``count``, ``firstTimestamp`` ...);
 - an events.k8s.io/v1 ``Event`` (``regarding``, ``note``, ``series``, ``deprecated*``);
 - a watch line ``{"type": "ADDED|MODIFIED|DELETED", "object": <Event>}``;
-- the agent-manager envelope (``reason``, ``severity``, ``namespace``, ``kind``, ``name`` ...).
+- the agent-manager envelope (``reason``, ``severity``, ``namespace``, ``kind``, ``name`` ...),
+  with the pod's container statuses if it carries them (``container_statuses``);
+- a ``Pod`` (a watch line, a ``kubectl get pods -o json`` List item): its container states
+  become events (:func:`pod_events`: OOMKilled, Error with its exit code, StartError,
+  CrashLoopBackOff, ImagePullBackOff, CreateContainerConfigError ...), once per restart.
 
 Kubernetes does not re-create a repeated event: it patches ``count`` and the last
 timestamp. :class:`OccurrenceTracker` turns those patches into occurrences: a higher count
@@ -338,27 +342,125 @@ def _checked(event: Event) -> Event:
 
 
 def parse_event(obj: Any) -> Event | None:
-    """One decoded JSON value to an Event. ``None`` for watch lines that carry no event
-    (BOOKMARK, DELETED). Raises MalformedEvent for anything it cannot read."""
+    """One decoded JSON value to an Event (for a Pod, the first one its status shows).
+    ``None`` for watch lines that carry no event (BOOKMARK, DELETED) and Pods whose
+    containers show nothing wrong. Raises MalformedEvent for anything it cannot read."""
+    events = parse_events(obj)
+    return events[0] if events else None
+
+
+def parse_events(obj: Any) -> list[Event]:
+    """Every Event one decoded JSON value stands for: one for an Event or an envelope; for a
+    Pod (a watch line, a List item, or an envelope carrying container statuses), one per
+    container state worth knowing (:func:`pod_events`). Raises MalformedEvent."""
     if not isinstance(obj, dict):
         raise MalformedEvent(f"expected a JSON object, got {type(obj).__name__}")
     watch_type = None
     if "object" in obj and obj.get("type") in _WATCH_TYPES and isinstance(obj.get("object"), dict):
         watch_type = obj["type"]
         if watch_type in ("BOOKMARK", "DELETED"):
-            return None
+            return []
         if watch_type == "ERROR":
             raise MalformedEvent(f"watch ERROR: {obj['object'].get('message', 'no message')}")
         obj = obj["object"]
     kind = obj.get("kind")
     if kind == "Event" or "involvedObject" in obj or "regarding" in obj:
-        return _checked(_from_k8s(obj, watch_type))
+        return [_checked(_from_k8s(obj, watch_type))]
+    if kind == "Pod" and isinstance(obj.get("status"), dict) and isinstance(obj.get("metadata"), dict):
+        return [_checked(e) for e in pod_events(obj, watch_type)]
     if "reason" in obj and "name" in obj:
-        return _checked(_from_envelope(obj))
+        envelope = _checked(_from_envelope(obj))
+        statuses = obj.get("container_statuses") or obj.get("containerStatuses")
+        if statuses is None:
+            return [envelope]
+        pod = {"metadata": {"name": envelope.name, "namespace": envelope.namespace, "uid": envelope.uid,
+                            "labels": envelope.labels},
+               "spec": {"nodeName": envelope.node}, "status": {"containerStatuses": statuses}}
+        derived = [_checked(e) for e in pod_events(pod, None, source=envelope.source)
+                   if e.reason != envelope.reason]
+        for event in derived:
+            event.cluster, event.severity = envelope.cluster, envelope.severity
+        return [envelope, *derived]
     if kind is not None:
         raise MalformedEvent(
-            f"unknown kind {kind!r}: expected Event, a watch line or an agent-manager envelope")
+            f"unknown kind {kind!r}: expected Event, Pod, a watch line or an agent-manager envelope")
     raise MalformedEvent("not an event: no 'kind', 'involvedObject', 'regarding' or 'reason'/'name'")
+
+
+# Container states that are worth an event (the kubelet emits no OOMKilled Event: it is only
+# in the Pod's status). Waiting reasons, and terminated reasons other than a clean exit.
+POD_WAITING = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
+                         "CreateContainerError", "InvalidImageName", "RunContainerError"})
+POD_TERMINATED = frozenset({"OOMKilled", "Error", "StartError", "ContainerCannotRun", "DeadlineExceeded"})
+
+
+def pod_events(pod: dict[str, Any], watch_type: str | None, *, source: str = "kubernetes") -> list[Event]:
+    """The events a Pod's container statuses stand for, each counted once per restart.
+
+    For each container (init containers too): its last termination (``lastState``) or
+    current one (``state.terminated``) when it was ``OOMKilled``, an ``Error`` exit (with its
+    exit code), ``StartError`` or ``ContainerCannotRun``; and its waiting reason
+    (``CrashLoopBackOff``, ``ImagePullBackOff``, ``CreateContainerConfigError``, ...). Each is
+    one Kubernetes-like Event whose count is the container's restart count, keyed by pod,
+    container and reason: the same status seen again adds nothing, a restart adds one."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    spec = pod.get("spec") or {}
+    if not isinstance(meta, dict) or not isinstance(status, dict) or not isinstance(spec, dict):
+        raise MalformedEvent("Pod.metadata, spec and status must be objects")
+    name = _text(meta, "name", "Pod.metadata", required=True)
+    namespace = _text(meta, "namespace", "Pod.metadata")
+    uid = _text(meta, "uid", "Pod.metadata")
+    node = spec.get("nodeName") if isinstance(spec.get("nodeName"), str) else None
+    labels = meta.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise MalformedEvent("Pod.metadata.labels must be an object")
+    wkind, workload = owning_workload("Pod", name, meta.get("ownerReferences"))
+    started = parse_time(status.get("startTime") or meta.get("creationTimestamp"), "Pod.status.startTime")
+    out: list[Event] = []
+    for key in ("initContainerStatuses", "containerStatuses"):
+        containers = status.get(key) or []
+        if not isinstance(containers, list):
+            raise MalformedEvent(f"Pod.status.{key} must be a list")
+        for container in containers:
+            if not isinstance(container, dict):
+                raise MalformedEvent(f"Pod.status.{key} items must be objects")
+            cname = _text(container, "name", f"Pod.status.{key}[]", required=True)
+            restarts = _int(container.get("restartCount"), f"Pod.status.{key}[].restartCount", default=0)
+            found: list[tuple[str, str, int, float]] = []     # reason, message, count, time
+            state = container.get("state") or {}
+            last = container.get("lastState") or {}
+            if not isinstance(state, dict) or not isinstance(last, dict):
+                raise MalformedEvent(f"Pod.status.{key}[].state and lastState must be objects")
+            for which, terminated, count in (("lastState", last.get("terminated"), restarts),
+                                             ("state", state.get("terminated"), restarts + 1)):
+                if not isinstance(terminated, dict):
+                    continue
+                reason = terminated.get("reason")
+                code = terminated.get("exitCode")
+                if reason not in POD_TERMINATED or (reason == "Error" and code in (0, None)):
+                    continue
+                signal = f", signal {terminated['signal']}" if terminated.get("signal") else ""
+                extra = f": {terminated['message']}" if isinstance(terminated.get("message"), str) else ""
+                at = parse_time(terminated.get("finishedAt") or terminated.get("startedAt"),
+                                f"Pod.status.{key}[].{which}.terminated.finishedAt") or started
+                found.append((str(reason), f"Container {cname} terminated: {reason}, exit code {code}"
+                              f"{signal}{extra}", max(count, 1), at))
+            waiting = state.get("waiting")
+            if isinstance(waiting, dict) and waiting.get("reason") in POD_WAITING:
+                reason = str(waiting["reason"])
+                extra = f": {waiting['message']}" if isinstance(waiting.get("message"), str) else ""
+                at = max([f[3] for f in found] + [started])
+                found.append((reason, f"Container {cname} waiting: {reason}{extra}", max(restarts, 1), at))
+            for reason, message, count, at in found:
+                event_uid = f"{uid or f'{namespace}/{name}'}/{cname}/{reason}"
+                out.append(Event(
+                    id=f"pod:{event_uid}@{count}", source=source, kind="Pod", name=name, reason=reason,
+                    namespace=namespace, uid=uid, message=message, type="Warning", count=count,
+                    total_count=count, first_seen=at, last_seen=at, node=node, pod=name, workload=workload,
+                    workload_kind=wkind, container=cname, component="kubelet", event_uid=event_uid,
+                    watch_type=watch_type, labels={str(k): str(v) for k, v in labels.items()}))
+    return out
 
 
 def decode(raw: bytes | str) -> Any:

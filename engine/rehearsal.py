@@ -56,7 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from engine.approvals import Approval, ApprovalStatus, Channel
 from engine.correlation import Incident
 from engine.durations import Duration
-from engine.events import Event, parse_event
+from engine.events import Event, parse_events
 from engine.exceptions import MalformedEvent, Problem
 from engine.replay import Replayer
 from engine.rules.check import effective_strategies
@@ -230,11 +230,11 @@ def _event_problems(path: str, lines: LineMap, i: int, case: Case) -> Iterator[P
     for j, item in enumerate(case.events):
         total += item.repeat
         try:
-            parsed = parse_event(item.event)
+            parsed = parse_events(item.event)
         except MalformedEvent as exc:
             yield Problem(path, lines.line(("tests", i, "events", j, "event")), f"not an event: {exc}")
             continue
-        if parsed is None:
+        if not parsed and _pod(item.event) is None:
             yield Problem(path, lines.line(("tests", i, "events", j, "event")),
                           "this watch line carries no event")
     if total > MAX_EVENTS:
@@ -336,29 +336,55 @@ class Got:
     dead_letters: int
 
 
+def _pod(obj: Any) -> dict[str, Any] | None:
+    inner = obj.get("object") if isinstance(obj.get("object"), dict) else obj
+    return inner if inner.get("kind") == "Pod" else None
+
+
+def _restarted(obj: dict[str, Any], times: int) -> dict[str, Any]:
+    """A Pod object whose containers restarted ``times`` more times."""
+    copy = json.loads(json.dumps(obj))
+    pod = _pod(copy)
+    assert pod is not None
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for container in (pod.get("status") or {}).get(key) or []:
+            if isinstance(container, dict):
+                container["restartCount"] = int(container.get("restartCount") or 0) + times
+    return copy
+
+
 def expand(case: Case) -> list[tuple[float, int, Event]]:
-    """The case's events, as parsed events on the virtual clock (time, order, event)."""
+    """The case's events, as parsed events on the virtual clock (time, order, event).
+
+    A repeated Event is one Event object patched (its count grows, its last time moves); a
+    repeated Pod is one Pod restarting (its containers' restart counts grow)."""
     out: list[tuple[float, int, Event]] = []
     order = 0
     counts: dict[str, int] = {}     # an Event object's last count: a later input goes on from it
     for j, item in enumerate(case.events):
-        base = parse_event(item.event)
-        if base is None:
-            continue
+        pod = _pod(item.event) is not None
+        bases = parse_events(item.event)
         for i in range(item.repeat):
             at = EPOCH + item.t + i * item.every
-            event = dataclasses.replace(base)
-            event.id = f"t{j}-{i}"
-            if base.source == "kubernetes":
-                # The recorder patches one Event object: its count grows, its last time moves.
-                uid = event.event_uid = base.event_uid or f"rehearsal-{j}"
-                event.total_count = counts[uid] = max(base.total_count + i, counts.get(uid, 0) + 1)
-                event.first_seen = EPOCH + item.t
-                event.last_seen = at
-            else:
-                event.first_seen = event.last_seen = at
-            out.append((at, order, event))
-            order += 1
+            if pod:
+                for k, event in enumerate(parse_events(_restarted(item.event, i))):
+                    event.id = f"t{j}-{i}-{k}"
+                    event.first_seen = event.last_seen = at
+                    out.append((at, order, event))
+                    order += 1
+                continue
+            for base in bases:
+                event = dataclasses.replace(base)
+                event.id = f"t{j}-{i}"
+                if base.source == "kubernetes":
+                    uid = event.event_uid = base.event_uid or f"rehearsal-{j}"
+                    event.total_count = counts[uid] = max(base.total_count + i, counts.get(uid, 0) + 1)
+                    event.first_seen = EPOCH + item.t
+                    event.last_seen = at
+                else:
+                    event.first_seen = event.last_seen = at
+                out.append((at, order, event))
+                order += 1
     out.sort(key=lambda x: (x[0], x[1]))
     return out
 

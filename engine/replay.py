@@ -17,7 +17,7 @@ from typing import Any
 from reactivex.scheduler import HistoricalScheduler
 
 from engine.correlation import Correlator, Incident
-from engine.events import Event, OccurrenceTracker, parse_event, read_stream
+from engine.events import Event, OccurrenceTracker, parse_events, read_stream
 from engine.exceptions import MalformedEvent
 from engine.rulebase import RuleBase
 from engine.rules.model import Strategy
@@ -101,14 +101,15 @@ class Replayer:
                 result.dead_letters.append(DeadLetter(line, str(obj)))
                 continue
             try:
-                event = parse_event(obj)
+                events = parse_events(obj)
             except MalformedEvent as exc:
                 result.dead_letters.append(DeadLetter(line, str(exc)))
                 continue
-            if event is None:
+            if not events:
                 result.ignored += 1
                 continue
-            self._one(event, tracker, rulebase)
+            for event in events:
+                self._one(event, tracker, rulebase)
 
     def feed_events(self, events: Iterable[Event]) -> None:
         """Feed events already parsed (a rehearsal builds them), in time order."""

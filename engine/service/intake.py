@@ -24,7 +24,7 @@ import orjson
 
 from engine.bounded import RecentSet
 from engine.correlation import Correlator
-from engine.events import Event, OccurrenceTracker, decode, parse_event
+from engine.events import Event, OccurrenceTracker, decode, parse_events
 from engine.exceptions import MalformedEvent
 from engine.metrics import Metrics
 from engine.payloads import DEAD_LETTER_BYTES, MAX_DEPTH, Excerpt, depth_exceeds
@@ -153,7 +153,7 @@ class Intake:
         good: list[tuple[Event, str | None]] = []
         for raw, subject, msg_id, headers in items:
             try:
-                event = parse_event(self._decode(raw))
+                events = parse_events(self._decode(raw))
             except MalformedEvent as exc:
                 batch.dead.append(self.dead_letter(source, subject, str(exc), raw, headers))
                 continue
@@ -162,12 +162,14 @@ class Intake:
                 reason = f"internal error: {type(exc).__name__}: {exc}"
                 batch.dead.append(self.dead_letter(source, subject, reason, raw, headers))
                 continue
-            if event is None:
+            if not events:
                 batch.ignored += 1
                 continue
-            if msg_id:
-                event.id = str(msg_id)
-            good.append((event, subject))
+            if msg_id and len(events) == 1 and not events[0].id.startswith("pod:"):
+                events[0].id = str(msg_id)
+            # A Pod's states keep their own ids (pod, container, reason, restart): the same
+            # status in another message is the same event.
+            good.extend((event, subject) for event in events)
         self.metrics.events_in.labels(source).inc(len(good))
         for event, subject in good:
             if event.id in self._recent:

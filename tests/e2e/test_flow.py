@@ -140,3 +140,24 @@ def test_a_fresh_start_is_generation_one_and_one_api_write_is_one_reload(service
     time.sleep(1.5)       # NOTIFY arrives within milliseconds; give it ample time
     assert reloads() == [("1", "start"), ("2", "api")]
     assert service.get("/api/v1/rules/status")["generation"] == 2
+
+
+def test_a_pod_whose_status_shows_an_oom_kill_opens_an_oom_incident(service, pg_dsn):
+    """The kubelet emits no OOMKilled Event: the service reads it from the Pod's status."""
+    pod = {"type": "MODIFIED", "object": {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "cart-7d9f8c6b5-x2x4k", "namespace": "shop", "uid": "e2e-pod-1"},
+        "spec": {"nodeName": "node-a3"},
+        "status": {"containerStatuses": [{
+            "name": "cart", "restartCount": 2, "state": {"running": {}},
+            "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137,
+                                         "finishedAt": "2026-11-20T08:12:44Z"}}}]}}}
+    response = service.post("/api/v1/events", pod)
+    assert response.status_code == 202, response.text
+    assert response.json()["accepted"] == 1
+    rows = service.wait_for(lambda: _sql(pg_dsn, "SELECT strategy_id, events FROM incidents "
+                                                 "WHERE key = 'shop/cart'"))
+    assert rows[0]["strategy_id"] == "oom_killed" and rows[0]["events"] == 2
+    # The same status again (a relist) adds nothing.
+    again = service.post("/api/v1/events", pod)
+    assert again.json()["duplicates"] == 1
