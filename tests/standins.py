@@ -200,14 +200,15 @@ class PagerDuty(StandIn):
         super().__init__()
         self.alerts: dict[str, str] = {}
         self.events: list[dict[str, Any]] = []
-        self.unavailable = 0        # answer this many requests with 500
+        self.unavailable = 0        # answer this many requests with ``unavailable_status``
+        self.unavailable_status = 500   # or 429: PagerDuty's "too many requests, try later"
 
     async def respond(self, path: str, body: Any) -> tuple[int, Any]:
         if path != "/v2/enqueue":
             return 404, {"status": "not found"}
         if self.unavailable > 0:
             self.unavailable -= 1
-            return 500, {"status": "error"}
+            return self.unavailable_status, {"status": "error"}
         errors = pagerduty_errors(body)
         if errors:
             return 400, {"status": "invalid event", "message": "Event object is invalid", "errors": errors}

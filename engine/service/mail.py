@@ -12,6 +12,7 @@ Neither the password nor the server's whole reply to AUTH is put in a message.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from email.message import EmailMessage
 
@@ -24,6 +25,16 @@ from steps.mail import MailRejected
 
 class SmtpMailer:
     async def send(self, message: EmailMessage, server: EmailSettings) -> list[str]:
+        try:
+            return await self._send(message, server)
+        except BaseException:
+            # A connection that failed (a TLS handshake refused, say) is closed by a callback the
+            # loop runs next: let it run, or a loop that ends now (``aetherius run``) leaks the socket.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            raise
+
+    async def _send(self, message: EmailMessage, server: EmailSettings) -> list[str]:
         if not server.host:
             raise TransportError("notifications.email.host is not configured")
         context = ssl.create_default_context(cafile=server.ca_file) if server.security != "none" else None

@@ -241,7 +241,7 @@ def test_email_over_tls_to_the_steps_recipients_says_who_was_refused(flow, smtp)
     assert recipients == ["lead@shop.example"] and server.logins == ["aetherius"]
 
 
-def test_email_with_a_wrong_password_or_an_untrusted_certificate_fails(flow, smtp):
+def test_email_with_a_wrong_password_fails_and_is_not_retried(flow, smtp):
     server = smtp(security="starttls")
     execution, seen = flow({"channel": "email", "message": "m"},
                            email=email_settings(server, password="wrong-pw-9"))
@@ -250,9 +250,14 @@ def test_email_with_a_wrong_password_or_an_untrusted_certificate_fails(flow, smt
     assert "authentication failed" in (run.error or "") and "wrong-pw-9" not in seen
     assert server.mails == []
 
-    # Without the CA file the self-signed certificate is not trusted: nothing is sent.
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_email_to_a_server_whose_certificate_is_not_trusted_is_not_sent(flow, smtp, security):
+    server = smtp(security=security)
     execution, _ = flow({"channel": "email", "message": "m"}, email=email_settings(server, ca_file=None))
-    assert tell(execution).status == "failed" and server.mails == []
+    run = tell(execution)
+    assert run.status == "failed" and "CERTIFICATE_VERIFY_FAILED" in (run.error or "")
+    assert server.mails == [] and server.logins == []
 
 
 # ----------------------------------------------------------------------------- routes
@@ -348,8 +353,9 @@ def test_the_service_triggers_when_an_incident_opens_and_resolves_when_it_closes
         background = Background()
         async with make_client() as http:
             notifier = IncidentNotifier(notifier_for(pagerduty), http, background, first_wait=0.05)
-            # PagerDuty is briefly down: the trigger is retried, and the resolve still comes after it.
-            pagerduty.unavailable = 2
+            # PagerDuty throttles (429) for a moment: the trigger is retried, and the resolve
+            # still comes after it.
+            pagerduty.unavailable, pagerduty.unavailable_status = 2, 429
             notifier.opened(INCIDENT, EXECUTION, "diagnose_pod_crashloop")
             notifier.closed(INCIDENT, finished("succeeded", "remediated"))
             await background.wait(10)
