@@ -150,8 +150,8 @@ def test_approved_through_slack_after_every_bad_attempt_is_refused(make, stand, 
     assert approval["plan"]["request"]["dry_run"] is False
     assert "server dry run" in approval["plan"]["dry_run_result"]["stdout"]
     # The approvers were told, with the buttons; nothing live has left.
-    message = service.wait_for(lambda: next((r["body"] for r in slack.requests
-                                             if "Approval needed" in r["body"].get("text", "")), None))
+    message = service.wait_for(lambda: next((r["body"] for r in slack.requests if isinstance(r["body"], dict)
+                                             and "Approval needed" in r["body"].get("text", "")), None))
     buttons = next(b for b in message["blocks"] if b["type"] == "actions")["elements"]
     assert [b["action_id"] for b in buttons] == ["approve", "deny"]
     assert buttons[0]["value"] == f"{approval['id']}:{approval['plan_hash']}"
