@@ -48,6 +48,7 @@ def flow(load_workflow, agent, reasoning, caplog):
     """Run the analyse -> fix -> tell workflow live with these settings; return the execution
     and everything that could leak a secret (outputs, errors, log lines)."""
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="engine")   # whatever an earlier test left it at
 
     def go(notify: dict[str, Any], incident: dict[str, Any] = INCIDENT, **settings: Any):
         workflow = load_workflow(workflow_yaml(notify))
@@ -371,7 +372,7 @@ def test_the_service_triggers_when_an_incident_opens_and_resolves_when_it_closes
 
 
 def test_an_alert_stays_open_when_the_workflow_did_not_fix_it(pagerduty, caplog):
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="engine")
 
     async def go() -> None:
         background = Background()
