@@ -331,4 +331,5 @@ class Smtp:
 
     def stop(self) -> None:
         if self._controller is not None:
+            time.sleep(0.2)      # connections the clients dropped finish closing on the server's loop
             self._controller.stop()
