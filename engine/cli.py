@@ -111,10 +111,11 @@ async def _runner(settings):
     if not settings.live:
         yield WorkflowRunner(settings=settings)
         return
+    from engine.service.mail import SmtpMailer
     from engine.service.transport import make_client
 
     async with make_client() as http:
-        yield WorkflowRunner(settings=settings, http=http)
+        yield WorkflowRunner(settings=settings, http=http, mailer=SmtpMailer())
 
 
 async def _run_incidents(incidents: list[Incident], workflows: dict, settings, as_json: bool) -> None:

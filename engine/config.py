@@ -12,7 +12,8 @@ where the operator should look: ``config.yaml:12: service.leese: unknown key (di
 'lease'?)``, or the environment variable that set it. Durations are written as today
 (``30s``, ``5m``, ``30d`` or seconds) and held as float seconds.
 
-Secrets (webhook URLs, the database password and DSN) belong in the environment. They are
+Secrets (webhook URLs, the PagerDuty routing key, the SMTP password, the database password
+and DSN) belong in the environment. They are
 held as :class:`~pydantic.SecretStr`, so neither a repr, a log line nor an error message
 shows them (errors never repeat the offending value); :meth:`Config.step_settings` and
 :func:`engine.devservers.database_dsn_from_config` hand the plain values to what uses them.
@@ -42,9 +43,17 @@ from engine.approvals import ApprovalDefaults, ApprovalRule
 from engine.auth import Role
 from engine.durations import Duration
 from engine.exceptions import ConfigError, ConfigProblem
+from engine.outcomes import Outcome
 from engine.policy import ACTIONS, PROTECTED_NAMESPACES, Policy, is_label
 from engine.rules.yamlsource import LineMap, load_documents, yaml_error_line
 from steps.base import Settings
+from steps.channels import (
+    DEFAULT_PAGERDUTY_SEVERITIES,
+    EmailSettings,
+    PagerDutySeverity,
+    Route,
+    channel_problem,
+)
 
 ENV_PREFIX = "AETHERIUS_"
 DEFAULT_PATHS = (Path("config/config.yaml"),)
@@ -266,9 +275,111 @@ class SlackConfig(Section):
     webhook_url: SecretStr | None = None
 
 
+class TeamsConfig(Section):
+    webhook_url: SecretStr | None = None     # a Teams Workflows incoming webhook (a secret)
+
+
+class PagerDutyConfig(Section):
+    """PagerDuty Events API v2: ``POST {url}/v2/enqueue``, one alert per incident (``dedup_key``)."""
+
+    routing_key: SecretStr | None = None     # the integration's routing key (a secret)
+    url: str = "https://events.pagerduty.com"
+    # Our severities -> PagerDuty's; a severity not listed here is sent as "warning".
+    severities: dict[str, PagerDutySeverity] = Field(
+        default_factory=lambda: dict(DEFAULT_PAGERDUTY_SEVERITIES))  # type: ignore[arg-type]
+    # The outcomes of the incident's execution on which closing it resolves its alert; any
+    # other (failed, needs_human, dry_run, ...) leaves the alert open for a human.
+    resolve_on: tuple[Outcome, ...] = (Outcome.REMEDIATED,)
+
+    @field_validator("severities")
+    @classmethod
+    def _lower(cls, value: dict[str, str]) -> dict[str, str]:
+        return {k.lower(): v for k, v in value.items()}
+
+
+class EmailConfig(Section):
+    """SMTP (aiosmtplib). The password belongs in AETHERIUS_NOTIFICATIONS__EMAIL__PASSWORD."""
+
+    host: str | None = None
+    port: Port = 587
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    sender: str | None = None
+    to: tuple[str, ...] = ()
+    timeout: Duration = 30.0
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _usable(self) -> EmailConfig:
+        if self.host and not self.sender:
+            raise ValueError("sender: needed when host is set (the From address)")
+        if self.security == "none" and (self.username or plain(self.password)):
+            raise ValueError("security none would send the credentials in clear text: use starttls or tls")
+        for address in (self.sender, *self.to):
+            if address is not None and ("@" not in address or any(c in address for c in "\r\n,;")):
+                raise ValueError("sender/to: expected email addresses")
+        return self
+
+
+class RouteMatchConfig(Section):
+    severity: tuple[str, ...] = ()       # empty: any
+    namespace: tuple[str, ...] = ()      # globs: prod, prod-*
+    strategy: tuple[str, ...] = ()       # globs
+
+
+class RouteConfig(Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    match: RouteMatchConfig = RouteMatchConfig()
+    channels: tuple[str, ...] = Field(min_length=1)
+    continue_: bool = Field(False, alias="continue")
+
+    @field_validator("channels")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        problems = [p for p in map(channel_problem, value) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+
 class NotificationsConfig(Section):
     slack: SlackConfig = SlackConfig()
     webhooks: dict[str, SecretStr | None] = Field(default_factory=dict)   # name: url
+    teams: TeamsConfig = TeamsConfig()
+    pagerduty: PagerDutyConfig = PagerDutyConfig()
+    email: EmailConfig = EmailConfig()
+    # Where ``channel: route`` steps (and the service's PagerDuty pages) send an incident.
+    routes: tuple[RouteConfig, ...] = ()
+    default_channels: tuple[str, ...] = ("slack",)
+
+    @field_validator("default_channels")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        problems = [p for p in map(channel_problem, value) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @model_validator(mode="after")
+    def _webhooks_named(self) -> NotificationsConfig:
+        named = {c for r in self.routes for c in r.channels} | set(self.default_channels)
+        unknown = sorted(c for c in named if c.startswith("webhook:") and c[8:] not in self.webhooks)
+        if unknown:
+            raise ValueError(f"routes name webhook(s) that notifications.webhooks does not have: "
+                             f"{', '.join(unknown)}")
+        return self
+
+    def routing(self) -> tuple[Route, ...]:
+        return tuple(Route(channels=r.channels, severity=r.match.severity, namespace=r.match.namespace,
+                           strategy=r.match.strategy, cont=r.continue_) for r in self.routes)
+
+    def email_settings(self) -> EmailSettings:
+        e = self.email
+        return EmailSettings(host=e.host, port=e.port, security=e.security, username=e.username,
+                             password=plain(e.password), sender=e.sender, to=e.to, timeout=e.timeout,
+                             ca_file=str(e.ca_file) if e.ca_file else None)
 
 
 class LoggingConfig(Section):
@@ -312,6 +423,14 @@ class Config(Section):
             ai_max_retries=self.ai.max_retries,
             slack_webhook_url=plain(notes.slack.webhook_url),
             webhooks={name: url for name, secret in notes.webhooks.items() if (url := plain(secret))},
+            teams_webhook_url=plain(notes.teams.webhook_url),
+            pagerduty_routing_key=plain(notes.pagerduty.routing_key),
+            pagerduty_url=notes.pagerduty.url,
+            pagerduty_severities=dict(notes.pagerduty.severities),
+            pagerduty_resolve_on=frozenset(str(o) for o in notes.pagerduty.resolve_on),
+            email=notes.email_settings(),
+            routes=notes.routing(),
+            default_channels=notes.default_channels,
             command_timeout=self.agent_manager.timeout,
             cluster=self.agent_manager.cluster,
             dry_run=self.remediation.dry_run,

@@ -42,6 +42,7 @@ from engine.store import Execution, MemoryStore, StepRun, Store
 from steps import REGISTRY
 from steps.base import Settings, Step, StepAudit, StepContext, StepResult
 from steps.http import HttpClient
+from steps.mail import Mailer
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,14 @@ class WorkflowRunner:
                  http: HttpClient | None = None, registry: dict[str, type[Step]] | None = None,
                  rng: random.Random | None = None, measure_overhead: bool = False,
                  limiter: Any = None, lock: Any = None, audit: Audit | None = None,
-                 outage_retry: RetryPolicy | None = None, approvals: Gate | None = None) -> None:
+                 outage_retry: RetryPolicy | None = None, approvals: Gate | None = None,
+                 mailer: Mailer | None = None) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.settings = settings or Settings(live=False)
         # Whoever makes the HTTP client closes it; None is enough when nothing calls out.
         self.http = http
+        # Sends email notifications (steps.mail); whoever makes it closes it, like the client.
+        self.mailer = mailer
         self.steps: dict[str, Step] = {name: cls() for name, cls in (registry or REGISTRY).items()}
         self.rng = rng or random.Random()
         self._running: dict[str, asyncio.Task] = {}
@@ -385,7 +389,7 @@ class WorkflowRunner:
                           lock=self.lock, audit=self._audit_for(execution, spec.id), paused=paused,
                           approvals=self.approvals, waiting=waiting,
                           deadline=execution.started_at + workflow.timeout,
-                          triggered_by=execution.context.get("triggered_by"))
+                          triggered_by=execution.context.get("triggered_by"), mailer=self.mailer)
         step_time = 0.0
         while True:
             run.attempts += 1

@@ -22,7 +22,9 @@ from engine.exceptions import ExpressionError, StepError
 from engine.policy import ACTIONS, PROTECTED_NAMESPACES, Policy, Refusal
 from engine.statuses import StepStatus
 from engine.templates import render
+from steps.channels import DEFAULT_PAGERDUTY_SEVERITIES, EmailSettings, Route
 from steps.http import HttpClient, Pause
+from steps.mail import Mailer
 
 if TYPE_CHECKING:
     from engine.rules.model import StepSpec, Workflow
@@ -49,6 +51,17 @@ class Settings:
     ai_max_retries: int = 3
     slack_webhook_url: str | None = field(default=None, repr=False)
     webhooks: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # The other channels (steps.channels). Secrets are kept out of the repr.
+    teams_webhook_url: str | None = field(default=None, repr=False)
+    pagerduty_routing_key: str | None = field(default=None, repr=False)
+    pagerduty_url: str = "https://events.pagerduty.com"
+    pagerduty_severities: Mapping[str, str] = field(
+        default_factory=lambda: dict(DEFAULT_PAGERDUTY_SEVERITIES))
+    pagerduty_resolve_on: frozenset[str] = frozenset({"remediated"})
+    email: EmailSettings = field(default_factory=EmailSettings)
+    # ``channel: route``: the routes (by severity, namespace, strategy) and where the rest go.
+    routes: tuple[Route, ...] = ()
+    default_channels: tuple[str, ...] = ("slack",)
     command_timeout: float = 30.0
     cluster: str | None = None
     # Remediation safety: dry-run unless this is False AND the workflow does not ask for it.
@@ -122,6 +135,8 @@ class StepContext:
     # When the workflow times out (epoch seconds), and who started the execution by hand.
     deadline: float | None = None
     triggered_by: str | None = None
+    # Sends email notifications (steps.mail); None where no mail is sent (dry-run, replay).
+    mailer: Mailer | None = None
 
     @property
     def idempotency_key(self) -> str:

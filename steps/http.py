@@ -48,8 +48,8 @@ async def post_json(client: HttpClient | None, url: str, payload: Any, *, timeou
                     service: str, wait: Pause | None = None) -> Any:
     """POST ``payload``; return the decoded JSON answer (None for an empty body).
 
-    Connection problems, timeouts and 5xx are :class:`ServiceUnavailable` (retryable);
-    4xx is :class:`ServiceRejected` (not retryable). The URL is never put in messages:
+    Connection problems, timeouts, 5xx and 429 are :class:`ServiceUnavailable` (retryable);
+    another 4xx is :class:`ServiceRejected` (not retryable). The URL is never put in messages:
     webhook URLs are secrets.
     """
     if client is None:
@@ -60,7 +60,8 @@ async def post_json(client: HttpClient | None, url: str, payload: Any, *, timeou
         raise ServiceUnavailable(f"{service} did not answer within {timeout:g}s") from None
     except TransportError as exc:
         raise ServiceUnavailable(f"{service} is unreachable: {exc}") from None
-    if response.status_code >= 500:
+    if response.status_code >= 500 or response.status_code == 429:
+        # 429: too many requests (PagerDuty, Slack and Teams throttle so): try again later.
         raise ServiceUnavailable(f"{service} answered HTTP {response.status_code}")
     if response.status_code >= 400:
         raise ServiceRejected(f"{service} rejected the request: HTTP {response.status_code} "
@@ -70,6 +71,6 @@ async def post_json(client: HttpClient | None, url: str, payload: Any, *, timeou
     try:
         return response.json()
     except ValueError:
-        if service in ("Slack", "webhook"):
+        if service in ("Slack", "webhook", "Teams", "PagerDuty"):
             return {"body": response.text[:200]}
         raise StepError(f"{service} answered with invalid JSON", retryable=False) from None

@@ -170,6 +170,10 @@ async def slack_action(request: Request, deps: Deps, approvals: ApprovalsDep, au
         payload = loads(form["payload"][0].encode())
     except (UnicodeDecodeError, ValueError, KeyError, IndexError, BadPayload):
         raise HTTPException(400, "the body must be a form with a JSON payload field") from None
+    if _link_button(payload):
+        # The notifications' "Open the execution" button is a link: Slack still tells the app
+        # it was pressed, and wants a 200. There is nothing to decide.
+        return {"text": "", "response_type": "ephemeral", "replace_original": False}
     action = core.slack_action(payload)
     if isinstance(action, str):
         raise HTTPException(400, action)
@@ -190,3 +194,11 @@ async def slack_action(request: Request, deps: Deps, approvals: ApprovalsDep, au
                     f"{decided.target.get('namespace') or '-'}/{decided.target.get('name')} "
                     f"(execution {decided.execution_id})", "response_type": "in_channel",
             "replace_original": False}
+
+
+def _link_button(payload: Any) -> bool:
+    """A press of a notification's link button (steps.channels.slack_payload), not a decision."""
+    actions = payload.get("actions") if isinstance(payload, dict) else None
+    return (isinstance(payload, dict) and payload.get("type") == "block_actions" and isinstance(actions, list)
+            and len(actions) == 1 and isinstance(actions[0], dict)
+            and actions[0].get("action_id") == "open_execution")

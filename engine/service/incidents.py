@@ -5,6 +5,8 @@ One open incident per (strategy, key) across replicas: Redis answers the common 
 (:meth:`Records.open_incident`). A burst whose key is open on another replica, or cooling
 down, attaches its events to that incident instead of starting a second workflow. When
 the execution ends, its incident closes and its cooldown starts, here and in Redis.
+The notifier (:mod:`engine.service.notifier`) hears of both: it pages PagerDuty when an
+incident the routes send there opens, and resolves the page when it closes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from engine.metrics import Metrics
 from engine.service.background import Background
 from engine.service.contracts import Cooldowns, Records, Stats, Workflows
 from engine.service.executions import Executions
+from engine.service.notifier import IncidentNotifier
 from engine.storage.outage import Availability, retrying
 from engine.store import Execution
 
@@ -36,7 +39,7 @@ class Incidents:
     def __init__(self, *, records: Records, cooldowns: Cooldowns, workflows: Workflows,
                  correlator: Correlator, executions: Executions, metrics: Metrics, stats: Stats,
                  background: Background, record_lock: asyncio.Lock,
-                 postgres: Availability | None = None) -> None:
+                 postgres: Availability | None = None, notifier: IncidentNotifier | None = None) -> None:
         self.records = records
         self.cooldowns = cooldowns
         self.workflows = workflows
@@ -49,6 +52,7 @@ class Incidents:
         # A write that meets a PostgreSQL outage waits it out: an incident is never left
         # half-opened or never closed because the database blinked.
         self.postgres = postgres or Availability("PostgreSQL")
+        self.notifier = notifier
         # Incidents this replica opened whose execution runs here, by execution id.
         self._by_execution: dict[str, Incident] = {}
         correlator.formed.subscribe(on_next=self.formed)
@@ -100,6 +104,8 @@ class Incidents:
             return
         self.metrics.publish_to_start.observe(max(0.0, time.time() - incident.first_seen))
         self._by_execution[execution_id] = incident
+        if self.notifier is not None:
+            self.notifier.opened(incident.context(), execution_id, workflow.id)
         try:
             await self.executions.start(workflow, incident=incident.context(),
                                         events=incident.events_context(), execution_id=execution_id,
@@ -116,6 +122,8 @@ class Incidents:
                 self._arm_ended(incident.strategy.id, incident.arm, execution,
                                 time.time() - (incident.formed_at or incident.first_seen))
             await self.close(incident)
+            if self.notifier is not None:
+                self.notifier.closed(incident.context(), execution)
             return
         # Resumed after a restart or taken over: the incident is known only by its row.
         row = await self._db(partial(self.records.open_incident_of, execution.id))
@@ -131,6 +139,9 @@ class Incidents:
         closed = await self._db(partial(self.records.close_incident_by_id, row["id"], cooldown))
         if closed is not None:
             await self.cooldowns.set_cooldown(closed["strategy_id"], closed["key"], cooldown, row["id"])
+            if self.notifier is not None:
+                known = execution.context.get("incident") or {}
+                self.notifier.closed({**known, "id": row["id"]}, execution)
 
     def _arm_ended(self, strategy_id: str, arm: str, execution: Execution,
                    open_seconds: float | None) -> None:

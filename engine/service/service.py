@@ -58,6 +58,8 @@ from engine.service.health import Health
 from engine.service.incidents import Incidents
 from engine.service.intake import Intake
 from engine.service.locks import Locks
+from engine.service.mail import SmtpMailer
+from engine.service.notifier import IncidentNotifier
 from engine.service.recovery import Recovery
 from engine.service.reloads import Reloads
 from engine.service.retention import Retention
@@ -178,7 +180,8 @@ class Service:
                               waiting=approval_waits)
         runner = WorkflowRunner(store, settings, http=http, limiter=allow,
                                 lock=lambda name: locks.hold(name, ttl=60.0, wait=30.0), audit=audit_step,
-                                outage_retry=RetryPolicy(**config.retries.model_dump()), approvals=approvals)
+                                outage_retry=RetryPolicy(**config.retries.model_dump()), approvals=approvals,
+                                mailer=SmtpMailer())
         runner.listeners.append(self._step_finished)
         background = Background()
         stack.push_async_callback(background.wait, 5.0)
@@ -201,7 +204,8 @@ class Service:
         record_lock = asyncio.Lock()
         incidents = Incidents(records=records, cooldowns=cache, workflows=rules, correlator=correlator,
                               executions=executions, metrics=self.metrics, stats=stats,
-                              background=background, record_lock=record_lock, postgres=postgres)
+                              background=background, record_lock=record_lock, postgres=postgres,
+                              notifier=IncidentNotifier(settings, http, background))
         intake = Intake(records=records, rulebase=rulebase, correlator=correlator, metrics=self.metrics,
                         stats=stats, background=background, record_lock=record_lock,
                         max_event_bytes=self.max_event_bytes, postgres=postgres,
@@ -307,6 +311,12 @@ def _announce(settings: Settings) -> None:
     if not settings.agent_manager_url:
         log.warning("agent_manager.url is not configured: command and remediation steps answer "
                     "dry-run (set AETHERIUS_AGENT_MANAGER__URL)")
+    channels = [name for name, on in (
+        ("slack", settings.slack_webhook_url), ("teams", settings.teams_webhook_url),
+        ("pagerduty", settings.pagerduty_routing_key), ("email", settings.email.host)) if on]
+    channels += [f"webhook:{name}" for name in settings.webhooks]
+    log.info("Notification channels configured: %s; %d route(s), otherwise %s", ", ".join(channels) or "none",
+             len(settings.routes), ", ".join(settings.default_channels) or "nothing")
     if settings.dry_run:
         log.info("Remediation is in dry-run mode (remediation.dry_run: true): no change reaches the cluster")
 

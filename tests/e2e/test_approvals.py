@@ -150,8 +150,8 @@ def test_approved_through_slack_after_every_bad_attempt_is_refused(make, stand, 
     assert approval["plan"]["request"]["dry_run"] is False
     assert "server dry run" in approval["plan"]["dry_run_result"]["stdout"]
     # The approvers were told, with the buttons; nothing live has left.
-    message = service.wait_for(lambda: next((r["body"] for r in slack.requests
-                                             if "Approval needed" in r["body"].get("text", "")), None))
+    message = service.wait_for(lambda: next((r["body"] for r in slack.requests if isinstance(r["body"], dict)
+                                             and "Approval needed" in r["body"].get("text", "")), None))
     buttons = next(b for b in message["blocks"] if b["type"] == "actions")["elements"]
     assert [b["action_id"] for b in buttons] == ["approve", "deny"]
     assert buttons[0]["value"] == f"{approval['id']}:{approval['plan_hash']}"
@@ -176,6 +176,10 @@ def test_approved_through_slack_after_every_bad_attempt_is_refused(make, stand, 
     assert slack_post(service, button(approval, "U0OPS2"), timestamp=old).status_code == 401
     assert slack_post(service, button(approval, "U0OPS2"), headers={}).status_code == 401
     assert slack_post(service, button(approval, "U0STRANGER")).status_code == 403
+    # A press of a notification's "Open the execution" link button is acknowledged, and decides nothing.
+    link = {"type": "block_actions", "user": {"id": "U0STRANGER"},
+            "actions": [{"action_id": "open_execution", "type": "button"}]}
+    assert slack_post(service, link).status_code == 200
     tampered = urllib.parse.urlencode({"payload": json.dumps(button(approval, "U0OPS2"))}).encode()
     stamp = str(int(time.time()))
     forged = slack_post(service, {}, body=tampered.replace(b"approve", b"deny"),
