@@ -99,7 +99,9 @@ async def read_form(request: Request) -> dict[str, str]:
     if cached is not None:
         return cached
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != FORM_TYPE:
+    length = request.headers.get("content-length")
+    empty = not request.headers.get("transfer-encoding") and length in (None, "0")
+    if media != FORM_TYPE and not empty:
         raise ConsoleError(415, f"a console form is {FORM_TYPE}")
     try:
         body = await read_limited(request, MAX_FORM)

@@ -24,6 +24,7 @@ GAP_X, GAP_Y = 28, 46
 MARGIN = 16
 COLOURS = {"success": "#2e7d32", "failure": "#c62828", "decision": "#1565c0", "branch": "#6a1b9a"}
 DASH = {"success": "", "failure": "6 4", "decision": "", "branch": "2 3"}
+EXIT = {"success": -14.0, "failure": 14.0, "decision": 0.0, "branch": 0.0}
 
 
 @dataclass(frozen=True)
@@ -159,14 +160,16 @@ def svg(workflow: Workflow, runs: Mapping[str, Mapping[str, Any]] | None = None,
             bend = max(x1, x2) + 30
             route = f"M{x1:.0f},{y1:.0f} C{bend:.0f},{y1:.0f} {bend:.0f},{y2:.0f} {x2 + 2:.0f},{y2:.0f}"
         else:
-            x1, y1, x2, y2 = sx + NODE_W / 2, sy + NODE_H, tx + NODE_W / 2, ty - 2
-            mid = (y1 + y2) / 2
+            # Success leaves left of centre, failure right of it, so the two never share a line.
+            x1 = sx + NODE_W / 2 + EXIT[edge.kind]
+            y1, x2, y2 = sy + NODE_H, tx + NODE_W / 2 + EXIT[edge.kind] / 2, ty - 2
+            mid = y1 + min(GAP_Y, (y2 - y1) / 2)
             route = f"M{x1:.0f},{y1:.0f} C{x1:.0f},{mid:.0f} {x2:.0f},{mid:.0f} {x2:.0f},{y2:.0f}"
         title = f"{edge.source} → {edge.target}: {edge.kind}" + (f" ({edge.label})" if edge.label else "")
         parts.append(f'<path class="edge edge-{edge.kind}" d="{route}" {attrs}>'
                      f'<title>{escape(title)}</title></path>')
         if edge.label:
-            lx, ly = (x1 + x2) / 2, (y1 + y2) / 2
+            lx, ly = x1 + (x2 - x1) * 0.75, y1 + (y2 - y1) * 0.75    # near its target: labels stay apart
             text = edge.label if len(edge.label) <= 28 else edge.label[:27] + "…"
             parts.append(f'<text class="edge-label" x="{lx + 4:.0f}" y="{ly:.0f}" fill="{colour}">'
                          f'{escape(text)}</text>')

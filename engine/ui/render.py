@@ -21,7 +21,7 @@ HEADERS = {
                                "base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",     # no-referrer would make Chromium send Origin: null
     "Cache-Control": "no-store",
 }
 
@@ -51,9 +51,18 @@ def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str, sort_keys=True)
 
 
+def _brief(value: Any) -> str:
+    """A small mapping on one line (``channel=console comment=...``); '' if it is not small."""
+    if not isinstance(value, dict):
+        return ""
+    parts = [f"{k}={v}" for k, v in value.items() if isinstance(v, str | int | float | bool) and v != ""]
+    text = " ".join(parts)
+    return text if len(text) <= 240 else text[:239] + "…"
+
+
 ENV = Environment(loader=PackageLoader("engine.ui", "templates"), autoescape=True, undefined=StrictUndefined,
                   trim_blocks=True, lstrip_blocks=True)
-ENV.filters.update(when=_when, ms=_ms, pretty=_pretty)
+ENV.filters.update(when=_when, ms=_ms, pretty=_pretty, brief=_brief)
 
 
 def csrf_of(request: Request) -> str:

@@ -84,7 +84,7 @@ async def rule_page(request: Request, kind: str, rule_id: str, deps: Deps, who: 
         diffs.append({"version": newer["version"], "at": newer["created_at"], "diff": "\n".join(diff)})
     path = (await console.rule_paths(kind)).get(rule_id)
     return page(request, "rule.html", who, kind=kind, row=k.summary(row, rules.generation),
-                text=_yaml(k.definition(row)), diffs=diffs, path=path)
+                text=_yaml(k.definition(row)), diffs=diffs, file_path=path)
 
 
 async def _validate(k: Kind, text: str, q: Any, rules: Any,
