@@ -47,9 +47,11 @@ def edges(workflow: Workflow) -> list[Edge]:
         if kind is None or parsed is None:
             continue
         labels = _branch_labels(step)
+        branches = list(dict.fromkeys(kind.branch_steps(parsed)))
+        # A parallel step names its branches as targets too: they are drawn once, as branches.
         out += [Edge(step.id, t, "decision", labels.get(t, "")) for t in dict.fromkeys(kind.targets(parsed))
-                if t in ids]
-        out += [Edge(step.id, t, "branch") for t in dict.fromkeys(kind.branch_steps(parsed)) if t in ids]
+                if t in ids and t not in branches]
+        out += [Edge(step.id, t, "branch") for t in branches if t in ids]
     return out
 
 
@@ -169,10 +171,10 @@ def svg(workflow: Workflow, runs: Mapping[str, Mapping[str, Any]] | None = None,
         parts.append(f'<path class="edge edge-{edge.kind}" d="{route}" {attrs}>'
                      f'<title>{escape(title)}</title></path>')
         if edge.label:
-            lx, ly = x1 + (x2 - x1) * 0.75, y1 + (y2 - y1) * 0.75    # near its target: labels stay apart
-            text = edge.label if len(edge.label) <= 28 else edge.label[:27] + "…"
-            parts.append(f'<text class="edge-label" x="{lx + 4:.0f}" y="{ly:.0f}" fill="{colour}">'
-                         f'{escape(text)}</text>')
+            # Just above its target's arrow, centred: labels of edges to different targets stay apart.
+            text = edge.label if len(edge.label) <= 26 else edge.label[:25] + "…"
+            parts.append(f'<text class="edge-label" x="{x2:.0f}" y="{y2 - 9:.0f}" text-anchor="middle" '
+                         f'fill="{colour}">{escape(text)}</text>')
     for step in workflow.steps:
         x, y = box(step.id)
         run = (runs or {}).get(step.id)

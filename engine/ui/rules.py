@@ -62,7 +62,8 @@ async def rules_page(request: Request, deps: Deps, who: User) -> Response:
     console = ConsoleQueries(q.pool)
     workflows = [WORKFLOW.summary(r, gen) for r in await q.list_workflows()]
     strategies = [STRATEGY.summary(r, gen) for r in await q.list_strategies()]
-    return page(request, "rules.html", who, workflows=workflows, strategies=strategies, status=rules.status,
+    return page(request, "rules.html", who, workflows=workflows, strategies=strategies,
+                rules_status=rules.status,
                 paths={"workflow": await console.rule_paths("workflow"),
                        "strategy": await console.rule_paths("strategy")})
 

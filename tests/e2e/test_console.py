@@ -158,6 +158,7 @@ def test_an_incident_from_event_to_approved_fix_in_the_browser(service, browser)
 
         browser.get(f"{proc.url}/ui/incidents")
         assert "1" in text_of(browser, "counts")
+        snapshot(browser, "incidents")
         browser.find_element(By.LINK_TEXT, incident_id).click()
         assert browser.current_url.endswith(f"/ui/incidents/{incident_id}")
         timeline = text_of(browser, "timeline")
@@ -193,6 +194,12 @@ def test_an_incident_from_event_to_approved_fix_in_the_browser(service, browser)
                  for n in browser.find_elements(By.CSS_SELECTOR, "#graph a.node")}
         assert nodes["fix"].endswith("status-succeeded") and nodes["tell_done"].endswith("status-succeeded")
         snapshot(browser, "incident-remediated")
+        browser.get(f"{proc.url}/ui/executions/{approval['execution_id']}")
+        assert "remediated" in text_of(browser, "outcome") and "tell_done" in text_of(browser, "steps")
+        assert browser.find_elements(By.CSS_SELECTOR, "#graph a.node.status-succeeded")
+        browser.get(f"{proc.url}/ui/approvals")
+        assert text_of(browser, "none-waiting")
+        assert "op1" in text_of(browser, "decided-list") and "console" in text_of(browser, "decided-list")
         assert sum(1 for r in agent.requests if r["body"].get("dry_run") is False) == 1   # one live change
 
         # A viewer reads the same page, with no buttons; the audit trail is the admin's.
@@ -220,6 +227,9 @@ def test_an_incident_from_event_to_approved_fix_in_the_browser(service, browser)
         snapshot(browser, "workflow-graph")
         browser.get(f"{proc.url}/ui/rules/workflow/console_fix")
         assert "console.yaml" in text_of(browser, "read-only")
+        browser.get(f"{proc.url}/ui/rules")
+        assert "console_fix" in text_of(browser, "workflows") and "valid" in text_of(browser, "rules-status")
+        snapshot(browser, "rules")
 
 
 def test_the_rule_editor_checks_by_line_and_saves_as_the_editor(service, browser) -> None:
