@@ -111,8 +111,14 @@ async def _validate(k: Kind, text: str, q: Any, rules: Any,
 def _editor(request: Request, who: Any, kind: str, text: str, rule_id: str | None, problems: list[dict],
             checked: bool, status: int = 200) -> Response:
     template = "editor_problems.html" if request.headers.get("hx-request") else "editor.html"
+    at: dict[int, list[str]] = {}
+    for problem in problems:
+        at.setdefault(problem["line"], []).append(problem["msg"])
+    # The draft with each problem under its line (the first 400 lines; the list above has them all).
+    annotated = [(n, line, at.get(n, [])) for n, line in enumerate(text.splitlines()[:400], start=1)] \
+        if problems else []
     return page(request, template, who, status=status, kind=kind, text=text, rule_id=rule_id or "",
-                problems=problems, checked=checked, lines=text.count("\n") + 1)
+                problems=problems, checked=checked, lines=text.count("\n") + 1, annotated=annotated)
 
 
 @router.get("/editor/{kind}")

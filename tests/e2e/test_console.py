@@ -234,6 +234,7 @@ def test_an_incident_from_event_to_approved_fix_in_the_browser(service, browser)
 
 def test_the_rule_editor_checks_by_line_and_saves_as_the_editor(service, browser) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
     proc, _ = service
     editor = token(proc, "ed1", "editor")
     with screenshot_on_failure(browser, "console-editor"):
@@ -242,6 +243,8 @@ def test_the_rule_editor_checks_by_line_and_saves_as_the_editor(service, browser
         area.clear()
         area.send_keys("id: from_console\ntrigger_type: manual\nsteps:\n  - id: a\n    type: notification\n"
                        "    config: {channel: log, message: hi}\n    on_success: [nowhere]\n")
+        # Checked as it is typed (htmx, under the page's CSP), then by the button (no script needed).
+        WebDriverWait(browser, 10).until(lambda d: "line 7" in d.find_element(By.ID, "problems").text)
         browser.find_element(By.ID, "check").click()
         problems = text_of(browser, "problems")
         assert "line 7" in problems and "nowhere" in problems, problems

@@ -157,3 +157,4 @@ def test_login_needs_the_form_nonce_and_never_sends_anyone_elsewhere() -> None:
 def test_the_experiments_page_says_it_is_not_built() -> None:
     answer = call(APP, "GET", "/ui/experiments", token=None, headers=session("viewer"))
     assert answer.status_code == 200 and "Not built yet" in answer.text
+
