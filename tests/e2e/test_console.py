@@ -292,3 +292,13 @@ def test_no_cross_site_form_and_no_write_without_the_csrf_token(service) -> None
         client.post("/ui/logout", data={"csrf": csrf})
         assert client.get("/ui/approvals").status_code == 303
         assert client.get("/api/v1/incidents").status_code == 401
+        # A session ends with its token: revoked, it is gone on every replica within auth.token_cache.
+        form = client.get("/ui/login")
+        nonce = form.text.split('name="csrf" value="')[1].split('"')[0]
+        assert client.post("/ui/login", data={"csrf": nonce, "token": operator}).status_code == 303
+        assert client.get("/ui/approvals").status_code == 200
+        assert httpx.delete(f"{proc.url}/api/v1/tokens/op2", headers=proc.headers).status_code == 204
+        proc.wait_for(lambda: client.get("/ui/approvals").status_code == 303, 10)
+    logins = proc.get("/api/v1/audit", action="console.")["items"]
+    assert [r["action"] for r in logins] == ["console.login", "console.logout", "console.login"]
+    assert {r["actor"] for r in logins} == {"op2"}

@@ -10,4 +10,4 @@ def test_migration_versions_are_unique_and_the_console_sessions_are_one() -> Non
     found = migrations()
     versions = [version for version, _, _ in found]
     assert len(versions) == len(set(versions)), versions
-    assert (8, "console_sessions") in {(version, name) for version, name, _ in found}
+    assert (10, "console_sessions") in {(version, name) for version, name, _ in found}
