@@ -1,4 +1,4 @@
-"""The web console's sessions (``console_sessions``, migration 008).
+"""The web console's sessions (``console_sessions``, migration 010).
 
 Logging in at ``/ui/login`` with an API token opens a session: a random 256-bit id, sent to
 the browser once in an HttpOnly, SameSite=Strict cookie and stored here only as its SHA-256,
