@@ -5,7 +5,7 @@ queries (:mod:`engine.storage.queries`) do not give in one go.
   counts of every incident the filters match (by status, strategy and outcome);
 - an incident's events grouped as a person reads them (per object, reason and state: how
   many records, how many occurrences, first and last);
-- the stored versions of a workflow or strategy, for the rule pages.
+- where each rule-file rule was last written from (its path), for the rule pages.
 
 Every list is bounded; every filter is a bound parameter.
 """
@@ -28,7 +28,6 @@ LIST_COLUMNS = f"""
     i.workload, i.node, i.reason, i.events, i.late, i.suppressed, i.inhibited, i.first_seen, i.last_seen,
     i.opened_at, i.closed_at, e.status AS execution_status, {OUTCOME} AS outcome"""
 MAX_EVENT_GROUPS = 200
-MAX_VERSIONS = 20
 
 
 @dataclass(frozen=True)
@@ -110,15 +109,6 @@ class ConsoleQueries:
             FROM events WHERE incident_id = $1
             GROUP BY kind, namespace, name, reason, state ORDER BY first LIMIT {MAX_EVENT_GROUPS}""",
             incident_id)
-        return [dict(r) for r in rows]
-
-    async def versions(self, kind: str, rule_id: str) -> list[dict[str, Any]]:
-        """A workflow's stored versions, newest first (strategies keep only their current one)."""
-        if kind != "workflow":
-            return []
-        rows = await self.pool.fetch(
-            f"SELECT version, definition, created_at FROM workflow_versions WHERE workflow_id = $1 "
-            f"ORDER BY version DESC LIMIT {MAX_VERSIONS}", rule_id)
         return [dict(r) for r in rows]
 
     async def rule_paths(self, kind: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ a rule draft as it is typed. Nothing is loaded from another origin (the pages' C
     access.py    who may see and do what: the console's route table, read against the API's
     login.py     /ui/login, /ui/logout: an API token in, a session cookie out
     pages.py     /ui/incidents, /ui/incidents/{id}, /ui/executions/{id}, /ui/workflows/{id},
-                 /ui/approvals (+ approve, deny), /ui/audit, /ui/experiments (not built yet)
+                 /ui/approvals (+ approve, deny), /ui/audit, /ui/experiments (per-arm outcomes)
     rules.py     /ui/rules, /ui/rules/{kind}/{id}, /ui/editor/{kind} (+ check, save)
     graph.py     a workflow as SVG, laid out here
     timeline.py  one incident's story in time order

@@ -1,5 +1,5 @@
 """The console's pages: incidents, one incident's timeline, executions, workflow graphs,
-approvals (and deciding them), the audit trail, and the experiments placeholder.
+approvals (and deciding them), the audit trail, and the experiments' per-arm outcomes.
 
 They read through the same parts as the API (``ApiDeps``: its queries, rules, approvals
 and audit trail) plus :class:`engine.storage.console.ConsoleQueries`; a decision goes through
@@ -18,11 +18,14 @@ from fastapi.responses import RedirectResponse, Response
 from engine import approvals as core
 from engine.api.approvals import decide
 from engine.api.deps import Deps
+from engine.api.versions import get_experiment
 from engine.auth import Permission
+from engine.outcomes import Outcome
 from engine.rules.model import Workflow
 from engine.storage.approvals import shown as approval_view
 from engine.storage.console import ConsoleQueries, IncidentFilter
 from engine.storage.queries import BadCursor
+from engine.storage.versions import RuleVersions
 from engine.ui import graph, timeline
 from engine.ui.access import UI, ConsoleError, User, read_form
 from engine.ui.render import HEADERS, page
@@ -205,5 +208,12 @@ async def audit_page(request: Request, deps: Deps, who: User, actor: str | None 
 
 
 @router.get("/experiments")
-async def experiments(request: Request, who: User) -> Response:
-    return page(request, "experiments.html", who)
+async def experiments(request: Request, deps: Deps, who: User) -> Response:
+    """Every experiment of the active rules, per arm: the API's own report (``GET /experiments/{id}``)."""
+    queries, rules = _part(deps, "queries"), _part(deps, "rules")
+    gen = rules.generation
+    running = sorted(s.id for s in (gen.strategies.values() if gen is not None else ())
+                     if s.experiment is not None)
+    store = RuleVersions(queries.pool)
+    reports = [await get_experiment(strategy_id, rules, store, None) for strategy_id in running]
+    return page(request, "experiments.html", who, reports=reports, outcomes=[o.value for o in Outcome])

@@ -11,24 +11,26 @@ records the editor's token as the author, then reloads the rules as an API write
 
 from __future__ import annotations
 
-import difflib
-import itertools
 from typing import Any
 
 import orjson
 import yaml
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
 from engine.api.deps import Deps
 from engine.api.rules import STRATEGY, WORKFLOW, Kind, _check, _reload
+from engine.api.versions import _diff, _list
+from engine.rules.history import to_yaml
 from engine.rules.yamlsource import load_documents, yaml_error_line
 from engine.storage.console import ConsoleQueries
+from engine.storage.versions import RuleVersions
 from engine.ui.access import UI, ConsoleError, User, read_form
 from engine.ui.render import HEADERS, page
 
 router = APIRouter(prefix=UI, include_in_schema=False)
 KINDS = {"workflow": WORKFLOW, "strategy": STRATEGY}
+SHOWN_VERSIONS = 20     # the newest versions listed, each with its diff from the one before
 NEW = {
     "workflow": "id: my_workflow\nname: What it does\ntrigger_type: manual\nsteps:\n  - id: tell\n"
                 "    type: notification\n"
@@ -45,8 +47,8 @@ def _kind(kind: str) -> Kind:
     return found
 
 
-def _yaml(value: Any) -> str:
-    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=False)
+def _yaml(kind: str, value: Any) -> str:
+    return to_yaml(kind, value) if isinstance(value, dict) else yaml.safe_dump(value, allow_unicode=True)
 
 
 def _deps(deps: Any) -> tuple[Any, Any]:
@@ -76,16 +78,20 @@ async def rule_page(request: Request, kind: str, rule_id: str, deps: Deps, who: 
     if row is None:
         raise ConsoleError(404, f"no {kind} {rule_id[:100]!r}")
     console = ConsoleQueries(q.pool)
-    versions = await console.versions(kind, rule_id)
-    diffs = []
-    for newer, older in itertools.pairwise(versions):
-        diff = difflib.unified_diff(_yaml(older["definition"]).splitlines(),
-                                    _yaml(newer["definition"]).splitlines(),
-                                    f"version {older['version']}", f"version {newer['version']}", lineterm="")
-        diffs.append({"version": newer["version"], "at": newer["created_at"], "diff": "\n".join(diff)})
+    store = RuleVersions(q.pool)
+    # The versions API's own history and diffs (engine.api.versions): who made each, and what changed.
+    try:
+        history = (await _list(k, rule_id, q, store))["items"]
+    except HTTPException:
+        history = []
+    versions = []
+    for item in reversed(history[-SHOWN_VERSIONS:]):
+        diff = await _diff(k, rule_id, item["version"], None, store)
+        versions.append({**item, "diff": diff["diff"], "identical": diff["identical"]})
     path = (await console.rule_paths(kind)).get(rule_id)
     return page(request, "rule.html", who, kind=kind, row=k.summary(row, rules.generation),
-                text=_yaml(k.definition(row)), diffs=diffs, file_path=path)
+                text=_yaml(kind, k.definition(row)), versions=versions, total_versions=len(history),
+                file_path=path)
 
 
 async def _validate(k: Kind, text: str, q: Any, rules: Any,
@@ -132,7 +138,7 @@ async def editor(request: Request, kind: str, deps: Deps, who: User, id: str | N
             raise ConsoleError(404, f"no {kind} {id[:100]!r}")
         if row["source"] == "file":
             raise ConsoleError(409, f"{kind} {id!r} is defined in a rule file: edit it there")
-        text = _yaml(k.definition(row))
+        text = _yaml(kind, k.definition(row))
     return _editor(request, who, kind, text, id, [], checked=False)
 
 

@@ -31,7 +31,25 @@ strategies:
       - type: event
         conditions: {kind: Pod, reason: BackOff}
     correlation: {key: [namespace, workload], quiet: 1s, max_window: 10s, cooldown: 1m}
+  - id: console_probe
+    name: Failing probes, two ways to answer them
+    category: pod_failure
+    priority: 50
+    symptoms:
+      - type: event
+        conditions: {kind: Pod, reason: Unhealthy}
+    experiment:
+      arms: [{workflow: probe_tell, weight: 1}, {workflow: probe_wait, weight: 1}]
+    correlation: {key: [namespace, workload], quiet: 1s, max_window: 10s, cooldown: 1m}
 workflows:
+  - id: probe_tell
+    trigger_type: manual    # an arm of console_probe's experiment (check does not count arms as starters)
+    steps:
+      - {id: tell, type: notification, config: {channel: log, message: "probe failing"}}
+  - id: probe_wait
+    trigger_type: manual
+    steps:
+      - {id: pause, type: wait, config: {duration: 1s}}
   - id: console_fix
     name: Read the logs, find the cause, delete the pod once a human agrees
     trigger_type: event
@@ -73,12 +91,14 @@ workflows:
 """
 
 
-def backoff_event() -> dict[str, Any]:
+def backoff_event(reason: str = "BackOff", pod: str = POD) -> dict[str, Any]:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return {"apiVersion": "v1", "kind": "Event", "type": "Warning", "reason": "BackOff", "count": 3,
-            "message": f"Back-off restarting failed container web in pod {POD}_shop(0b6c9a52)",
-            "metadata": {"name": f"{POD}.17a3", "namespace": "shop", "uid": "ev-console-1"},
-            "involvedObject": {"kind": "Pod", "name": POD, "namespace": "shop", "uid": "pod-console-1"},
+    message = {"BackOff": f"Back-off restarting failed container web in pod {pod}_shop(0b6c9a52)",
+               "Unhealthy": "Liveness probe failed: HTTP probe failed with statuscode: 500"}[reason]
+    return {"apiVersion": "v1", "kind": "Event", "type": "Warning", "reason": reason, "count": 3,
+            "message": message,
+            "metadata": {"name": f"{pod}.{reason}", "namespace": "shop", "uid": f"ev-{reason}"},
+            "involvedObject": {"kind": "Pod", "name": pod, "namespace": "shop", "uid": f"pod-{pod}"},
             "firstTimestamp": now, "lastTimestamp": now}
 
 
@@ -154,7 +174,7 @@ def test_an_incident_from_event_to_approved_fix_in_the_browser(service, browser)
         posted = proc.post("/api/v1/events", backoff_event())
         assert posted.status_code in (200, 202), posted.text
         approval = proc.wait_for(lambda: next(iter(proc.get("/api/v1/approvals")["items"]), None), 30)
-        incident_id = proc.get("/api/v1/incidents")["items"][0]["id"]
+        incident_id = proc.get("/api/v1/incidents", strategy_id="console_backoff")["items"][0]["id"]
 
         browser.get(f"{proc.url}/ui/incidents")
         assert "1" in text_of(browser, "counts")
@@ -230,6 +250,16 @@ def test_an_incident_from_event_to_approved_fix_in_the_browser(service, browser)
         browser.get(f"{proc.url}/ui/rules")
         assert "console_fix" in text_of(browser, "workflows") and "valid" in text_of(browser, "rules-status")
         snapshot(browser, "rules")
+
+        # An experiment's incident, and its arm's outcome on the experiments page.
+        probe = proc.post("/api/v1/events", backoff_event("Unhealthy", "api-5f6d7c8b9-q2w3e"))
+        assert probe.status_code in (200, 202), probe.text
+        proc.wait_for(lambda: [i for i in proc.get("/api/v1/incidents", strategy_id="console_probe")["items"]
+                               if i["execution_id"]], 30)
+        browser.get(f"{proc.url}/ui/experiments")
+        arms = text_of(browser, "experiment-console_probe")
+        assert "probe_tell" in arms and "probe_wait" in arms and "1 incidents" in arms, arms
+        snapshot(browser, "experiments")
 
 
 def test_the_rule_editor_checks_by_line_and_saves_as_the_editor(service, browser) -> None:
