@@ -155,7 +155,14 @@ def log_out(driver: Any) -> None:
 
 
 def text_of(driver: Any, element_id: str) -> str:
+    """The element's text, read again if htmx or a navigation replaced it meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
+    for _ in range(5):
+        try:
+            return str(driver.find_element(By.ID, element_id).text)
+        except StaleElementReferenceException:
+            time.sleep(0.2)
     return str(driver.find_element(By.ID, element_id).text)
 
 
@@ -263,7 +270,9 @@ def test_an_incident_from_event_to_approved_fix_in_the_browser(service, browser)
 
 
 def test_the_rule_editor_checks_by_line_and_saves_as_the_editor(service, browser) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
     proc, _ = service
     editor = token(proc, "ed1", "editor")
@@ -274,8 +283,11 @@ def test_the_rule_editor_checks_by_line_and_saves_as_the_editor(service, browser
         area.send_keys("id: from_console\ntrigger_type: manual\nsteps:\n  - id: a\n    type: notification\n"
                        "    config: {channel: log, message: hi}\n    on_success: [nowhere]\n")
         # Checked as it is typed (htmx, under the page's CSP), then by the button (no script needed).
-        WebDriverWait(browser, 10).until(lambda d: "line 7" in d.find_element(By.ID, "problems").text)
-        browser.find_element(By.ID, "check").click()
+        WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
+            lambda d: "line 7" in d.find_element(By.ID, "problems").text)
+        button = browser.find_element(By.ID, "check")
+        button.click()
+        WebDriverWait(browser, 10).until(expected_conditions.staleness_of(button))   # the checked page
         problems = text_of(browser, "problems")
         assert "line 7" in problems and "nowhere" in problems, problems
         snapshot(browser, "editor-problem")
