@@ -54,6 +54,7 @@ DECIDED = frozenset({ApprovalStatus.APPROVED, ApprovalStatus.DENIED, ApprovalSta
 
 class Channel(StrEnum):
     API = "api"
+    CONSOLE = "console"     # the web console's Approve / Deny buttons (engine.ui)
     SLACK = "slack"
     TIMEOUT = "timeout"
 

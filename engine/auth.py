@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 TOKEN_PREFIX = "aeth_"
+CSRF_CONTEXT = b"aetherius console csrf v1"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,62}$")
 
 
@@ -85,6 +86,17 @@ def token_hash(token: str) -> str:
 
 def same_hash(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+def csrf_token(session_id: str) -> str:
+    """The CSRF token of a web console session: an HMAC keyed by the session id, which lives
+    only in an HttpOnly cookie, so only pages that session loaded can know it."""
+    return hmac.new(session_id.encode("utf-8", "surrogatepass"), CSRF_CONTEXT, hashlib.sha256).hexdigest()
+
+
+def csrf_matches(session_id: str, sent: str | None) -> bool:
+    return bool(sent) and hmac.compare_digest(csrf_token(session_id).encode(),
+                                              str(sent).encode("utf-8", "surrogatepass"))
 
 
 def valid_name(name: str) -> bool:

@@ -249,6 +249,7 @@ class ExecutionsConfig(Section):
 class AuthConfig(Section):
     bootstrap_token: SecretStr | None = None
     token_cache: Duration = 2.0
+    session_ttl: Duration = 43200.0     # a web console login lasts this long (12 h)
 
     @field_validator("bootstrap_token")
     @classmethod

@@ -12,9 +12,15 @@ test keeps it and the app's routes equal.
 the browser says they come from another site (``Origin`` not this host nor one of
 ``http.allowed_origins``, or ``Sec-Fetch-Site: cross-site``), and a write's body must be
 JSON (NDJSON for events): a ``text/plain`` form post is 415. A bearer token is never sent
-by a browser on its own, so this is defence in depth today; the web console's session
-cookie (HttpOnly, SameSite=Strict) will also need the CSRF token, checked in
-:func:`_from_cookie`.
+by a browser on its own, so this is defence in depth for tokens.
+
+**The web console's session** (:mod:`engine.ui`) is the other credential: the cookie
+:data:`SESSION_COOKIE` (HttpOnly, SameSite=Strict), read by :func:`_from_cookie` when there
+is no bearer token. It stands for the token it was opened with (same name, same role, so the
+same rows of :data:`PERMISSIONS` apply), and every write made with it must also carry the
+session's CSRF token (:func:`engine.auth.csrf_token`): the ``X-CSRF-Token`` header, or the
+``csrf`` field of a console form (put in ``request.state.csrf`` by the console, which reads
+its forms within a bound). A write without it is 403.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from engine.api.deps import Deps
 from engine.api.models import Message
-from engine.auth import Permission, Principal
+from engine.auth import Permission, Principal, csrf_matches
 
 P = "/api/v1"
 READ, INGEST, EXECUTE = Permission.READ, Permission.INGEST, Permission.EXECUTE
@@ -82,6 +88,8 @@ JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl",
                           "application/x-jsonlines", "application/jsonlines"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SESSION_COOKIE = "aetherius_session"
+CSRF_HEADER = "X-CSRF-Token"
 
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": Message, "description": "No token, or an unknown, revoked or expired one"},
@@ -109,7 +117,7 @@ async def identify(request: Request, deps: Deps, credentials: Credentials) -> Pr
     if cached is not None:
         return cached
     if credentials is None:
-        return _from_cookie(request)
+        return await _from_cookie(request, deps)
     if credentials.scheme.lower() != "bearer":
         raise _unauthorized("use an Authorization: Bearer token")
     principal = await deps.auth.verify(credentials.credentials)
@@ -120,10 +128,23 @@ async def identify(request: Request, deps: Deps, credentials: Credentials) -> Pr
     return principal
 
 
-def _from_cookie(request: Request) -> Principal | None:
-    """The web console's session cookie will be read here (HttpOnly, SameSite=Strict), and a
-    write made with it must carry a CSRF token matching the session. None until then."""
-    return None
+async def _from_cookie(request: Request, deps: Deps) -> Principal | None:
+    """The principal of the web console's session cookie, or None (no cookie, or a session
+    that ended: logged out, expired, its token revoked). A write needs the session's CSRF
+    token too (403 without it)."""
+    session_id = request.cookies.get(SESSION_COOKIE)
+    if not session_id or deps.sessions is None or len(session_id) > 200:
+        return None
+    principal = await deps.sessions.principal(session_id)
+    if principal is None:
+        return None
+    if request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER) or getattr(request.state, "csrf", None)
+        if not csrf_matches(session_id, sent):
+            raise HTTPException(403, "a write made with a console session needs its CSRF token")
+    principal = dataclasses.replace(principal, client=_client(request))
+    request.state.principal = principal
+    return principal
 
 
 def _refuse_cross_site(request: Request, deps: Deps) -> None:

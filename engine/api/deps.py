@@ -79,6 +79,16 @@ class Verifier(Protocol):
     async def verify(self, token: str) -> Principal | None: ...
 
 
+class SessionStore(Protocol):
+    """The web console's sessions (``engine.storage.sessions.Sessions``)."""
+
+    async def open(self, principal: Principal, token_digest: str) -> str: ...
+
+    async def principal(self, session_id: str) -> Principal | None: ...
+
+    async def close(self, session_id: str) -> None: ...
+
+
 class TokenAdmin(Protocol):
     """Issuing, listing and revoking tokens (``engine.storage.tokens.Tokens``)."""
 
@@ -152,6 +162,8 @@ class ApiDeps:
     # Slack interactive buttons: the signing secret, and Slack user id -> approver name.
     slack_signing_secret: str | None = field(default=None, repr=False)
     slack_users: Mapping[str, str] = field(default_factory=dict)
+    # The web console's sessions (engine.ui); None: no console logins (API tokens only).
+    sessions: SessionStore | None = None
 
 
 def api_deps(request: Request) -> ApiDeps:

@@ -73,8 +73,10 @@ from engine.storage.outage import Availability
 from engine.storage.queries import Queries
 from engine.storage.records import Repository
 from engine.storage.rules import StoredRules
+from engine.storage.sessions import Sessions
 from engine.storage.tokens import Tokens
 from engine.store import Execution, StepRun
+from engine.ui import install as install_console
 from steps.base import Settings
 
 log = logging.getLogger(__name__)
@@ -241,8 +243,10 @@ class Service:
                        override_roles=frozenset(config.policy.override_roles),
                        approvals=approvals,
                        slack_signing_secret=plain(config.approvals.slack.signing_secret),
-                       slack_users=dict(config.approvals.slack.users))
-        api = ApiServer(create_app(deps), config.http.host, config.http.port)
+                       slack_users=dict(config.approvals.slack.users),
+                       sessions=Sessions(pool, ttl=config.auth.session_ttl,
+                                         cache_seconds=config.auth.token_cache))
+        api = ApiServer(install_console(create_app(deps)), config.http.host, config.http.port)
         health.ready = True
         return Replica(health=health, intake=intake, incidents=incidents, executions=executions,
                        recovery=recovery, reloads=reloads,
