@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
@@ -255,7 +254,6 @@ class SlackAction:
     approval_id: str
     plan_hash: str | None
     response_url: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def slack_action(payload: Any) -> SlackAction | str:
@@ -310,6 +308,3 @@ def slack_message(approval: Approval, base_url: str) -> dict[str, Any]:
             f"(then: {approval.on_timeout}) · <{link}|details>")}]},
     ]}
 
-
-def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))

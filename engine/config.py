@@ -140,6 +140,15 @@ class HttpConfig(Section):
         return self.public_url or f"http://localhost:{self.port}"
 
 
+def known_actions(value: tuple[str, ...]) -> tuple[str, ...]:
+    """A list of remediation actions, each one the policy knows (engine.policy.ACTIONS)."""
+    unknown = [action for action in value if action not in ACTIONS]
+    if unknown:
+        raise ValueError(f"unknown remediation action(s) {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(sorted(ACTIONS))}")
+    return value
+
+
 class RateLimitConfig(Section):
     max: Count = 3
     per: Duration = 3600.0
@@ -154,14 +163,7 @@ class RemediationConfig(Section):
     max_replicas: Positive = 50
     rate_limit: RateLimitConfig = RateLimitConfig()
 
-    @field_validator("allowed_actions")
-    @classmethod
-    def _known_actions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [action for action in value if action not in ACTIONS]
-        if unknown:
-            raise ValueError(f"unknown remediation action(s) {', '.join(map(repr, unknown))}; "
-                             f"known: {', '.join(sorted(ACTIONS))}")
-        return value
+    _known_actions = field_validator("allowed_actions")(classmethod(lambda cls, v: known_actions(v)))
 
 
 class PolicyConfig(Section):
@@ -196,14 +198,7 @@ class ApprovalRuleConfig(Section):
     namespaces: tuple[str, ...] = ()    # empty: every namespace
     dry_run: bool | None = False        # false: live changes only; true: dry runs only; null: both
 
-    @field_validator("actions")
-    @classmethod
-    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [action for action in value if action not in ACTIONS]
-        if unknown:
-            raise ValueError(f"unknown remediation action(s) {', '.join(map(repr, unknown))}; "
-                             f"known: {', '.join(sorted(ACTIONS))}")
-        return value
+    _known = field_validator("actions")(classmethod(lambda cls, v: known_actions(v)))
 
 
 class SlackApprovalsConfig(Section):

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal
 
@@ -24,6 +23,7 @@ import asyncpg
 from engine.approvals import Approval, ApprovalStatus, Channel
 from engine.auth import Principal
 from engine.storage.audit import AuditLog
+from engine.storage.executions import _ts
 from engine.storage.outage import Availability, retrying
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,6 @@ COLUMNS = """id, execution_id, step_id, seq, plan, plan_hash, action, target, na
 DECIDE = f"""
     UPDATE approvals SET status = $2, decided_at = now(), decided_by = $3, channel = $4, comment = $5
     WHERE id = $1 AND status = 'pending' AND ($6 OR expires_at > now()) RETURNING {COLUMNS}"""
-
-
-def _ts(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
 def _approval(row: asyncpg.Record) -> Approval:
