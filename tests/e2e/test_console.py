@@ -296,6 +296,8 @@ def test_the_rule_editor_checks_by_line_and_saves_as_the_editor(service, browser
         area.send_keys("id: from_console\ntrigger_type: manual\nsteps:\n  - id: a\n    type: notification\n"
                        "    config: {channel: log, message: hi}\n")
         browser.find_element(By.ID, "save").click()
+        # The save redirects to the rule's page: wait for the navigation, not just the click.
+        WebDriverWait(browser, 10).until(lambda b: b.current_url.endswith("/ui/rules/workflow/from_console"))
         assert browser.current_url.endswith("/ui/rules/workflow/from_console"), browser.current_url
         stored = proc.get("/api/v1/workflows/from_console")
         assert stored["source"] == "api" and stored["active"] is True
