@@ -37,12 +37,14 @@ import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import nats
+import psutil
 import yaml
 
 from engine.config import Config
@@ -90,50 +92,61 @@ def _event(run: str, group: int, i: int, t: float, namespace: str = "bench") -> 
 
 
 async def _publish(url: str, subject: str, payloads: list[tuple[int, bytes, str]],
-                   window: int = 512, rate: int = 0) -> dict[int, float]:
-    """Publish with a window of outstanding acks, at most ``rate`` events/s if given;
-    return each group's last ack time."""
+                   window: int = 4000, rate: int = 0) -> dict[int, float]:
+    """Publish with at most ``window`` acks outstanding (JetStream's async publish), at most
+    ``rate`` events/s if given; return each group's last ack time."""
     nc = await nats.connect(url)
-    js = nc.jetstream()
+    js = nc.jetstream(publish_async_max_pending=window)
     last: dict[int, float] = {}
     began = time.perf_counter()
-    if rate:
-        window = max(1, min(window, rate // 50))
+    pending = []
+
+    def acked(group: int, future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is None:
+            last[group] = max(last.get(group, 0.0), time.time())
+
     try:
-        for start in range(0, len(payloads), window):
-            if rate:
-                ahead = start / rate - (time.perf_counter() - began)
+        for n, (group, data, mid) in enumerate(payloads):
+            if rate and n % 20 == 0:
+                ahead = n / rate - (time.perf_counter() - began)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
-            chunk = payloads[start:start + window]
-            acks = await asyncio.gather(*(js.publish(subject, data, headers={"Nats-Msg-Id": mid})
-                                          for _, data, mid in chunk))
-            now = time.time()
-            assert all(not a.duplicate for a in acks)
-            for group, _, _ in chunk:
-                last[group] = now
+            future = await js.publish_async(subject, data, headers={"Nats-Msg-Id": mid})
+            future.add_done_callback(partial(acked, group))
+            pending.append(future)
+        acks = await asyncio.gather(*pending)
+        assert all(not a.duplicate for a in acks)
     finally:
         await nc.close()
     return last
 
 
 async def _wait_recorded(dsn: str, total: int, timeout: float, namespace: str = "bench") -> float:
+    """When the last of ``total`` events was recorded: the database's own time of the batch
+    that completed them. Polled twice a second only, so the counting costs PostgreSQL
+    little of the cores it shares with the service under test."""
     conn = await asyncpg.connect(dsn)
     try:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            n = await conn.fetchval("SELECT count(*) FROM events WHERE namespace = $1", namespace)
-            if n >= total:
-                return time.time()
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"only {n} of {total} events recorded")
+            row = await conn.fetchrow("SELECT count(*) AS n, max(received_at) AS last FROM events "
+                                      "WHERE namespace = $1", namespace)
+            if row["n"] >= total:
+                return float(row["last"].timestamp())
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"only {row['n']} of {total} events recorded")
     finally:
         await conn.close()
 
 
 async def _wait_executions(dsn: str, groups: int, timeout: float,
                            namespace: str = "bench") -> list[asyncpg.Record]:
+    """Every execution of ``namespace``'s incidents, once ``groups`` of them ended (polled
+    once a second with a cheap count; the figures come from the recorded times)."""
     conn = await asyncpg.connect(dsn)
+    count = """
+        SELECT count(*) FROM workflow_executions e JOIN incidents i ON i.id = e.incident_id
+        WHERE i.namespace = $1 AND e.status IN ('succeeded', 'failed')"""
     query = """
         SELECT e.id, e.status, e.started_at, e.finished_at, i.key,
                (SELECT count(*) FROM step_executions s WHERE s.execution_id = e.id) AS steps
@@ -141,11 +154,8 @@ async def _wait_executions(dsn: str, groups: int, timeout: float,
         WHERE i.namespace = $1"""
     try:
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            rows = await conn.fetch(query, namespace)
-            if sum(1 for r in rows if r["status"] in ("succeeded", "failed")) >= groups:
-                return rows
-            await asyncio.sleep(0.2)
+        while time.time() < deadline and await conn.fetchval(count, namespace) < groups:
+            await asyncio.sleep(1.0)
         return await conn.fetch(query, namespace)
     finally:
         await conn.close()
@@ -157,7 +167,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _phase(dsn: str, nats_url: str, subject: str, run: str, namespace: str, groups: int, per_group: int,
-           rate: int) -> dict[str, float]:
+           rate: int, service_pid: int) -> dict[str, Any]:
     """Publish ``groups`` bursts of ``per_group`` events; wait for every event to be recorded
     and every execution to end; return the figures."""
     now = time.time()
@@ -165,11 +175,13 @@ def _phase(dsn: str, nats_url: str, subject: str, run: str, namespace: str, grou
     payloads = [(g, _event(run, g, i, now, namespace), f"{run}-{namespace}-{g}-{i}")
                 for g in range(groups) for i in range(per_group)]
     total = len(payloads)
+    cpu_before = _cpu_seconds(service_pid)
     start = time.time()
     last_publish = asyncio.run(_publish(nats_url, subject, payloads, rate=rate))
     published = time.time()
     recorded = asyncio.run(_wait_recorded(dsn, total, 600, namespace))
     rows = asyncio.run(_wait_executions(dsn, groups, 600, namespace))
+    cpu = {k: v - cpu_before[k] for k, v in _cpu_seconds(service_pid).items()}
     finished = [r for r in rows if r["finished_at"] is not None]
     first_start = min(r["started_at"] for r in rows).timestamp()
     last_finish = max(r["finished_at"] for r in finished).timestamp()
@@ -181,8 +193,38 @@ def _phase(dsn: str, nats_url: str, subject: str, run: str, namespace: str, grou
         "executions": len(finished),
         "succeeded": sum(1 for r in finished if r["status"] == "succeeded" and r["steps"] == 5),
         "exec_rate": len(finished) / max(last_finish - first_start, 1e-9),
-        "p50": statistics.median(latencies), "p99": _pct(latencies, 0.99),
+        "p50": statistics.median(latencies), "p99": _pct(latencies, 0.99), "cpu": cpu,
     }
+
+
+async def _recorded_span(dsn: str, namespace: str) -> float:
+    """Seconds from the first to the last event recorded in ``namespace`` (the database's
+    own clock: each batch's transaction time)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return float(await conn.fetchval(
+            "SELECT extract(epoch FROM max(received_at) - min(received_at)) FROM events WHERE namespace = $1",
+            namespace))
+    finally:
+        await conn.close()
+
+
+def _cpu_seconds(service_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the service, PostgreSQL's processes and nats-server."""
+    out = {"service": 0.0, "postgres": 0.0, "nats": 0.0}
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            times = proc.cpu_times()
+            name = proc.info["name"] or ""
+            if proc.info["pid"] == service_pid:
+                out["service"] += times.user + times.system
+            elif name.startswith("postgres"):
+                out["postgres"] += times.user + times.system
+            elif name.startswith("nats-server"):
+                out["nats"] += times.user + times.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
 
 
 def servers(work: Path) -> tuple[Any, Any]:
@@ -200,6 +242,8 @@ def launch(work: Path, config: dict, port: int, token: str | None = None) -> sub
     (work / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     log = open(work / "service.log", "wb")  # noqa: SIM115 - the service writes it while it runs
     command = [sys.executable, "-m", "engine", "--config", str(work / "config.yaml"), "serve"]
+    if os.environ.get("AETHERIUS_BENCH_CPROFILE"):    # where to write a cProfile of the service
+        command[1:1] = ["-m", "cProfile", "-o", os.environ["AETHERIUS_BENCH_CPROFILE"]]
     env = {**os.environ, **({"AETHERIUS_AUTH__BOOTSTRAP_TOKEN": token} if token else {})}
     service = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + 60
@@ -229,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also offer 10,000 events/s in bursts of 30 (333 incidents/s) for 9 s")
     parser.add_argument("--quiet", default="1s")
     parser.add_argument("--stub-port", type=int, default=18398)
+    parser.add_argument("--phases", default="latency,ingest,executions,catchup",
+                        help="which phases to run, comma-separated (saturated: same as --saturate)")
     args = parser.parse_args(argv)
+    wanted = set(args.phases.split(",")) | ({"saturated"} if args.saturate else set())
     quiet = parse_duration(args.quiet)
 
     work = Path(tempfile.mkdtemp(prefix="aetherius-bench-"))
@@ -280,10 +327,11 @@ def main(argv: list[str] | None = None) -> int:
             ("ingest", "ing", 100, args.ingest_events // 100, 0),
             ("executions", "exe", args.executions, 1, 0),
         ]
-        if args.saturate:
-            phases.append(("saturated", "sat", 3000, 30, 10_000))
+        phases.append(("saturated", "sat", 3000, 30, 10_000))
         for name, namespace, groups, per_group, rate in phases:
-            f = _phase(dsn, urls.nats_url, subject, run, namespace, groups, per_group, rate)
+            if name not in wanted:
+                continue
+            f = _phase(dsn, urls.nats_url, subject, run, namespace, groups, per_group, rate, service.pid)
             ok = ok and f["succeeded"] == groups
             offered = f"{rate:,} events/s offered" if rate else "as fast as JetStream acks"
             print(f"\n[{name}] {f['events']:,} events in {groups:,} bursts of {per_group}, {offered} "
@@ -294,6 +342,39 @@ def main(argv: list[str] | None = None) -> int:
                   f"steps each) at {f['exec_rate']:,.0f} executions/s")
             print(f"  last publish -> execution start: median {f['p50'] * 1000:,.0f} ms, "
                   f"p99 {f['p99'] * 1000:,.0f} ms (quiet {quiet * 1000:,.0f} ms)")
+            per, unit = (f["executions"], "execution") if name == "executions" else (f["events"], "event")
+            print(f"  CPU per {unit} (whole phase): " + ", ".join(
+                f"{k} {v / max(per, 1) * 1e6:,.0f} µs" for k, v in f["cpu"].items()))
+        if "catchup" in wanted:
+            # A replica that was down during a storm: the events wait in JetStream, and its
+            # intake alone sets the pace (no publisher on the cores while it drains them).
+            service.terminate()
+            service.wait(30)
+            service = None
+            groups, per_group = 100, args.ingest_events // 100
+            now = time.time()
+            payloads = [(g, _event(run, g, i, now, "cat"), f"{run}-cat-{g}-{i}")
+                        for g in range(groups) for i in range(per_group)]
+            asyncio.run(_publish(urls.nats_url, subject, payloads))
+            began = time.time()
+            service = launch(work, config, port)
+            if service is None:
+                return 1
+            cpu_before = _cpu_seconds(service.pid)
+            recorded = asyncio.run(_wait_recorded(dsn, len(payloads), 600, "cat"))
+            cpu = {k: v - cpu_before[k] for k, v in _cpu_seconds(service.pid).items()}
+            span = asyncio.run(_recorded_span(dsn, "cat"))
+            rows = asyncio.run(_wait_executions(dsn, groups, 600, "cat"))
+            done = sum(1 for r in rows if r["status"] == "succeeded" and r["steps"] == 5)
+            ok = ok and done == groups
+            print(f"\n[catchup] {len(payloads):,} events in {groups} bursts waiting in JetStream for a "
+                  f"restarted replica")
+            print(f"  drained:   {len(payloads) / max(span, 1e-9):,.0f} events/s (first to last recorded; "
+                  f"{recorded - began:.1f} s from launch, start-up included)")
+            print(f"  CPU per event while draining: service {cpu['service'] / len(payloads) * 1e6:.0f} µs, "
+                  f"PostgreSQL {cpu['postgres'] / len(payloads) * 1e6:.0f} µs, "
+                  f"NATS {cpu['nats'] / len(payloads) * 1e6:.0f} µs")
+            print(f"  completed: {done:,} of {groups} incidents' executions succeeded")
         return 0 if ok else 1
     finally:
         if service is not None:

@@ -72,6 +72,13 @@ def check(value: Any, *, max_depth: int = MAX_DEPTH) -> None:
                 stack.extend((child, depth + 1, (*loc, i)) for i, child in enumerate(item))
 
 
+def may_nest_deeper(raw: bytes, max_depth: int = MAX_DEPTH) -> bool:
+    """False if JSON text ``raw`` certainly nests no deeper than ``max_depth``: every level
+    opens with a bracket, so fewer brackets than levels settles it without walking the value
+    (a Kubernetes event has about six). Brackets inside strings only make it say True."""
+    return raw.count(b"{") + raw.count(b"[") > max_depth
+
+
 def depth_exceeds(value: Any, max_depth: int = MAX_DEPTH) -> bool:
     """True if a decoded JSON value nests deeper than ``max_depth`` (iterative)."""
     stack: list[tuple[Any, int]] = [(value, 1)]

@@ -147,5 +147,13 @@ class MemoryStore:
         loaded.runs = [copy.copy(r) for r in saved.runs]
         return loaded
 
+    async def load_executions(self, execution_ids: list[str]) -> dict[str, Execution]:
+        out = {}
+        for execution_id in execution_ids:
+            loaded = await self.load_execution(execution_id)
+            if loaded is not None:
+                out[execution_id] = loaded
+        return out
+
     async def unfinished_executions(self) -> list[str]:
         return [e.id for e in self.executions.values() if e.status not in FINAL_EXECUTION]

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 Finished = Callable[[Execution], Coroutine[Any, Any, None]]
 
 CLAIM_BATCH = 100       # queued executions taken from the database at once
+COALESCE = 0.02         # seconds the admission loop waits for more free slots before a claim
 
 
 class Executions:
@@ -158,6 +159,10 @@ class Executions:
                 async with asyncio.timeout(self.poll):
                     await self._wake.wait()
             self._wake.clear()
+            if self._queued and self.busy() > self.max_running - CLAIM_BATCH:
+                # Slots free one at a time as executions end: gather a few before claiming,
+                # so the queue costs a query per batch of starts, not two per execution.
+                await asyncio.sleep(COALESCE)
             try:
                 await self.admit()
             except asyncio.CancelledError:
@@ -186,11 +191,12 @@ class Executions:
             try:
                 claimed = await self.store.claim_queued(asked)
                 self._claimed.update(execution_id for execution_id, _, _ in claimed)
+                loaded = await self.store.load_executions([execution_id for execution_id, _, _ in claimed])
                 for execution_id, own, waited in claimed:
                     if own:
                         self._queued = max(0, self._queued - 1)
                     try:
-                        if await self._start_claimed(execution_id, waited):
+                        if await self._start_claimed(loaded.get(execution_id), waited):
                             started += 1
                     finally:
                         self._claimed.discard(execution_id)
@@ -205,9 +211,8 @@ class Executions:
                 break
         return started
 
-    async def _start_claimed(self, execution_id: str, waited: float) -> bool:
+    async def _start_claimed(self, execution: Execution | None, waited: float) -> bool:
         assert self.store is not None and self.workflows is not None
-        execution = await self.store.load_execution(execution_id)
         if execution is None or execution.status != ExecutionStatus.RUNNING:
             return False
         ids = {"incident_id": execution.incident_id, "execution_id": execution.id}

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,10 +28,10 @@ from engine.correlation import Correlator
 from engine.events import Event, OccurrenceTracker, decode, parse_events
 from engine.exceptions import MalformedEvent
 from engine.metrics import Metrics
-from engine.payloads import DEAD_LETTER_BYTES, MAX_DEPTH, Excerpt, depth_exceeds
+from engine.payloads import DEAD_LETTER_BYTES, MAX_DEPTH, Excerpt, depth_exceeds, may_nest_deeper
 from engine.rulebase import RuleBase
 from engine.service.background import Background
-from engine.service.bus import Message
+from engine.service.bus import Message, ack_all
 from engine.service.contracts import DeadLetter, EventRow, Records, Stats
 from engine.statuses import IncidentStatus
 from engine.storage.outage import Availability, retrying, transient
@@ -61,6 +62,9 @@ class Batch:
     deltas: list[Delta] = field(default_factory=list)
     duplicates: int = 0
     ignored: int = 0
+    # Strategy hits and suppressed occurrences, counted into the metrics once per batch.
+    hits: Counter[tuple[str, str]] = field(default_factory=Counter)
+    suppressed: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 class Intake:
@@ -126,9 +130,8 @@ class Intake:
         finally:
             self._in_flight.release()
         self.postgres.ok()
-        for message in messages:
-            with contextlib.suppress(Exception):
-                await message.ack()
+        with contextlib.suppress(Exception):
+            await ack_all(messages)
 
     def _note_redelivered(self, count: int) -> None:
         """Messages NATS sent again (not acked before: a crash, an outage): counted, and said
@@ -176,7 +179,8 @@ class Intake:
                 batch.duplicates += 1
                 continue
             self.remember(event.id)
-            batch.rows.append((event, subject, self.process(event, batch.deltas)))
+            batch.rows.append((event, subject, self.process(event, batch.deltas, batch=batch)))
+        self._count(batch)
         return batch
 
     def _decode(self, raw: Any) -> Any:
@@ -185,8 +189,9 @@ class Intake:
         if isinstance(raw, bytes | bytearray):      # raw bytes off the wire
             if len(raw) > self.max_event_bytes:
                 raise MalformedEvent(f"payload of {len(raw)} bytes exceeds {self.max_event_bytes}")
-            value = decode(bytes(raw))
-            if depth_exceeds(value):
+            data = bytes(raw)
+            value = decode(data)
+            if may_nest_deeper(data) and depth_exceeds(value):
                 raise MalformedEvent(f"nested deeper than {MAX_DEPTH} levels")
             return value
         if depth_exceeds(raw):                      # a JSON value decoded already (HTTP)
@@ -213,10 +218,19 @@ class Intake:
         return DeadLetter(source, subject, reason, raw_head, {k: str(v) for k, v in headers.items()},
                           None if kept is None else kept.size, None if kept is None else kept.sha256)
 
-    def process(self, event: Event, deltas: list[Delta] | None = None, *, recovered: bool = False) -> State:
+    def process(self, event: Event, deltas: list[Delta] | None = None, *, recovered: bool = False,
+                batch: Batch | None = None) -> State:
         """Rule base + correlation for one event; return (state, strategy id, incident id).
         Synchronous on purpose: a generation swap cannot happen in the middle of it.
-        Counts for incidents already recorded are appended to ``deltas``."""
+        Counts for incidents already recorded are appended to ``deltas``; the metrics are
+        counted in ``batch`` if given (once per batch), else at once."""
+        counts = batch if batch is not None else Batch("")
+        state = self._process(event, deltas, recovered, counts)
+        if batch is None:
+            self._count(counts)
+        return state
+
+    def _process(self, event: Event, deltas: list[Delta] | None, recovered: bool, counts: Batch) -> State:
         if not recovered and not self.tracker.observe(event):
             return ("duplicate", None, None)
         hits = self.rulebase.process(event, now=self.clock())
@@ -224,7 +238,7 @@ class Intake:
             return ("unmatched", None, None)
         hit = hits[0]
         incident = self.correlator.add(hit)
-        self.metrics.hits.labels(hit.strategy.id, "inhibited" if hit.inhibited_by else "hit").inc()
+        counts.hits[(hit.strategy.id, "inhibited" if hit.inhibited_by else "hit")] += 1
         if incident is None:
             return ("inhibited" if hit.inhibited_by else "unmatched", hit.strategy.id, None)
         record_id = incident.record_id
@@ -245,8 +259,14 @@ class Intake:
         assert incident.status == IncidentStatus.CLOSED
         add("suppressed", event.count)
         if incident.arm is not None:
-            self.metrics.experiment_suppressed.labels(hit.strategy.id, incident.arm).inc(event.count)
+            counts.suppressed[(hit.strategy.id, incident.arm)] += event.count
         return ("suppressed", hit.strategy.id, record_id)
+
+    def _count(self, batch: Batch) -> None:
+        for (strategy_id, kind), n in batch.hits.items():
+            self.metrics.hits.labels(strategy_id, kind).inc(n)
+        for (strategy_id, arm), n in batch.suppressed.items():
+            self.metrics.experiment_suppressed.labels(strategy_id, arm).inc(n)
 
     def remember(self, event_id: str) -> None:
         self._recent.add(event_id)

@@ -167,7 +167,9 @@ class Service:
         locks = Locks(cache, pool)
 
         async def audit_step(execution: Execution, step_id: str, action: str, detail: dict[str, Any]) -> None:
-            await audit.record(system, action, "execution", execution.id, {**detail, "step_id": step_id})
+            # Group-committed with the executions' state writes: on record before the step goes on.
+            await store.writer.write([audit.statement(system, action, "execution", execution.id,
+                                                      {**detail, "step_id": step_id})])
 
         metrics = self.metrics
         admission: list[Executions] = []    # set below: an execution waiting for a human frees its slot

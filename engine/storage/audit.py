@@ -19,6 +19,16 @@ from engine.storage.queries import BadCursor, Page, Where, aware, decode_cursor,
 COLUMNS = "id, at, actor_kind, actor, actor_role, action, target_kind, target_id, client, detail"
 
 
+INSERT = ("INSERT INTO audit_log (actor_kind, actor, actor_role, action, target_kind, target_id, "
+          "client, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+
+
+def _args(who: Principal, action: str, target_kind: str | None, target_id: str | None,
+          detail: dict[str, Any] | None) -> tuple:
+    return (who.kind, who.name, str(who.role) if who.role else None, action, target_kind, target_id,
+            who.client, detail or {})
+
+
 class AuditLog:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -27,14 +37,18 @@ class AuditLog:
                      target_id: str | None = None, detail: dict[str, Any] | None = None,
                      conn: asyncpg.Connection | None = None) -> None:
         """Append one record (in ``conn``'s transaction when given, so it commits with the change)."""
-        sql = ("INSERT INTO audit_log (actor_kind, actor, actor_role, action, target_kind, target_id, "
-               "client, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
-        args = (who.kind, who.name, str(who.role) if who.role else None, action, target_kind, target_id,
-                who.client, detail or {})
+        args = _args(who, action, target_kind, target_id, detail)
         if conn is not None:
-            await conn.execute(sql, *args)
+            await conn.execute(INSERT, *args)
         else:
-            await self.pool.execute(sql, *args)
+            await self.pool.execute(INSERT, *args)
+
+    @staticmethod
+    def statement(who: Principal, action: str, target_kind: str | None = None, target_id: str | None = None,
+                  detail: dict[str, Any] | None = None) -> tuple[tuple[int, str], tuple]:
+        """The same record as a statement for :class:`engine.storage.executions.GroupCommitter`,
+        which commits it with other writes of the moment (awaited: it is on record once written)."""
+        return (9, INSERT), _args(who, action, target_kind, target_id, detail)
 
     async def page(self, *, actor: str | None = None, action: str | None = None,
                    target_kind: str | None = None, target_id: str | None = None,

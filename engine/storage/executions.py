@@ -213,25 +213,32 @@ class PostgresStore:
                                                      _ts(execution.finished_at), execution.outcome))])
 
     async def load_execution(self, execution_id: str) -> Execution | None:
+        return (await self.load_executions([execution_id])).get(execution_id)
+
+    async def load_executions(self, execution_ids: list[str]) -> dict[str, Execution]:
+        """Several executions with their step runs, in two queries (those found, by id)."""
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow("SELECT * FROM workflow_executions WHERE id = $1", execution_id)
-            if row is None:
-                return None
-            runs = await conn.fetch("SELECT * FROM step_executions WHERE execution_id = $1 ORDER BY seq",
-                                    execution_id)
-        execution = Execution(
+            rows = await conn.fetch("SELECT * FROM workflow_executions WHERE id = ANY($1::text[])",
+                                    execution_ids)
+            if not rows:
+                return {}
+            runs = await conn.fetch("SELECT * FROM step_executions WHERE execution_id = ANY($1::text[]) "
+                                    "ORDER BY execution_id, seq", [row["id"] for row in rows])
+        out = {row["id"]: Execution(
             id=row["id"], workflow_id=row["workflow_id"], workflow_version=row["workflow_version"],
             status=row["status"], incident_id=row["incident_id"], context=row["context"] or {},
             dry_run=row["dry_run"], started_at=_epoch(row["started_at"]) or 0.0,
             finished_at=_epoch(row["finished_at"]), error=row["error"], outcome=row["outcome"],
-            queued_at=_epoch(row["queued_at"]))
-        execution.runs = [StepRun(
-            seq=r["seq"], step_id=r["step_id"], step_type=r["step_type"], parent=r["parent"],
-            status=r["status"], attempts=r["attempts"], output=r["output"], error=r["error"],
-            error_kind=r["error_kind"], branch=list(r["branch"] or []), started_at=_epoch(r["started_at"]),
-            attempt_started_at=_epoch(r["attempt_started_at"]), finished_at=_epoch(r["finished_at"]),
-            in_branch_of=r["in_branch_of"]) for r in runs]
-        return execution
+            queued_at=_epoch(row["queued_at"])) for row in rows}
+        for r in runs:
+            out[r["execution_id"]].runs.append(StepRun(
+                seq=r["seq"], step_id=r["step_id"], step_type=r["step_type"], parent=r["parent"],
+                status=r["status"], attempts=r["attempts"], output=r["output"], error=r["error"],
+                error_kind=r["error_kind"], branch=list(r["branch"] or []),
+                started_at=_epoch(r["started_at"]),
+                attempt_started_at=_epoch(r["attempt_started_at"]), finished_at=_epoch(r["finished_at"]),
+                in_branch_of=r["in_branch_of"]))
+        return out
 
     async def unfinished_executions(self) -> list[str]:
         rows = await self.pool.fetch("SELECT id FROM workflow_executions WHERE status = ANY($1::text[])",

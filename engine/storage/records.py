@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from engine.correlation import Incident
 from engine.events import Event
@@ -35,20 +36,24 @@ class Repository:
         that were new (the others were recorded before, by any replica)."""
         if not rows:
             return set()
-        cols: list[list[Any]] = [[] for _ in range(12)]
-        for event, subject, (state, strategy_id, incident_id) in rows:
-            for i, value in enumerate((
-                    event.id, event.source, subject, event.kind, event.namespace, event.name, event.reason,
-                    state, self.replica, strategy_id, incident_id,
-                    {**event.to_dict(), "watch_type": event.watch_type})):
-                cols[i].append(value)
+        # The batch as one JSON document that PostgreSQL takes apart: a third of the client's
+        # CPU of twelve array parameters (each element encoded on its own), the same rows.
+        batch = orjson.dumps([{
+            "id": event.id, "source": event.source, "subject": subject, "kind": event.kind,
+            "namespace": event.namespace, "name": event.name, "reason": event.reason, "state": state,
+            "strategy_id": strategy_id, "incident_id": incident_id,
+            "payload": {**event.to_dict(), "watch_type": event.watch_type},
+        } for event, subject, (state, strategy_id, incident_id) in rows], default=str).decode()
         inserted = await self.pool.fetch("""
             INSERT INTO events (id, source, subject, kind, namespace, name, reason, state, owner,
                                 strategy_id, incident_id, payload)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::jsonb[])
+            SELECT r.id, r.source, r.subject, r.kind, r.namespace, r.name, r.reason, r.state, $2,
+                   r.strategy_id, r.incident_id, r.payload
+            FROM jsonb_to_recordset($1::text::jsonb) AS r(
+                id text, source text, subject text, kind text, namespace text, name text, reason text,
+                state text, strategy_id text, incident_id text, payload jsonb)
             ON CONFLICT (id) DO NOTHING
-            RETURNING id""", *cols)
+            RETURNING id""", batch, self.replica)
         return {r["id"] for r in inserted}
 
     async def recent_event_ids(self, seconds: float) -> list[str]:

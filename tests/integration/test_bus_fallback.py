@@ -332,13 +332,15 @@ def test_jetstream_idle_bus_logs_no_warning(nats_url, nats_prefix, caplog):
         task = asyncio.create_task(bus.run(handler))
         try:
             await asyncio.sleep(seconds)
-            # Still fetching: a message published after the idle spell arrives.
+            # Still fetching: a message published after the idle spell arrives. (Each bus has its
+            # own durable consumer on the stream, so the second also gets the first's message.)
             publisher = await nats.connect(nats_url)
+            payload = f"after-idle-{bus.durable}".encode()
             try:
-                await publisher.jetstream().publish(subjects[0], b"after-idle")
+                await publisher.jetstream().publish(subjects[0], payload)
             finally:
                 await publisher.close()
-            await handler.wait_for(lambda: [m.data for m in handler.messages] == [b"after-idle"], 5)
+            await handler.wait_for(lambda: payload in [m.data for m in handler.messages], 5)
         finally:
             bus.stop()
             await _ended(task)
@@ -383,3 +385,62 @@ def test_jetstream_fetch_failure_is_logged_once_without_a_traceback(nats_url, na
     assert all(r.levelno == logging.DEBUG for r in failed[1:]), caplog.text
     assert all(r.exc_info is None for r in caplog.records), caplog.text   # ...and no traceback
     assert took < 1.0, took                                   # stop() cuts the back-off short
+
+
+# ---------------------------------------------------------------------------- batches and acks
+
+
+@pytest.mark.parametrize("one_write", [True, False], ids=["one-write", "nats-py-acks"])
+def test_a_batch_acked_together_is_never_redelivered(nats_url, nats_prefix, one_write):
+    # ack_all writes a batch's acks in one go, or (where nats-py's internals are not what it
+    # expects) acks each by Msg.ack. Either way JetStream counts every one.
+    from engine.service.bus import ack_all
+
+    stream, durable = f"{nats_prefix}_EVENTS", f"{nats_prefix}_durable"
+    subjects = [f"{nats_prefix}.event.critical"]
+
+    async def go() -> None:
+        bus = Bus(nats_url, subjects, stream=stream, durable=durable, ack_wait=1.0, batch=64)
+        await bus.connect()
+        publisher = await nats.connect(nats_url)
+        got: list[Message] = []
+
+        async def handle(batch: list[Message]) -> None:
+            got.extend(batch)
+            await ack_all(batch, one_write=one_write)
+
+        assert bus.nc is not None
+        published_before = bus.nc.stats["out_msgs"]
+        task = asyncio.create_task(bus.run(handle))
+        try:
+            js = publisher.jetstream()
+            for i in range(300):
+                await js.publish(subjects[0], f"m{i}".encode(), headers={"Nats-Msg-Id": f"id-{i}"})
+            deadline = time.monotonic() + 10
+            while len(got) < 300 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(2.5)          # past ack_wait: nothing may come back
+            assert sorted(m.msg_id for m in got) == sorted(f"id-{i}" for i in range(300))
+            assert all(m.deliveries == 1 for m in got)
+            consumer = await js.consumer_info(stream, durable)
+            assert consumer.num_ack_pending == 0 and consumer.num_pending == 0
+            assert consumer.num_redelivered == 0
+            # nats-py counts its own publishes (pull requests, and acks by Msg.ack) only.
+            published = bus.nc.stats["out_msgs"] - published_before
+            assert (published < 100) if one_write else (published >= 300), published
+        finally:
+            bus.stop()
+            await _ended(task)
+            await bus.close()
+            await publisher.close()
+
+    asyncio.run(go())
+
+
+def test_a_redelivery_is_counted_from_the_ack_subject():
+    from engine.service.bus import _deliveries
+
+    # JetStream's ack subjects, without and with the domain and account hash tokens.
+    assert _deliveries("$JS.ACK.EVENTS.aetherius.3.1042.1040.1733130000000000000.0") == 3
+    assert _deliveries("$JS.ACK.hub.ACCHASH.EVENTS.aetherius.2.1042.1040.1733130000000000000.0.tok") == 2
+    assert _deliveries("$JS.ACK.broken") == 1
