@@ -390,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(drop())
         if embedded is not None:
             embedded.stop()
+        if os.environ.get("AETHERIUS_BENCH_LOG") and (work / "service.log").exists():
+            shutil.copy(work / "service.log", os.environ["AETHERIUS_BENCH_LOG"])   # the service's log
         shutil.rmtree(work, ignore_errors=True)
 
 
