@@ -255,7 +255,7 @@ class TemporalConfig(Section):
     namespace: str = "default"
     task_queue: str = "aetherius"
     worker: bool = True                 # run a worker in the service (false: ``aetherius worker`` elsewhere)
-    heartbeat_timeout: Duration = 10.0  # a step's worker silent this long is taken for dead; the step runs again
+    heartbeat_timeout: Duration = 10.0  # a worker silent this long is taken for dead; its step runs again
 
 
 class AuthConfig(Section):

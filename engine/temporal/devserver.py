@@ -80,8 +80,8 @@ class DevServer:
             except OSError:
                 if time.monotonic() > deadline:
                     server.stop()
-                    raise RuntimeError(f"temporal server start-dev did not listen on {port} in {timeout:g}s") \
-                        from None
+                    raise RuntimeError(
+                        f"temporal server start-dev did not listen on {port} in {timeout:g}s") from None
                 time.sleep(0.05)
         log.info("Temporal dev server listening on %s (%s)", server.address,
                  db_filename or "in memory")
@@ -96,4 +96,4 @@ class DevServer:
                 self.process.kill()
                 self.process.wait()
         if hasattr(self._log, "close"):
-            self._log.close()   # type: ignore[union-attr]
+            self._log.close()

@@ -45,7 +45,8 @@ PASSTHROUGH = ("engine", "steps", "pydantic", "pydantic_core", "simpleeval", "or
 
 
 def sandbox() -> SandboxedWorkflowRunner:
-    return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))
+    restrictions = SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
+    return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
 class TemporalRunner(WorkflowRunner):
@@ -63,8 +64,9 @@ class TemporalRunner(WorkflowRunner):
         self.client = client
         self.task_queue = task_queue
         self.heartbeat_timeout = heartbeat_timeout
-        self.activities = StepActivities(self.store, self.settings, http=http, mailer=mailer, limiter=limiter,
-                                         lock=lock, audit=audit, approvals=approvals, listeners=self.listeners)
+        self.activities = StepActivities(self.store, self.settings, http=http, mailer=mailer,
+                                         limiter=limiter, lock=lock, audit=audit, approvals=approvals,
+                                         listeners=self.listeners)
         self.worker: Worker | None = None
         if worker:
             self.worker = Worker(client, task_queue=task_queue, workflows=[ExecutionWorkflow],
@@ -84,7 +86,8 @@ class TemporalRunner(WorkflowRunner):
 
     def start_worker(self) -> None:
         if self.worker is not None and self._worker_task is None:
-            self._worker_task = asyncio.create_task(self.worker.run(), name=f"temporal-worker:{self.task_queue}")
+            self._worker_task = asyncio.create_task(self.worker.run(),
+                                                    name=f"temporal-worker:{self.task_queue}")
             log.info("Temporal worker polling task queue %s", self.task_queue)
 
     async def stop_worker(self) -> None:
@@ -101,7 +104,8 @@ class TemporalRunner(WorkflowRunner):
                     execution_id: str | None = None, incident_id: str | None = None,
                     triggered_by: str | None = None) -> Started:
         execution = self.prepare(workflow, incident=incident, events=events, context=context,
-                                 execution_id=execution_id, incident_id=incident_id, triggered_by=triggered_by)
+                                 execution_id=execution_id, incident_id=incident_id,
+                                 triggered_by=triggered_by)
         first = StepRun(seq=1, step_id=workflow.steps[0].id, step_type=workflow.steps[0].type)
         execution.runs.append(first)
         await self.store.create_execution(execution, first)
@@ -178,7 +182,8 @@ class TemporalRunner(WorkflowRunner):
         for eid in left:
             self._running[eid].cancel()
         if left:
-            await asyncio.gather(*(self._running[e] for e in left if e in self._running), return_exceptions=True)
+            await asyncio.gather(*(self._running[e] for e in left if e in self._running),
+                                 return_exceptions=True)
         return left
 
 

@@ -52,7 +52,8 @@ IN_WORKFLOW = frozenset({"decision", "parallel"})   # pure: they run here, deter
 TIMER = "wait"
 WORKER_LOSSES = 20        # a step re-run this many times after its worker died, at most
 RECORD_TIMEOUT = timedelta(seconds=60)
-RECORD_RETRY = TemporalRetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_interval=timedelta(seconds=5))
+RECORD_RETRY = TemporalRetryPolicy(initial_interval=timedelta(milliseconds=100),
+                                   maximum_interval=timedelta(seconds=5))
 
 
 def temporal_retry(policy: RetryPolicy, attempts_left: int) -> TemporalRetryPolicy:
@@ -128,7 +129,8 @@ class ExecutionWorkflow:
     def _launch(self, run: StepRun) -> None:
         self.tasks[asyncio.create_task(self._step(run))] = run
 
-    def _schedule(self, step_ids: list[str], parent: StepRun, in_branch_of: int | None = None) -> list[StepRun]:
+    def _schedule(self, step_ids: list[str], parent: StepRun,
+                  in_branch_of: int | None = None) -> list[StepRun]:
         out = []
         for step_id in step_ids:
             spec = self.workflow.step(step_id)
@@ -153,13 +155,14 @@ class ExecutionWorkflow:
     async def _finish(self) -> None:
         execution = self.execution
         execution.finished_at = self._now()
-        execution.outcome = outcome(execution.status, ((r.step_type, r.status, r.output) for r in execution.runs))
+        execution.outcome = outcome(execution.status,
+                                    ((r.step_type, r.status, r.output) for r in execution.runs))
         await self._record("finish_execution")
 
     async def _record(self, op: str, **params: Any) -> None:
         params["execution"] = execution_to_dict(self.execution, with_runs=False)
-        await workflow.execute_local_activity(RECORD, args=[op, params], start_to_close_timeout=RECORD_TIMEOUT,
-                                              retry_policy=RECORD_RETRY)
+        await workflow.execute_local_activity(
+            RECORD, args=[op, params], start_to_close_timeout=RECORD_TIMEOUT, retry_policy=RECORD_RETRY)
 
     # ------------------------------------------------------------------ one step run
 
@@ -174,7 +177,8 @@ class ExecutionWorkflow:
             if run.in_branch_of is None:
                 self.failed_steps.append(spec.id)
         else:
-            run.branch = list(result.next if result is not None and result.next is not None else spec.on_success)
+            chosen = result.next if result is not None and result.next is not None else spec.on_success
+            run.branch = list(chosen)
         scheduled = self._schedule(run.branch, run) if run.in_branch_of is None else []
         await self._record("finish_step", run=run_to_dict(run), scheduled=[run_to_dict(r) for r in scheduled])
         return scheduled
@@ -200,10 +204,11 @@ class ExecutionWorkflow:
         try:
             async with asyncio.timeout(spec.timeout):
                 if spec.type == TIMER:
+                    # A durable timer: it survives any worker's crash, so it never needs to
+                    # be resumed with the time it had left (the builtin runner's case).
                     duration = float(spec.parsed.duration)       # type: ignore[attr-defined]
-                    remaining = max(0.0, run.started_at + duration - self._now())
-                    await workflow.sleep(remaining)              # a durable timer
-                    result = StepResult(output={"waited_s": duration, "resumed_with_s": round(remaining, 3)})
+                    await workflow.sleep(duration)
+                    result = StepResult(output={"waited_s": duration, "resumed_with_s": round(duration, 3)})
                 else:
                     ctx = StepContext(
                         execution_id=self.execution.id, workflow=self.workflow, step=spec, run=run,

