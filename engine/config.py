@@ -241,6 +241,23 @@ class ExecutionsConfig(Section):
     max_queued: Positive = 10_000      # past this many queued, the NATS intake waits (events stay in NATS)
 
 
+class WorkflowConfig(Section):
+    """Which engine runs workflow executions: ``builtin`` (the runner on PostgreSQL) or
+    ``temporal`` (a Temporal server; see the ``temporal`` section)."""
+
+    engine: Literal["builtin", "temporal"] = "builtin"
+
+
+class TemporalConfig(Section):
+    """Where executions run with ``workflow.engine: temporal`` (engine.temporal)."""
+
+    address: str | None = None          # host:port of the frontend; null: an embedded dev server
+    namespace: str = "default"
+    task_queue: str = "aetherius"
+    worker: bool = True                 # run a worker in the service (false: ``aetherius worker`` elsewhere)
+    heartbeat_timeout: Duration = 10.0  # a worker silent this long is taken for dead; its step runs again
+
+
 class AuthConfig(Section):
     bootstrap_token: SecretStr | None = None
     token_cache: Duration = 2.0
@@ -408,6 +425,8 @@ class Config(Section):
     audit: AuditConfig = AuditConfig()
     retries: RetriesConfig = RetriesConfig()
     approvals: ApprovalsConfig = ApprovalsConfig()
+    workflow: WorkflowConfig = WorkflowConfig()
+    temporal: TemporalConfig = TemporalConfig()
 
     def step_settings(self, *, live: bool = True, virtual_time: bool = False) -> Settings:
         """What steps read from this configuration, secrets in plain text."""

@@ -222,15 +222,7 @@ class WorkflowRunner:
         return self.settings.dry_run or workflow.dry_run is True or not self.settings.live
 
     def _names(self, execution: Execution, workflow: Workflow) -> dict[str, Any]:
-        ctx = execution.context
-        events = ctx.get("events") or []
-        return {
-            "incident": ctx.get("incident") or {}, "events": events,
-            "event": events[0] if events else {}, "context": ctx.get("vars") or {},
-            "steps": {}, "analysis": None, "decision": None,
-            "workflow": {"id": workflow.id, "name": workflow.name, "version": workflow.version},
-            "execution": {"id": execution.id, "dry_run": execution.dry_run},
-        }
+        return initial_names(execution, workflow)
 
     async def _continue(self, execution: Execution, workflow: Workflow) -> Execution:
         live = _Live(execution, workflow, self._names(execution, workflow),
@@ -463,15 +455,7 @@ class WorkflowRunner:
 
     def _remember(self, live: _Live, run: StepRun, result: StepResult | None = None) -> None:
         """Put a finished run where later steps and expressions read it."""
-        live.names["steps"][run.step_id] = {
-            "status": run.status, "output": run.output, "error": run.error,
-            "attempts": run.attempts, "type": run.step_type,
-        }
-        if result is not None:
-            live.names.update(result.context)
-        elif run.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED) and run.step_type in self.steps:
-            # Resuming: rebuild what the step had put in the context from its output.
-            live.names.update(self.steps[run.step_type].context_from_output(run.output))
+        remember(live.names, run, result, self.steps)
 
     async def _branch(self, live: _Live, parent: StepRun, step_ids: list[str]) -> bool:
         """Run a parallel branch: its steps in order, as child runs of ``parent``."""
@@ -500,6 +484,33 @@ class WorkflowRunner:
             if existing.status == StepStatus.FAILED:
                 return False
         return True
+
+
+def initial_names(execution: Execution, workflow: Workflow) -> dict[str, Any]:
+    """What expressions and templates see when an execution starts (both engines)."""
+    ctx = execution.context
+    events = ctx.get("events") or []
+    return {
+        "incident": ctx.get("incident") or {}, "events": events,
+        "event": events[0] if events else {}, "context": ctx.get("vars") or {},
+        "steps": {}, "analysis": None, "decision": None,
+        "workflow": {"id": workflow.id, "name": workflow.name, "version": workflow.version},
+        "execution": {"id": execution.id, "dry_run": execution.dry_run},
+    }
+
+
+def remember(names: dict[str, Any], run: StepRun, result: StepResult | None,
+             steps: dict[str, Step]) -> None:
+    """Put a finished run in ``names``, where later steps and expressions read it (both engines)."""
+    names["steps"][run.step_id] = {
+        "status": run.status, "output": run.output, "error": run.error,
+        "attempts": run.attempts, "type": run.step_type,
+    }
+    if result is not None:
+        names.update(result.context)
+    elif run.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED) and run.step_type in steps:
+        # Resuming: rebuild what the step had put in the context from its output.
+        names.update(steps[run.step_type].context_from_output(run.output))
 
 
 def _ids(execution: Execution) -> dict[str, Any]:

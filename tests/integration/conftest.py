@@ -98,3 +98,16 @@ def load_workflow(tmp_path: Path):
         return workflow
 
     return load
+
+
+# ----------------------------------------------------------------------------- workflow engines
+
+@pytest.fixture(params=["builtin", "temporal"])
+def engine(request: pytest.FixtureRequest):
+    """The conformance suite's engine: the same test body runs on each."""
+    from engines import Engine
+    from test_runner import INCIDENT
+
+    if request.param == "temporal":
+        return Engine("temporal", request.getfixturevalue("temporal_server"), INCIDENT)
+    return Engine("builtin", incident=INCIDENT)

@@ -1,0 +1,213 @@
+"""The activities: every step that does I/O runs here, on the builtin engine's step code.
+
+One activity type, ``aetherius.step``, runs one attempt of one step run: it builds the
+:class:`~steps.base.StepContext` the builtin runner would, calls the step class from the
+registry, and translates the outcome for Temporal: a result, or an
+:class:`~temporalio.exceptions.ApplicationError` typed with the error's kind (so the retry
+policy's ``non_retryable`` kinds map onto ``non_retryable_error_types``) and marked
+non-retryable where the builtin runner would not retry.
+
+``aetherius.record`` is the mirror: the workflow calls it (as a local activity) for each
+transition it decides, and it writes that transition through the same
+:class:`~engine.store.Store` interface the builtin runner uses, so our tables, the API and
+the console show executions on either engine alike. Attempts are mirrored by the step
+activity itself, as they begin and fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from engine.approvals import Gate
+from engine.exceptions import ServiceUnavailable, StepError, StepTimeout
+from engine.logs import FieldsAdapter
+from engine.runner import Audit
+from engine.statuses import StepStatus
+from engine.store import Execution, StepRun, Store
+from engine.temporal.codec import cached_workflow, execution_from_dict, run_from_dict
+from steps import REGISTRY
+from steps.base import Settings, Step, StepAudit, StepContext
+from steps.http import HttpClient
+from steps.mail import Mailer
+
+log = logging.getLogger("engine.runner")    # the builtin runner's words, in the same logger
+
+STEP = "aetherius.step"
+RECORD = "aetherius.record"
+
+Listener = Callable[[str, Execution, StepRun], None]
+
+
+class StepActivities:
+    """The activities of one worker, holding what steps use (the builtin runner's parts)."""
+
+    def __init__(self, store: Store, settings: Settings, *, http: HttpClient | None = None,
+                 mailer: Mailer | None = None, limiter: Any = None, lock: Any = None,
+                 audit: Audit | None = None, approvals: Gate | None = None,
+                 registry: dict[str, type[Step]] | None = None,
+                 listeners: list[Listener] | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.http = http
+        self.mailer = mailer
+        self.limiter = limiter
+        self.lock = lock
+        self.audit = audit
+        self.approvals = approvals
+        self.steps: dict[str, Step] = {name: cls() for name, cls in (registry or REGISTRY).items()}
+        # The runner's listeners: ("step_started" | "step_finished", execution, run).
+        self.listeners: list[Listener] = listeners if listeners is not None else []
+
+    def definitions(self) -> list[Callable[..., Any]]:
+        return [self.step, self.record]
+
+    # ------------------------------------------------------------------ one step attempt
+
+    @activity.defn(name=STEP)
+    async def step(self, params: dict[str, Any]) -> dict[str, Any]:
+        info = activity.info()
+        execution = execution_from_dict(params["execution"])
+        workflow = cached_workflow(params["workflow"], params.get("workflow_key"))
+        spec = workflow.step(params["step_id"])
+        run = run_from_dict(params["run"])
+        run.attempts = params["attempt_offset"] + info.attempt
+        run.attempt_started_at = time.time()
+        run.started_at = run.started_at or run.attempt_started_at
+        run.status = StepStatus.RUNNING
+        max_attempts: int = params["max_attempts"]
+        outage_only: bool = params["outage_only"]
+        non_retryable: list[str] = params["non_retryable"]
+        await self.store.start_attempt(execution.id, run)
+        logger = FieldsAdapter(log, {"incident_id": execution.incident_id, "execution_id": execution.id,
+                                     "step_id": spec.id})
+        logger.info("Executing %s step %s (attempt %d/%d)", spec.type, spec.id, run.attempts, max_attempts)
+        self._notify("step_started", execution, run)
+
+        deadline: list[asyncio.Timeout] = []
+
+        @contextlib.asynccontextmanager
+        async def paused() -> AsyncIterator[None]:
+            # As the builtin runner: waiting for a connection slot or a human does not count.
+            when = deadline[-1].when() if deadline else None
+            if when is None:
+                yield
+                return
+            loop = asyncio.get_running_loop()
+            left = when - loop.time()
+            deadline[-1].reschedule(None)
+            try:
+                yield
+            finally:
+                deadline[-1].reschedule(loop.time() + max(0.0, left))
+
+        async def waiting(on: bool) -> None:
+            run.status = StepStatus.WAITING_APPROVAL if on else StepStatus.RUNNING
+            await self.store.start_attempt(execution.id, run)
+
+        ctx = StepContext(
+            execution_id=execution.id, workflow=workflow, step=spec, run=run, names=params["names"],
+            settings=self.settings, http=self.http, dry_run=execution.dry_run, log=logger, run_branch=None,
+            limiter=self.limiter, lock=self.lock, audit=self._audit_for(execution, spec.id), paused=paused,
+            approvals=self.approvals, waiting=waiting, deadline=execution.started_at + workflow.timeout,
+            triggered_by=execution.context.get("triggered_by"), mailer=self.mailer)
+        beat = asyncio.create_task(self._heartbeat(params["heartbeat_every"]))
+        try:
+            try:
+                async with asyncio.timeout(spec.timeout) as timer:
+                    deadline[:] = [timer]
+                    result = await self.steps[spec.type].run(ctx, spec.parsed)
+            except TimeoutError:
+                error: StepError = StepTimeout(f"step timeout {spec.timeout:g}s")
+            except StepError as exc:
+                error = exc
+            except asyncio.CancelledError:
+                logger.info("Step %s cancelled (attempt %d)", spec.id, run.attempts)
+                raise
+            except Exception as exc:  # a bug in a step must not kill the execution
+                logger.exception("step %s raised an unexpected error", spec.id)
+                error = StepError(f"{type(exc).__name__}: {exc}", retryable=False)
+            else:
+                skipped = result.status == StepStatus.SKIPPED
+                return {"status": StepStatus.SKIPPED if skipped else StepStatus.SUCCEEDED,
+                        "output": result.output, "next": result.next, "context": result.context,
+                        "attempts": run.attempts, "started_at": run.started_at, "finished_at": time.time()}
+        finally:
+            beat.cancel()
+        retry = (error.retryable and error.kind not in non_retryable and run.attempts < max_attempts
+                 and (not outage_only or isinstance(error, ServiceUnavailable)))
+        if retry:
+            await self.store.fail_attempt(execution.id, run, str(error), error.kind)
+            logger.info("Step %s attempt %d failed (%s: %s); Temporal retries it", spec.id, run.attempts,
+                        error.kind, error)
+        else:
+            logger.warning("Step %s failed after %d attempt(s): %s: %s", spec.id, run.attempts,
+                           error.kind, error)
+        raise ApplicationError(str(error), {"output": error.output, "attempts": run.attempts,
+                                            "started_at": run.started_at},
+                               type=error.kind, non_retryable=not retry,
+                               next_retry_delay=_delay(error.next_retry_delay) if retry else None)
+
+    @staticmethod
+    async def _heartbeat(every: float) -> None:
+        # Tells Temporal this worker is alive (a killed worker's step is run again elsewhere
+        # after heartbeat_timeout), and is how a cancellation reaches the step.
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(every)
+
+    def _audit_for(self, execution: Execution, step_id: str) -> StepAudit | None:
+        audit = self.audit
+        if audit is None:
+            return None
+
+        async def record(action: str, detail: dict[str, Any]) -> None:
+            await audit(execution, step_id, action, detail)
+
+        return record
+
+    def _notify(self, what: str, execution: Execution, run: StepRun) -> None:
+        for listener in self.listeners:
+            try:
+                listener(what, execution, run)
+            except Exception:  # an observer must never break an execution
+                log.exception("runner listener failed")
+
+    # ------------------------------------------------------------------ the mirror
+
+    @activity.defn(name=RECORD)
+    async def record(self, op: str, params: dict[str, Any]) -> None:
+        """One transition the workflow decided, written through the store (idempotent)."""
+        execution = execution_from_dict(params["execution"])
+        store = self.store
+        if op == "start_attempt":
+            await store.start_attempt(execution.id, run_from_dict(params["run"]))
+        elif op == "schedule_runs":
+            await store.schedule_runs(execution.id, [run_from_dict(r) for r in params["runs"]])
+        elif op == "finish_step":
+            run = run_from_dict(params["run"])
+            await store.finish_step(execution.id, run, [run_from_dict(r) for r in params["scheduled"]])
+            self._notify("step_finished", execution, run)
+        elif op == "finish_execution":
+            await store.finish_execution(execution)
+            log.info("Workflow execution %s finished: status=%s outcome=%s duration=%.3fs%s", execution.id,
+                     execution.status, execution.outcome, execution.duration or 0.0,
+                     f" error={execution.error}" if execution.error else "",
+                     extra={"incident_id": execution.incident_id, "execution_id": execution.id})
+        else:
+            raise ApplicationError(f"unknown record operation {op!r}", non_retryable=True)
+
+
+def _delay(seconds: float | None) -> Any:
+    if seconds is None:
+        return None
+    from datetime import timedelta
+
+    return timedelta(seconds=seconds)

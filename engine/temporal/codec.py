@@ -1,0 +1,63 @@
+"""What crosses Temporal's wire: workflows, executions and step runs as JSON-ready dicts."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from engine.rules.model import Workflow
+from engine.store import Execution, StepRun
+from steps import REGISTRY
+
+
+def dump_workflow(workflow: Workflow) -> dict[str, Any]:
+    """The definition as the run's input: everything needed to run it again, exactly."""
+    data: dict[str, Any] = workflow.model_dump(mode="json", by_alias=True)
+    return data
+
+
+def workflow_key(data: dict[str, Any]) -> str:
+    """A digest of a dumped definition: activities cache parsed definitions by it."""
+    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
+
+
+def load_workflow(data: dict[str, Any]) -> Workflow:
+    """The definition back, with each step's config parsed as when rules load."""
+    workflow = Workflow.model_validate(data)
+    for step in workflow.steps:
+        step._parsed = REGISTRY[step.type].Config.model_validate(step.config)
+    return workflow
+
+
+@lru_cache(maxsize=256)
+def _cached(key: str, raw: bytes) -> Workflow:
+    return load_workflow(orjson.loads(raw))
+
+
+def cached_workflow(data: dict[str, Any], key: str | None = None) -> Workflow:
+    """:func:`load_workflow`, parsed once per definition in a process."""
+    return _cached(key or workflow_key(data), orjson.dumps(data))
+
+
+def run_to_dict(run: StepRun) -> dict[str, Any]:
+    return dataclasses.asdict(run)
+
+
+def run_from_dict(data: dict[str, Any]) -> StepRun:
+    return StepRun(**data)
+
+
+def execution_to_dict(execution: Execution, *, with_runs: bool = True) -> dict[str, Any]:
+    data = {f.name: getattr(execution, f.name) for f in dataclasses.fields(execution) if f.name != "runs"}
+    data["runs"] = [run_to_dict(r) for r in execution.runs] if with_runs else []
+    return data
+
+
+def execution_from_dict(data: dict[str, Any]) -> Execution:
+    values = dict(data)
+    runs = [run_from_dict(r) for r in values.pop("runs", [])]
+    return Execution(**values, runs=runs)
