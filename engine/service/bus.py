@@ -30,8 +30,15 @@ log = logging.getLogger(__name__)
 #: What an ack subject may hold: nothing that could break the protocol line it is written in.
 _ACK_SUBJECT = re.compile(r"\$JS\.ACK\.[!-~]+")
 
+#: A pull larger than a consumer made elsewhere allows: "Exceeded MaxRequestBatch of 100".
+_MAX_BATCH = re.compile(r"MaxRequestBatch of (\d+)")
+
 #: How long one pull waits for messages. An idle fetch ends with a TimeoutError: not a failure.
 FETCH_TIMEOUT = 0.5
+
+
+class JetStreamProblem(Exception):
+    """JetStream ended a pull request with a status other than the idle ones."""
 
 
 class _Trouble:
@@ -210,6 +217,12 @@ class Bus:
             msgs = await pull.take()
             if self._stopping.is_set():
                 break
+            if pull.problem is not None and not msgs:
+                trouble.failed(JetStreamProblem(pull.problem))
+                pull.problem = None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), min(0.5 * 2 ** (trouble.failures - 1), 5.0))
+                continue
             if self.connected:
                 trouble.ok()
             if msgs:
@@ -291,6 +304,7 @@ class _Pull:
         self.batch = batch
         self.expires = max(expires, 0.001)
         self.request = orjson.dumps({"batch": batch, "expires": int(self.expires * 1e9)})
+        self.problem: str | None = None    # why the server ended the last request, if not idle
         self.ready: list[Any] = []
         self.arrived = asyncio.Event()
         self.sub: Any = None
@@ -301,25 +315,46 @@ class _Pull:
         self.sub = await self.nc.subscribe(self.inbox, cb=self._on_message)
 
     async def _on_message(self, msg: Any) -> None:
-        if not msg.reply:
-            # A status of the request, not a stored message (those carry their ack subject):
-            # 408 it expired, 409 the server ended it (leadership change, consumer deleted,
-            # too many waiting), 100 a heartbeat.
-            status = (msg.headers or {}).get(api.Header.STATUS)
-            if status != "100":
-                if status not in ("404", "408"):
-                    log.debug("JetStream ended a pull request: %s %s", status,
-                              (msg.headers or {}).get(api.Header.DESCRIPTION, ""))
+        reply = msg.reply or ""
+        if reply.startswith("$JS.ACK."):      # a stored message: it carries its ack subject
+            self.ready.append(msg)
+            self.owed -= 1
+            if self.owed <= 0:
                 self.owed, self.open_until = 0, 0.0
-                self.arrived.set()
                 await self.ask()
+            self.arrived.set()
             return
-        self.ready.append(msg)
-        self.owed -= 1
-        if self.owed <= 0:
-            self.owed, self.open_until = 0, 0.0
+        if reply:
+            return      # not JetStream's: nothing else publishes to this inbox
+        # A status of the request: 100 a heartbeat; 404/408 it ended with nothing (more) to
+        # deliver, the idle case; anything else (409: leadership change, consumer deleted or
+        # limits of a consumer made elsewhere; 503: no JetStream) ends it with a problem,
+        # which the loop reports and backs off from.
+        headers = msg.headers or {}
+        status = headers.get(api.Header.STATUS)
+        if status == "100":
+            return
+        self.owed, self.open_until = 0, 0.0
+        if status in ("404", "408"):
+            self.arrived.set()
             await self.ask()
+            return
+        description = headers.get(api.Header.DESCRIPTION, "")
+        limit = _MAX_BATCH.search(description)
+        if limit and 0 < int(limit.group(1)) < self.batch:
+            # The consumer takes smaller pulls: ask for what it allows from now on.
+            self.resize(int(limit.group(1)))
+            log.warning("JetStream consumer allows pulls of at most %s messages; pulling that many",
+                        limit.group(1))
+            self.arrived.set()
+            await self.ask()
+            return
+        self.problem = f"JetStream answered a pull request with {status} {description}".strip()
         self.arrived.set()
+
+    def resize(self, batch: int) -> None:
+        self.batch = batch
+        self.request = orjson.dumps({"batch": batch, "expires": int(self.expires * 1e9)})
 
     async def ask(self) -> None:
         """Send the next pull request, unless one is open or two batches wait already. A
@@ -340,8 +375,12 @@ class _Pull:
         """The messages delivered so far (at most ``batch``), waiting for the first of them
         up to the request's expiry (an empty list when none came)."""
         if not self.ready:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self.arrived.wait(), self.expires + 1.0)
+            except TimeoutError:
+                # JetStream ends every pull request by its expiry (408): none came, so the
+                # request was lost (a dropped connection, a consumer that is gone).
+                self.problem = self.problem or f"no answer to a pull request within {self.expires + 1.0:g}s"
         self.arrived.clear()
         msgs, self.ready = self.ready[:self.batch], self.ready[self.batch:]
         if self.ready:

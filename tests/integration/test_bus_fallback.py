@@ -444,3 +444,74 @@ def test_a_redelivery_is_counted_from_the_ack_subject():
     assert _deliveries("$JS.ACK.EVENTS.aetherius.3.1042.1040.1733130000000000000.0") == 3
     assert _deliveries("$JS.ACK.hub.ACCHASH.EVENTS.aetherius.2.1042.1040.1733130000000000000.0.tok") == 2
     assert _deliveries("$JS.ACK.broken") == 1
+
+
+def test_a_consumer_that_allows_smaller_pulls_is_pulled_in_its_size(nats_url, nats_prefix, caplog):
+    # A durable consumer made elsewhere with max_batch 10: JetStream refuses larger pulls
+    # (409 Exceeded MaxRequestBatch); the bus says so once and pulls 10 at a time.
+    import json
+
+    caplog.set_level(logging.INFO, logger="engine.service.bus")
+    stream, durable = f"{nats_prefix}_EVENTS", f"{nats_prefix}_small"
+    subjects = [f"{nats_prefix}.event.critical"]
+
+    async def go() -> list[list[Message]]:
+        admin = await nats.connect(nats_url)
+        js = admin.jetstream()
+        await js.add_stream(name=stream, subjects=subjects)
+        config = {"durable_name": durable, "ack_policy": "explicit", "deliver_policy": "all",
+                  "max_batch": 10}
+        reply = await admin.request(f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+                                    json.dumps({"stream_name": stream, "config": config}).encode())
+        assert "error" not in json.loads(reply.data), reply.data
+        for i in range(45):
+            await js.publish(subjects[0], f"m{i}".encode())
+        bus = Bus(nats_url, subjects, stream=stream, durable=durable, batch=64)
+        await bus.connect()
+        handler = Collector()
+        task = asyncio.create_task(bus.run(handler))
+        try:
+            await handler.wait_for(lambda: len(handler.messages) >= 45, 10)
+        finally:
+            bus.stop()
+            await _ended(task)
+            await bus.close()
+            await admin.close()
+        return handler.batches
+
+    batches = asyncio.run(go())
+    assert sorted(m.data for b in batches for m in b) == sorted(f"m{i}".encode() for i in range(45))
+    assert max(len(b) for b in batches) <= 10
+    said = [r for r in _bus_records(caplog) if "at most 10 messages" in r.getMessage()]
+    assert len(said) == 1, caplog.text
+
+
+def test_a_deleted_stream_is_reported_once_and_not_pulled_in_a_tight_loop(nats_url, nats_prefix, caplog):
+    caplog.set_level(logging.DEBUG, logger="engine.service.bus")
+    stream, subjects = f"{nats_prefix}_EVENTS", [f"{nats_prefix}.event.critical"]
+
+    async def go() -> tuple[int, float]:
+        bus = Bus(nats_url, subjects, stream=stream, durable=f"{nats_prefix}_durable", fetch_timeout=0.2)
+        await bus.connect()
+        task = asyncio.create_task(bus.run(Collector()))
+        admin = await nats.connect(nats_url)
+        try:
+            await asyncio.sleep(0.3)
+            await admin.jetstream().delete_stream(stream)     # every pull from now on is refused
+            assert bus.nc is not None
+            sent = bus.nc.stats["out_msgs"]
+            await asyncio.sleep(2.0)
+            requests = bus.nc.stats["out_msgs"] - sent
+        finally:
+            bus.stop()
+            took = await _ended(task)
+            await bus.close()
+            await admin.close()
+        return requests, took
+
+    requests, took = asyncio.run(go())
+    assert requests <= 8, requests        # backing off (0.5 s doubling), not a request per reply
+    failed = [r for r in _bus_records(caplog, logging.DEBUG) if "NATS fetch failed" in r.getMessage()]
+    assert failed and failed[0].levelno == logging.WARNING, caplog.text
+    assert all(r.levelno == logging.DEBUG for r in failed[1:]), caplog.text
+    assert took < 1.0, took
