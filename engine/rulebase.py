@@ -21,7 +21,11 @@ over, and the old one is deleted.
 
 Repeats of a known symptom skip the engine: the outcome of a post depends only on the
 fields read by the rules that can match the event's reason, and on the facts; so it is
-memoized on those fields, and the memo is dropped whenever a fact changes.
+memoized on those fields, and the memo is dropped whenever a fact changes. While no fact
+is live, no join can fire: the outcome then depends only on the fields the rules test
+directly and on the answers of their regexes, and the memo keys on those
+(:attr:`~engine.rulecompiler.View.free_fields`): a storm of one symptom over ten thousand
+pods is posted once per distinct answer, not once per pod.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +51,11 @@ log = logging.getLogger(__name__)
 # Outcomes memoized per symptom values (README, *Memory bounds*): cleared when it holds this
 # many, and on every fact change. Real repeats come close together, so a small memo serves them.
 MEMO_LIMIT = 20_000
+
+
+def _flag(pattern: re.Pattern, value: Any) -> bool:
+    """The answer of a symptom's regex on a field, as posted to the engine (an ``rx<N>`` flag)."""
+    return value is not None and pattern.search(str(value)) is not None
 
 
 class _Host(durable_engine.Host):
@@ -121,7 +131,7 @@ class RuleBase:
         if ruleset is not None:
             self._host._ruleset_list.remove(ruleset)
             durable_rules_engine.delete_ruleset(ruleset._handle)
-        gen.memo.clear()
+        gen.forget()
 
     @staticmethod
     def _fact_applies(gen: CompiledRuleSet, body: dict) -> bool:
@@ -141,16 +151,26 @@ class RuleBase:
         view = gen.views.get(event.reason, gen.default)
         # A repeat of a known symptom (same values in the fields its rules read, same
         # facts) has the same outcome: it skips the engine.
-        memo_key = (event.reason, *[getattr(event, f) for f in view.fields])
-        cached = gen.memo.get(memo_key)
+        memo_key: tuple
+        if self._facts:
+            memo = gen.memo
+            memo_key = (event.reason, *[getattr(event, f) for f in view.fields])
+        else:
+            # No fact: joins cannot fire, so only the directly tested fields and the
+            # regexes' answers (what _message posts as rx flags) decide.
+            memo = gen.free_memo
+            memo_key = (view.free_getter(event), *[_flag(pattern, getattr(event, fname))
+                                                   for _, fname, pattern in view.regexes])
+        cached = memo.get(memo_key)
         if cached is not None:
             self.stats["memo_hits"] += 1
             return self._hits(gen, event, cached)
         outcome, pure = self._post(gen, view, event, now)
         if pure:
-            if len(gen.memo) >= MEMO_LIMIT:
-                gen.memo.clear()
-            gen.memo[memo_key] = tuple(outcome)
+            # _post changed no fact, so the memo chosen above is still the right one.
+            if len(memo) >= MEMO_LIMIT:
+                memo.clear()
+            memo[memo_key] = tuple(outcome)
         return self._hits(gen, event, outcome)
 
     def _hits(self, gen: CompiledRuleSet, event: Event, outcome: Iterable[tuple]) -> list[Hit]:
@@ -174,8 +194,7 @@ class RuleBase:
             if value is not None and value != "":
                 msg[name] = value
         for flag, fname, pattern in view.regexes:
-            value = getattr(event, fname)
-            if value is not None and pattern.search(str(value)):
+            if _flag(pattern, getattr(event, fname)):
                 msg[flag] = 1
         msg.update(flags)
         return msg
@@ -266,7 +285,7 @@ class RuleBase:
         else:
             self._facts[key] = _Fact(body, expires)
             self._engine_fact(gen, body)
-            gen.memo.clear()
+            gen.forget()
         heapq.heappush(self._expiry, (expires, key))
 
     def _retract(self, key: str) -> None:
@@ -274,7 +293,7 @@ class RuleBase:
         if fact is not None:
             gen = self._active
             self._engine_fact(gen, fact.body, retract=True)
-            gen.memo.clear()
+            gen.forget()
 
     def _expire(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] <= now:
