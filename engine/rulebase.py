@@ -33,7 +33,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +42,7 @@ import orjson
 from durable import engine as durable_engine
 
 from engine.events import Event
-from engine.rulecompiler import CompiledRuleSet, View, compile_rules, stage_flag
+from engine.rulecompiler import CompiledRuleSet, View, compile_rules, regex_flag, stage_flag
 from engine.rules.model import Strategy
 
 log = logging.getLogger(__name__)
@@ -53,9 +52,20 @@ log = logging.getLogger(__name__)
 MEMO_LIMIT = 20_000
 
 
-def _flag(pattern: re.Pattern, value: Any) -> bool:
-    """The answer of a symptom's regex on a field, as posted to the engine (an ``rx<N>`` flag)."""
-    return value is not None and pattern.search(str(value)) is not None
+# What a post's outcome means, resolved once (and memoized as such): the hits as
+# (strategy, inhibited_by) pairs, and how many are plain and inhibited hits.
+_Plan = tuple[tuple[tuple[Strategy, "tuple[str, str] | None"], ...], int, int]
+
+
+def _plan(gen: CompiledRuleSet, outcome: Iterable[tuple]) -> _Plan:
+    pairs: list[tuple[Strategy, tuple[str, str] | None]] = []
+    for kind, sid, *rest in outcome:
+        if kind == "hit":
+            pairs.append((gen.strategies[sid], None))
+        elif kind == "inhibited":
+            pairs.append((gen.strategies[sid], (rest[0], rest[1])))
+    hits = sum(1 for _, by in pairs if by is None)
+    return tuple(pairs), hits, len(pairs) - hits
 
 
 class _Host(durable_engine.Host):
@@ -159,33 +169,28 @@ class RuleBase:
             # No fact: joins cannot fire, so only the directly tested fields and the
             # regexes' answers (what _message posts as rx flags) decide.
             memo = gen.free_memo
-            memo_key = (view.free_getter(event), *[_flag(pattern, getattr(event, fname))
-                                                   for _, fname, pattern in view.regexes])
-        cached = memo.get(memo_key)
-        if cached is not None:
+            memo_key = view.free_key(event)
+        plan = memo.get(memo_key)
+        if plan is not None:
             self.stats["memo_hits"] += 1
-            return self._hits(gen, event, cached)
-        outcome, pure = self._post(gen, view, event, now)
-        if pure:
-            # _post changed no fact, so the memo chosen above is still the right one.
-            if len(memo) >= MEMO_LIMIT:
-                memo.clear()
-            memo[memo_key] = tuple(outcome)
-        return self._hits(gen, event, outcome)
-
-    def _hits(self, gen: CompiledRuleSet, event: Event, outcome: Iterable[tuple]) -> list[Hit]:
-        hits = []
-        for kind, sid, *rest in outcome:
-            if kind == "hit":
-                hits.append(Hit(gen.strategies[sid], event))
-                self.stats["hits"] += 1
-            elif kind == "inhibited":
-                by, value = rest
-                hits.append(Hit(gen.strategies[sid], event, (by, value)))
-                self.stats["inhibited"] += 1
-        if not hits:
-            self.stats["unmatched"] += 1
-        return hits
+        else:
+            outcome, pure = self._post(gen, view, event, now)
+            plan = _plan(gen, outcome)
+            if pure:
+                # _post changed no fact, so the memo chosen above is still the right one.
+                if len(memo) >= MEMO_LIMIT:
+                    memo.clear()
+                memo[memo_key] = plan
+        pairs, hits, inhibited = plan
+        stats = self.stats
+        if not pairs:
+            stats["unmatched"] += 1
+            return []
+        if hits:
+            stats["hits"] += hits
+        if inhibited:
+            stats["inhibited"] += inhibited
+        return [Hit(strategy, event, by) for strategy, by in pairs]
 
     def _message(self, view: View, event: Event, flags: dict) -> dict:
         msg: dict[str, Any] = {"id": f"{event.id}#{next(self._seq_ids)}", "ev": 1}
@@ -194,7 +199,7 @@ class RuleBase:
             if value is not None and value != "":
                 msg[name] = value
         for flag, fname, pattern in view.regexes:
-            if _flag(pattern, getattr(event, fname)):
+            if regex_flag(pattern, getattr(event, fname)):
                 msg[flag] = 1
         msg.update(flags)
         return msg

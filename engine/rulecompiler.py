@@ -44,11 +44,33 @@ class View:
     # The fields a rule reads other than through a join or a regex (always ``reason``):
     # with the regexes' answers, all an event's outcome depends on while no fact is live.
     free_fields: tuple[str, ...] = ("reason",)
-    free_getter: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
+    # The memo key while no fact is live: the free fields' values and the regexes' answers.
+    free_key: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # attrgetter returns a bare value for one field, a tuple for several: either is a key.
-        object.__setattr__(self, "free_getter", operator.attrgetter(*self.free_fields))
+        object.__setattr__(self, "free_key", _free_key(self.free_fields, self.regexes))
+
+
+def regex_flag(pattern: re.Pattern, value: Any) -> bool:
+    """A symptom's regex on a field, as posted to the engine (an ``rx<N>`` flag)."""
+    return value is not None and pattern.search(value if type(value) is str else str(value)) is not None
+
+
+def _free_key(fields: tuple[str, ...],
+              regexes: tuple[tuple[str, str, re.Pattern], ...]) -> Callable[[Any], Any]:
+    # attrgetter returns a bare value for one field, a tuple for several: either is a key
+    # (the reason is always among them, and a reason has one view).
+    values = operator.attrgetter(*fields)
+    if not regexes:
+        return values
+    tests = tuple((operator.attrgetter(fname), pattern) for _, fname, pattern in regexes)
+    if len(tests) == 1:
+        (get1, p1), = tests
+        return lambda event: (values(event), regex_flag(p1, get1(event)))
+    if len(tests) == 2:       # (the shipped BackOff view: crash loop or image pull)
+        (get1, p1), (get2, p2) = tests
+        return lambda event: (values(event), regex_flag(p1, get1(event)), regex_flag(p2, get2(event)))
+    return lambda event: (values(event), *[regex_flag(pattern, get(event)) for get, pattern in tests])
 
 
 @dataclass
