@@ -100,7 +100,9 @@ class RuleBase:
 
     _names = itertools.count(1)
 
-    def __init__(self, strategies: Iterable[Strategy] = ()) -> None:
+    def __init__(self, strategies: Iterable[Strategy] = (), *, memo: bool = True) -> None:
+        # memo=False posts every event to the engine: the reference the memo is tested against.
+        self._memo = memo
         self._host = _Host()
         self._facts: dict[str, _Fact] = {}
         self._expiry: list[tuple[float, str]] = []
@@ -170,13 +172,13 @@ class RuleBase:
             # regexes' answers (what _message posts as rx flags) decide.
             memo = gen.free_memo
             memo_key = view.free_key(event)
-        plan = memo.get(memo_key)
+        plan = memo.get(memo_key) if self._memo else None
         if plan is not None:
             self.stats["memo_hits"] += 1
         else:
             outcome, pure = self._post(gen, view, event, now)
             plan = _plan(gen, outcome)
-            if pure:
+            if pure and self._memo:
                 # _post changed no fact, so the memo chosen above is still the right one.
                 if len(memo) >= MEMO_LIMIT:
                     memo.clear()

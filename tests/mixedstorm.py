@@ -85,7 +85,8 @@ def pod_status(i: int, t: float, restarts: int, reason: str = "OOMKilled") -> di
     return {"type": "MODIFIED" if restarts else "ADDED", "object": {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "jobs", "uid": f"pod-{name}",
-                     "ownerReferences": [{"kind": "ReplicaSet", "name": "worker-6d5f7c8b9", "controller": True}]},
+                     "ownerReferences": [{"kind": "ReplicaSet", "name": "worker-6d5f7c8b9",
+                                          "controller": True}]},
         "spec": {"nodeName": f"node-{i % 4}"},
         "status": {"startTime": iso(T0), "containerStatuses": [{
             "name": "worker", "restartCount": restarts,
@@ -130,7 +131,8 @@ ODD: list[str] = [
     '{"kind":"Event","reason":"BackOff","involvedObject":{"kind":"Pod","name":"x"},"count":4294967296}',
     '{"kind":"Event","reason":"BackOff","involvedObject":{"kind":"Pod","name":"x","namespace":5}}',
     '{"kind":"Event","reason":"BackOff","involvedObject":{"kind":"Pod","name":"x","uid":["u"]}}',
-    '{"kind":"Event","reason":"BackOff","message":"nul \\u0000 here","involvedObject":{"kind":"Pod","name":"x"}}',
+    '{"kind":"Event","reason":"BackOff","message":"nul \\u0000 here",'
+    '"involvedObject":{"kind":"Pod","name":"x"}}',
     '{"kind":"Event","reason":"Back\\u0000Off","involvedObject":{"kind":"Pod","name":"x"}}',
     '{"kind":"Event","reason":"BackOff","involvedObject":{"kind":"Pod","name":"x"},"type":3}',
     '{"kind":"Event","reason":"BackOff","involvedObject":{"kind":"Pod","name":"x"},"lastTimestamp":"yesterday"}',
@@ -169,7 +171,8 @@ ODD: list[str] = [
     '{"reason":"CrashLoopBackOff","name":"x","container_statuses":[{"name":"c","restartCount":3,'
     '"lastState":{"terminated":{"reason":"OOMKilled","exitCode":137}}}]}',
     '\u00e9\u00e8 not json',
-    '{"kind":"Event","reason":"BackOff","message":"caf\u00e9 \u2603 \\ud83d\\ude00","involvedObject":{"kind":"Pod","name":"u-1"}}',
+    '{"kind":"Event","reason":"BackOff","message":"caf\u00e9 \u2603 \\ud83d\\ude00",'
+    '"involvedObject":{"kind":"Pod","name":"u-1"}}',
 ]
 
 
@@ -212,7 +215,8 @@ def lines(seed: int = 1, rounds: int = 6, pods: int = 40) -> list[str]:
             # Image pulls: Normal BackOff "Back-off pulling image" and Warning Failed.
             if p % 7 == 0:
                 add(base + 1, core_event(uid=f"img-{p}-{r}", kind="Pod", name=pod, namespace=ns,
-                                         reason="BackOff" if r % 2 else "Failed", type_="Normal" if r % 2 else "Warning",
+                                         reason="BackOff" if r % 2 else "Failed",
+                                         type_="Normal" if r % 2 else "Warning",
                                          message="Back-off pulling image \"x:1\"" if r % 2 else
                                          "Failed to pull image \"x:1\": rpc error", count=None,
                                          first=base + 1, last=None))
@@ -226,19 +230,23 @@ def lines(seed: int = 1, rounds: int = 6, pods: int = 40) -> list[str]:
         if r == 2:
             add(base + 5, core_event(uid="nnr-1", kind="Node", name="node-1", namespace=None,
                                      reason="NodeNotReady", message="Node node-1 status is now: NodeNotReady",
-                                     count=1, first=base + 5, last=base + 5, type_="Normal", component="node-controller"))
+                                     count=1, first=base + 5, last=base + 5, type_="Normal",
+                                     component="node-controller"))
         if r == 4:
             add(base + 6, core_event(uid="nr-1", kind="Node", name="node-1", namespace=None,
                                      reason="NodeReady", message="Node node-1 status is now: NodeReady",
-                                     count=1, first=base + 6, last=base + 6, type_="Normal", component="kubelet"))
+                                     count=1, first=base + 6, last=base + 6, type_="Normal",
+                                     component="kubelet"))
         # Other symptoms, with owners, series and eventTime-only events.
-        add(base + 7, core_event(uid=f"fs-{r}", kind="Pod", name="batch-0", namespace="etl", reason="FailedScheduling",
+        add(base + 7, core_event(uid=f"fs-{r}", kind="Pod", name="batch-0", namespace="etl",
+                                 reason="FailedScheduling",
                                  message="0/4 nodes are available: 4 Insufficient memory.", count=r + 1,
                                  first=base, last=None, type_="Warning", component="default-scheduler",
                                  series={"count": r + 1, "lastObservedTime": iso(base + 7, fraction=True)},
                                  owners=[{"kind": "Job", "name": "batch", "controller": True}]))
         add(base + 8, core_event(uid=f"job-{r}", kind="Job", name="nightly", namespace="etl",
-                                 reason="BackoffLimitExceeded", message="Job has reached the specified backoff limit",
+                                 reason="BackoffLimitExceeded",
+                                 message="Job has reached the specified backoff limit",
                                  count=1, first=base + 8, last=base + 8, component="job-controller"))
     for i, text in enumerate(ODD):
         add(T0 + 5 + i * 0.7, text)
