@@ -13,7 +13,7 @@ The storm is written to a temporary file once; each run replays it in a fresh pr
 (what ``aetherius replay`` does), so peak RSS is the pipeline's own. Printed: median and
 every run's events/s, incidents formed, median peak RSS; and, as a baseline measured in
 the same go, interleaved with the runs, stdlib ``json.loads`` of every line of the same
-file (the floor any Python intake pays).
+file (the floor any Python intake pays), and the ratio of the two medians.
 """
 
 from __future__ import annotations
@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
           f"(runs: {', '.join(f'{r:,.0f}' for r in rates)})")
     print(f"baseline: median {statistics.median(base):,.0f} lines/s, stdlib json.loads alone "
           "on the same file (the floor of any Python intake)")
+    ratios = [b / r for b, r in zip(base, rates, strict=True)]
+    print(f"ratio:    replay is {statistics.median(base) / statistics.median(rates):.2f}x slower than "
+          f"json.loads (medians; per interleaved pair: {', '.join(f'{x:.2f}' for x in ratios)})")
     print(f"incidents formed: {', '.join(str(r['incidents']) for r in runs)} (expected {groups:,})")
     print(f"peak RSS: median {statistics.median(r['peak_rss_mb'] for r in runs):,.0f} MB")
     return 0 if all(r["incidents"] == groups for r in runs) else 1

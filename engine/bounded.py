@@ -99,9 +99,16 @@ class RecentMap(_Generations, Generic[V]):
         self._since = self.clock()
 
     def get(self, key: Hashable) -> V | None:
+        return self.get_hashed(hash(key))
+
+    def set(self, key: Hashable, value: V) -> None:
+        self.set_hashed(hash(key), value)
+
+    # By hash, for a caller that reads and then writes the same key (hashing it once).
+
+    def get_hashed(self, h: int) -> V | None:
         if self._age() == 2:
             self._drop(both=True)
-        h = hash(key)
         value = self._current.get(h)
         if value is None:
             value = self._previous.pop(h, None)
@@ -109,10 +116,18 @@ class RecentMap(_Generations, Generic[V]):
                 self._put(h, value)      # used again: kept
         return value
 
-    def set(self, key: Hashable, value: V) -> None:
-        h = hash(key)
-        self._previous.pop(h, None)
-        self._put(h, value)
+    def current(self, h: int) -> V | None:
+        """The value of a key (by hash) if the current generation holds it: no rotation,
+        no move, nothing changes."""
+        return self._current.get(h)
+
+    def set_hashed(self, h: int, value: V) -> None:
+        current = self._current
+        if h not in current:             # (a key is in one generation at most)
+            self._previous.pop(h, None)
+            self._rotate(len(current))
+            current = self._current      # the rotation may have begun a new one
+        current[h] = value
 
     def _put(self, h: int, value: V) -> None:
         if h not in self._current:

@@ -24,6 +24,7 @@ import itertools
 import logging
 import operator
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,20 +42,32 @@ from engine.statuses import IncidentStatus
 log = logging.getLogger(__name__)
 
 MAX_SAMPLE_EVENTS = 20
+_FORMING, _OPEN, _CLOSED = IncidentStatus.FORMING, IncidentStatus.OPEN, IncidentStatus.CLOSED
 
 
 
-_KEY_GETTERS: dict[tuple[str, ...], Any] = {}
+_KEY_GETTERS: dict[tuple[str, ...], Callable[[Event], tuple[Any, ...]]] = {}
+
+
+def key_getter(fields: Iterable[str]) -> Callable[[Event], tuple[Any, ...]]:
+    """A function giving an event's values of ``fields``, always as a tuple."""
+    names = tuple(fields)
+    getter = _KEY_GETTERS.get(names)
+    if getter is None:
+        if len(names) == 1:
+            one = operator.attrgetter(names[0])
+            getter = lambda event: (one(event),)  # noqa: E731
+        else:
+            getter = operator.attrgetter(*names)
+        getter = _KEY_GETTERS[names] = getter
+    return getter
 
 
 def correlation_key(strategy: Strategy, event: Event) -> tuple[str, ...]:
-    fields = tuple(strategy.key_fields)
-    getter = _KEY_GETTERS.get(fields)
-    if getter is None:
-        getter = _KEY_GETTERS[fields] = operator.attrgetter(*fields)
-    values = getter(event)
-    if len(fields) == 1:
-        values = (values,)
+    return _key_text(key_getter(strategy.key_fields)(event))
+
+
+def _key_text(values: tuple[Any, ...]) -> tuple[str, ...]:
     for v in values:
         if type(v) is not str or not v:
             return tuple("-" if v in (None, "") else str(v) for v in values)
@@ -179,6 +192,9 @@ class Correlator(Observer[Hit]):
         self.scheduler = scheduler
         self.formed: Subject[Incident] = Subject()
         self._groups: dict[tuple[str, tuple[str, ...]], _Group] = {}
+        # Per strategy object (by id, kept alive so that the id stays its own): its id and
+        # its key's getter, so a hit costs no property calls or tuple building.
+        self._keys: dict[int, tuple[Strategy, str, Callable[[Event], tuple[Any, ...]]]] = {}
         self._ids = ids
         self.stats = {"hits": 0, "incidents": 0, "late": 0, "suppressed": 0,
                       "inhibited": 0, "inhibited_orphans": 0}
@@ -194,33 +210,40 @@ class Correlator(Observer[Hit]):
     def add(self, hit: Hit, now: float | None = None) -> Incident | None:
         """Attach a hit; returns the incident (pending, open or closed) it joined.
         ``now`` is the scheduler's time, when the caller already knows it."""
-        self.stats["hits"] += 1
+        stats = self.stats
+        stats["hits"] += 1
         event = hit.event
         if hit.inhibited_by is not None:
             return self._inhibited(hit)
         strategy = hit.strategy
-        gkey = (strategy.id, correlation_key(strategy, event))
+        known = self._keys.get(id(strategy))
+        if known is None or known[0] is not strategy:
+            known = self._keys[id(strategy)] = (strategy, strategy.id, key_getter(strategy.key_fields))
+        gkey = (known[1], _key_text(known[2](event)))
         group = self._groups.get(gkey)
         if now is None:
             now = self.now()
-        if group is None or (group.incident.status == IncidentStatus.CLOSED and now >= group.cooldown_until):
+        if group is None or (group.incident.status is _CLOSED and now >= group.cooldown_until):
             group = self._start(strategy, gkey, event, now)
         incident = group.incident
         count = event.count
-        if incident.status == IncidentStatus.FORMING:
+        status = incident.status
+        if status is _FORMING:
             incident.events += count
             incident.records += 1
-            incident.last_seen = max(incident.last_seen, event.time)
-            incident.objects.add(event.object_key)
+            t = event.last_seen or event.first_seen      # Event.time
+            if t > incident.last_seen:
+                incident.last_seen = t
+            incident.objects.add(event.uid or event.object_key)
             if len(incident.sample_ids) < MAX_SAMPLE_EVENTS:
                 incident.sample_ids.append(event.id)
             if self.track_event_ids:
                 incident.event_ids.append(event.id)
             group.last_hit = now
-        elif incident.status == IncidentStatus.OPEN:
+        elif status is _OPEN:
             incident.late += count
             incident.last_seen = max(incident.last_seen, event.time)
-            self.stats["late"] += count
+            stats["late"] += count
         else:
             incident.suppressed += count
             self.stats["suppressed"] += count

@@ -21,7 +21,11 @@ over, and the old one is deleted.
 
 Repeats of a known symptom skip the engine: the outcome of a post depends only on the
 fields read by the rules that can match the event's reason, and on the facts; so it is
-memoized on those fields, and the memo is dropped whenever a fact changes.
+memoized on those fields, and the memo is dropped whenever a fact changes. While no fact
+is live, no join can fire: the outcome then depends only on the fields the rules test
+directly and on the answers of their regexes, and the memo keys on those
+(:attr:`~engine.rulecompiler.View.free_fields`): a storm of one symptom over ten thousand
+pods is posted once per distinct answer, not once per pod.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import orjson
 from durable import engine as durable_engine
 
 from engine.events import Event
-from engine.rulecompiler import CompiledRuleSet, View, compile_rules, stage_flag
+from engine.rulecompiler import CompiledRuleSet, View, compile_rules, regex_flag, stage_flag
 from engine.rules.model import Strategy
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,22 @@ log = logging.getLogger(__name__)
 # Outcomes memoized per symptom values (README, *Memory bounds*): cleared when it holds this
 # many, and on every fact change. Real repeats come close together, so a small memo serves them.
 MEMO_LIMIT = 20_000
+
+
+# What a post's outcome means, resolved once (and memoized as such): the hits as
+# (strategy, inhibited_by) pairs, and how many are plain and inhibited hits.
+_Plan = tuple[tuple[tuple[Strategy, "tuple[str, str] | None"], ...], int, int]
+
+
+def _plan(gen: CompiledRuleSet, outcome: Iterable[tuple]) -> _Plan:
+    pairs: list[tuple[Strategy, tuple[str, str] | None]] = []
+    for kind, sid, *rest in outcome:
+        if kind == "hit":
+            pairs.append((gen.strategies[sid], None))
+        elif kind == "inhibited":
+            pairs.append((gen.strategies[sid], (rest[0], rest[1])))
+    hits = sum(1 for _, by in pairs if by is None)
+    return tuple(pairs), hits, len(pairs) - hits
 
 
 class _Host(durable_engine.Host):
@@ -80,7 +100,9 @@ class RuleBase:
 
     _names = itertools.count(1)
 
-    def __init__(self, strategies: Iterable[Strategy] = ()) -> None:
+    def __init__(self, strategies: Iterable[Strategy] = (), *, memo: bool = True) -> None:
+        # memo=False posts every event to the engine: the reference the memo is tested against.
+        self._memo = memo
         self._host = _Host()
         self._facts: dict[str, _Fact] = {}
         self._expiry: list[tuple[float, str]] = []
@@ -121,7 +143,7 @@ class RuleBase:
         if ruleset is not None:
             self._host._ruleset_list.remove(ruleset)
             durable_rules_engine.delete_ruleset(ruleset._handle)
-        gen.memo.clear()
+        gen.forget()
 
     @staticmethod
     def _fact_applies(gen: CompiledRuleSet, body: dict) -> bool:
@@ -141,31 +163,36 @@ class RuleBase:
         view = gen.views.get(event.reason, gen.default)
         # A repeat of a known symptom (same values in the fields its rules read, same
         # facts) has the same outcome: it skips the engine.
-        memo_key = (event.reason, *[getattr(event, f) for f in view.fields])
-        cached = gen.memo.get(memo_key)
-        if cached is not None:
+        memo_key: tuple
+        if self._facts:
+            memo = gen.memo
+            memo_key = (event.reason, *[getattr(event, f) for f in view.fields])
+        else:
+            # No fact: joins cannot fire, so only the directly tested fields and the
+            # regexes' answers (what _message posts as rx flags) decide.
+            memo = gen.free_memo
+            memo_key = view.free_key(event)
+        plan = memo.get(memo_key) if self._memo else None
+        if plan is not None:
             self.stats["memo_hits"] += 1
-            return self._hits(gen, event, cached)
-        outcome, pure = self._post(gen, view, event, now)
-        if pure:
-            if len(gen.memo) >= MEMO_LIMIT:
-                gen.memo.clear()
-            gen.memo[memo_key] = tuple(outcome)
-        return self._hits(gen, event, outcome)
-
-    def _hits(self, gen: CompiledRuleSet, event: Event, outcome: Iterable[tuple]) -> list[Hit]:
-        hits = []
-        for kind, sid, *rest in outcome:
-            if kind == "hit":
-                hits.append(Hit(gen.strategies[sid], event))
-                self.stats["hits"] += 1
-            elif kind == "inhibited":
-                by, value = rest
-                hits.append(Hit(gen.strategies[sid], event, (by, value)))
-                self.stats["inhibited"] += 1
-        if not hits:
-            self.stats["unmatched"] += 1
-        return hits
+        else:
+            outcome, pure = self._post(gen, view, event, now)
+            plan = _plan(gen, outcome)
+            if pure and self._memo:
+                # _post changed no fact, so the memo chosen above is still the right one.
+                if len(memo) >= MEMO_LIMIT:
+                    memo.clear()
+                memo[memo_key] = plan
+        pairs, hits, inhibited = plan
+        stats = self.stats
+        if not pairs:
+            stats["unmatched"] += 1
+            return []
+        if hits:
+            stats["hits"] += hits
+        if inhibited:
+            stats["inhibited"] += inhibited
+        return [Hit(strategy, event, by) for strategy, by in pairs]
 
     def _message(self, view: View, event: Event, flags: dict) -> dict:
         msg: dict[str, Any] = {"id": f"{event.id}#{next(self._seq_ids)}", "ev": 1}
@@ -174,8 +201,7 @@ class RuleBase:
             if value is not None and value != "":
                 msg[name] = value
         for flag, fname, pattern in view.regexes:
-            value = getattr(event, fname)
-            if value is not None and pattern.search(str(value)):
+            if regex_flag(pattern, getattr(event, fname)):
                 msg[flag] = 1
         msg.update(flags)
         return msg
@@ -266,7 +292,7 @@ class RuleBase:
         else:
             self._facts[key] = _Fact(body, expires)
             self._engine_fact(gen, body)
-            gen.memo.clear()
+            gen.forget()
         heapq.heappush(self._expiry, (expires, key))
 
     def _retract(self, key: str) -> None:
@@ -274,7 +300,7 @@ class RuleBase:
         if fact is not None:
             gen = self._active
             self._engine_fact(gen, fact.body, retract=True)
-            gen.memo.clear()
+            gen.forget()
 
     def _expire(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] <= now:

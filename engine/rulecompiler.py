@@ -15,11 +15,16 @@ here, once per generation of strategies:
 - **Joins** (inhibition, sequence stages) are one rule per alternative of the symptom
   (its DNF): durable-rules drops join tests that follow an ``$or``.
 - **Views.** Per event reason, the fields the rules that can match it read: what is
-  posted, and the key of the rule base's memo.
+  posted, and the key of the rule base's memo. A view also knows which of them only
+  joins read (a sequence's ``same``, an inhibition's ``equal``) and which only regexes
+  read: while no fact is live no join can fire, so the memo keys on the others and on
+  the regexes' answers (:attr:`View.free_fields`), and a storm of one symptom on
+  thousands of pods is posted once, not once per pod.
 """
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +41,36 @@ from engine.rules.precedence import by_precedence
 class View:
     fields: tuple[str, ...]
     regexes: tuple[tuple[str, str, re.Pattern], ...]  # (flag name, field, pattern)
+    # The fields a rule reads other than through a join or a regex (always ``reason``):
+    # with the regexes' answers, all an event's outcome depends on while no fact is live.
+    free_fields: tuple[str, ...] = ("reason",)
+    # The memo key while no fact is live: the free fields' values and the regexes' answers.
+    free_key: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "free_key", _free_key(self.free_fields, self.regexes))
+
+
+def regex_flag(pattern: re.Pattern, value: Any) -> bool:
+    """A symptom's regex on a field, as posted to the engine (an ``rx<N>`` flag)."""
+    return value is not None and pattern.search(value if type(value) is str else str(value)) is not None
+
+
+def _free_key(fields: tuple[str, ...],
+              regexes: tuple[tuple[str, str, re.Pattern], ...]) -> Callable[[Any], Any]:
+    # attrgetter returns a bare value for one field, a tuple for several: either is a key
+    # (the reason is always among them, and a reason has one view).
+    values = operator.attrgetter(*fields)
+    if not regexes:
+        return values
+    tests = tuple((operator.attrgetter(fname), pattern) for _, fname, pattern in regexes)
+    if len(tests) == 1:
+        (get1, p1), = tests
+        return lambda event: (values(event), regex_flag(p1, get1(event)))
+    if len(tests) == 2:       # (the shipped BackOff view: crash loop or image pull)
+        (get1, p1), (get2, p2) = tests
+        return lambda event: (values(event), regex_flag(p1, get1(event)), regex_flag(p2, get2(event)))
+    return lambda event: (values(event), *[regex_flag(pattern, get(event)) for get, pattern in tests])
 
 
 @dataclass
@@ -56,6 +91,13 @@ class CompiledRuleSet:
     # Per rule name (r_0, r_1, ...): (kind, strategy id, "m" | "e", *extra), what a firing means.
     meta: dict[str, tuple] = field(default_factory=dict)
     memo: dict = field(default_factory=dict)
+    # The memo while no fact is live, keyed on a view's free fields and regex answers.
+    free_memo: dict = field(default_factory=dict)
+
+    def forget(self) -> None:
+        """Drop every memoized outcome (a fact changed)."""
+        self.memo.clear()
+        self.free_memo.clear()
 
 
 def stage_flag(strategy_id: str, k: int) -> str:
@@ -68,8 +110,10 @@ def compile_rules(number: int, strategies: dict[str, Strategy]) -> CompiledRuleS
     name = f"aetherius_g{number}"
     regexes: dict[tuple[str, str], int] = {}
     by_reason: dict[str, set[str]] = {}
+    plain_by_reason: dict[str, set[str]] = {}      # read by a test that is not a regex
     rx_by_reason: dict[str, set[tuple[str, str]]] = {}
     unpinned: set[str] = set()
+    plain_unpinned: set[str] = set()
     rx_unpinned: set[tuple[str, str]] = set()
     inhibitors = {s.id: s for s in strategies.values() if s.inhibits}
     sequences = {s.id: s for s in strategies.values() if s.match == "sequence"}
@@ -78,30 +122,37 @@ def compile_rules(number: int, strategies: dict[str, Strategy]) -> CompiledRuleS
     for s in strategies.values():
         for symptom in [*s.symptoms, *s.resolve]:
             used = {"reason"} | (set(s.same) if s.match == "sequence" else set())
+            plain = {"reason"}
             rx: set[tuple[str, str]] = set()
             for leaf in leaves(symptom.tree):
                 used.add(leaf.field)
                 if leaf.op == "regex":
                     regexes.setdefault((leaf.field, leaf.value), len(regexes))
                     rx.add((leaf.field, leaf.value))
+                else:
+                    plain.add(leaf.field)
             reasons = _pinned_reasons(symptom.tree)
             if reasons is None:
                 unpinned |= used
+                plain_unpinned |= plain
                 rx_unpinned |= rx
             else:
                 for reason in reasons:
                     by_reason.setdefault(reason, set()).update(used)
+                    plain_by_reason.setdefault(reason, set()).update(plain)
                     rx_by_reason.setdefault(reason, set()).update(rx)
 
-    def view(fields: set[str], rx: set[tuple[str, str]]) -> View:
+    def view(fields: set[str], plain: set[str], rx: set[tuple[str, str]]) -> View:
         ordered = sorted(rx, key=lambda k: regexes[k])
         return View(tuple(sorted(fields | unpinned | joins)),
-                    tuple((f"rx{regexes[k]}", k[0], re.compile(k[1])) for k in ordered))
+                    tuple((f"rx{regexes[k]}", k[0], re.compile(k[1])) for k in ordered),
+                    tuple(sorted(plain | plain_unpinned)))
 
     compiled = CompiledRuleSet(
         number=number, name=name, strategies=strategies,
-        views={r: view(f, rx_by_reason.get(r, set()) | rx_unpinned) for r, f in by_reason.items()},
-        default=view({"reason"}, rx_unpinned),
+        views={r: view(f, plain_by_reason[r], rx_by_reason.get(r, set()) | rx_unpinned)
+               for r, f in by_reason.items()},
+        default=view({"reason"}, {"reason"}, rx_unpinned),
         inhibitors=inhibitors, sequences=sequences,
     )
     rx_index = dict(regexes)

@@ -1,0 +1,222 @@
+"""The replay's fast paths give what the general paths give, on ordinary and odd input.
+
+- intake: the core/v1 fast path (``_core_v1``) against the general parser
+  (``_from_k8s`` + ``_checked``), on every record of a seeded mixed stream and on a
+  storm Event with each field made odd in turn;
+- rule base: the memo (keyed on free fields while no fact is live) against posting every
+  event to durable-rules;
+- replay: the event-time scheduler against reactivex's ``HistoricalScheduler``;
+- malformed records still become dead letters that say what is wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from reactivex.scheduler import HistoricalScheduler
+
+import engine.replay as replay_module
+from engine.events import _checked, _core_v1, _from_k8s, parse_events, read_stream
+from engine.exceptions import MalformedEvent
+from engine.replay import Replayer, replay_bytes
+from engine.rulebase import RuleBase
+from engine.rules.check import effective_strategies, load_valid
+from tests import mixedstorm
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def strategies():
+    return list(effective_strategies(load_valid(ROOT / "rules")).values())
+
+
+def general(obj: dict) -> Any:
+    """What the general parser makes of one Event object: the Event, or its error."""
+    try:
+        return _checked(_from_k8s(obj, "MODIFIED"))
+    except MalformedEvent as exc:
+        return f"MalformedEvent: {exc}"
+
+
+def decoded_objects() -> list[Any]:
+    out = []
+    for seed in (1, 2, 3):
+        for _, value in read_stream(mixedstorm.stream(seed)):
+            if isinstance(value, dict):
+                out.append(value.get("object", value) if isinstance(value.get("object"), dict) else value)
+    return out
+
+
+STORM_EVENT = mixedstorm.core_event(
+    uid="ev-1", kind="Pod", name="app-001-7d9f8c6b5-00001", namespace="ns-1", reason="BackOff",
+    message="Back-off restarting failed container app in pod app-001-7d9f8c6b5-00001_ns-1(p1)",
+    count=3, first=mixedstorm.T0, last=mixedstorm.T0 + 20, host="node-1", rv=1002,
+    field_path="spec.containers{app}")
+
+ODD_VALUES: list[Any] = [None, "", 0, -1, 7, 2 ** 40, True, 1.5, "x\x00y", "caf\u00e9", [], {}, ["a"],
+                         {"a": 1}, "2026-11-20T10:00:00Z", "not a time", "kubelet", "Pod", "Node", 1e300]
+
+PATHS = [("involvedObject",), ("involvedObject", "kind"), ("involvedObject", "name"),
+         ("involvedObject", "namespace"), ("involvedObject", "uid"), ("involvedObject", "fieldPath"),
+         ("metadata",), ("metadata", "uid"), ("metadata", "name"), ("metadata", "namespace"),
+         ("metadata", "resourceVersion"), ("reason",), ("message",), ("count",), ("type",),
+         ("firstTimestamp",), ("lastTimestamp",), ("eventTime",), ("series",), ("source",),
+         ("source", "component"), ("source", "host"), ("reportingComponent",), ("reportingInstance",),
+         ("ownerReferences",), ("apiVersion",), ("note",), ("regarding",)]
+
+_DELETE = object()
+
+
+def mutated(path: tuple[str, ...], value: Any) -> dict:
+    obj = copy.deepcopy(STORM_EVENT)
+    target = obj
+    for key in path[:-1]:
+        target = target[key]
+    if value is _DELETE:
+        target.pop(path[-1], None)
+    else:
+        target[path[-1]] = value
+    return obj
+
+
+def odd_objects() -> list[dict]:
+    return [mutated(path, value) for path in PATHS for value in [_DELETE, *ODD_VALUES]]
+
+
+def test_the_storm_event_takes_the_fast_path_and_gives_the_same_event():
+    fast = _core_v1(STORM_EVENT, "MODIFIED")
+    assert fast is not None
+    assert fast == general(STORM_EVENT)
+    assert (fast.workload, fast.node, fast.container, fast.count) == ("app-001", "node-1", "app", 3)
+
+
+@pytest.mark.parametrize("source", ["mixed stream", "odd fields"])
+def test_the_fast_path_gives_the_general_parsers_event_or_steps_aside(source):
+    objects = decoded_objects() if source == "mixed stream" else odd_objects()
+    taken = 0
+    for obj in objects:
+        if "involvedObject" not in obj:
+            continue
+        fast = _core_v1(obj, "MODIFIED")
+        if fast is not None:
+            taken += 1
+            assert fast == general(obj), obj
+    assert taken > 50     # it is really exercised
+
+
+@pytest.mark.parametrize("source", ["mixed stream", "odd fields"])
+def test_parse_events_says_what_the_general_parser_says(source):
+    objects = decoded_objects() if source == "mixed stream" else odd_objects()
+    errors = 0
+    for obj in objects:
+        if "involvedObject" not in obj:
+            continue
+        expected = general(obj)
+        try:
+            got: Any = parse_events({"type": "MODIFIED", "object": obj})[0]
+        except MalformedEvent as exc:
+            got = f"MalformedEvent: {exc}"
+            errors += 1
+        assert got == expected, obj
+    assert errors > 20
+
+
+def test_malformed_records_are_dead_letters_with_a_clear_reason(strategies):
+    lines = [
+        '{"type":["ADDED"],"object":{"kind":"Event"}}',
+        '{"kind":"Event","reason":"BackOff","involvedObject":{"kind":"Pod","name":"x"},'
+        '"ownerReferences":[{"kind":["R"],"name":"x"}]}',
+        '{"kind":"Event","reason":"BackOff","message":"a \\u0000 b",'
+        '"involvedObject":{"kind":"Pod","name":"x"}}',
+        '{"kind":"Event","reason":"BackOff","involvedObject":{"kind":"Pod","name":"x"},"count":"3"}',
+        '{"type":"ADDED","object":{"kind":"Event","reason":"BackOff"',
+    ]
+    result = replay_bytes("\n".join(lines).encode() + b"\n", strategies)
+    assert [(d.line, d.reason) for d in result.dead_letters] == [
+        (1, "not an event: no 'kind', 'involvedObject', 'regarding' or 'reason'/'name'"),
+        (2, "workload_kind must be a string, got list"),
+        (3, "message contains a NUL character"),
+        (4, "Event.count must be an integer, got str"),
+        (5, "line 5: not JSON: unexpected end of data: line 1 column 60 (char 59)"),
+    ]
+    assert result.records == 0 and result.incidents == []
+
+
+def hits_of(rb: RuleBase, events) -> list:
+    out = []
+    for event in events:
+        out.append([(h.strategy.id, h.inhibited_by) for h in rb.process(event, now=event.time)])
+        out.append(sorted(json.dumps(f, sort_keys=True) for f in rb.active_facts()))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_memo_answers_what_the_engine_answers(strategies, seed):
+    events = []
+    for _, value in read_stream(mixedstorm.stream(seed)):
+        with contextlib.suppress(MalformedEvent):
+            events.extend(parse_events(value))
+    events.sort(key=lambda e: e.time)
+    memo, engine = RuleBase(strategies), RuleBase(strategies, memo=False)
+    try:
+        assert hits_of(memo, events) == hits_of(engine, copy.deepcopy(events))
+        assert memo.stats["memo_hits"] > 100 and engine.stats["memo_hits"] == 0
+        assert {k: memo.stats[k] for k in ("hits", "inhibited", "unmatched")} == \
+            {k: engine.stats[k] for k in ("hits", "inhibited", "unmatched")}
+    finally:
+        memo.close()
+        engine.close()
+
+
+def storm_bytes(namespaces: int = 2, deployments: int = 20, pods: int = 5, repeats: int = 4) -> bytes:
+    from benchmarks.replay_storm import _watch_line
+    return "".join(_watch_line(f"ns-{n:03d}", n, d, p, r, deployments) + "\n"
+                   for r in range(repeats) for n in range(namespaces)
+                   for d in range(deployments) for p in range(pods)).encode()
+
+
+def test_a_storm_without_facts_is_posted_once_per_answer_and_is_one_incident_per_deployment(strategies):
+    result = replay_bytes(storm_bytes(), strategies)
+    assert len(result.incidents) == 40
+    assert {(i.strategy.id, i.events, i.records, len(i.objects)) for i in result.incidents} == {
+        ("pod_crashloop", 20, 20, 5)}
+    assert result.rulebase["posted"] == 1       # 800 BackOff events, one answer
+
+
+def summary_of(result) -> list:
+    return [result.summary(), [(d.line, d.reason) for d in result.dead_letters],
+            [i.summary() | {"formed": i.formed_at, "closed": i.closed_at, "samples": i.sample_ids,
+                            "objects": sorted(i.objects)} for i in result.incidents]]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_event_time_scheduler_forms_what_the_historical_scheduler_forms(strategies, seed, monkeypatch):
+    data = mixedstorm.stream(seed) + storm_bytes(namespaces=1, deployments=5)
+    fast = summary_of(replay_bytes(data, strategies))
+    monkeypatch.setattr(replay_module, "EventTimeScheduler",
+                        lambda start: HistoricalScheduler(initial_clock=start))
+    reference = replay_bytes(data, strategies)
+    assert fast == summary_of(reference)
+    assert len(reference.incidents) > 40
+
+
+def test_the_garbage_collector_is_back_on_after_a_replay_even_one_that_fails(strategies):
+    replayer = Replayer(strategies)
+
+    def broken():
+        yield from parse_events(orjson.loads(storm_bytes(1, 1, 1, 1).splitlines()[0]))
+        raise RuntimeError("the input went away")
+
+    with pytest.raises(RuntimeError):
+        replayer.feed_events(broken())
+    assert gc.isenabled()
+    replayer.finish()
+    assert gc.isenabled()
