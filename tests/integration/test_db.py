@@ -293,3 +293,40 @@ def test_seed_workflow_with_its_placeholder_steps_is_reported_not_loaded(pg_dsn,
             rulebase.close()
 
     asyncio.run(_with_pool(pg_dsn, body))
+
+
+def test_a_recorded_batch_of_events_keeps_every_field_and_its_state(pg_dsn):
+    # record_events sends a batch as one JSON document: every column and the whole payload
+    # come back as the events were, odd text included; a second recording is not new.
+    from engine.events import Event
+
+    odd = Event(id="ev-odd", source="kubernetes", kind="Pod", name="web-1", reason="BackOff",
+                namespace=None, message='quote " backslash \\ newline \n unicode 容器 😀',
+                count=3, total_count=7, first_seen=1733130000.25, last_seen=1733130009.5,
+                labels={"app": "web", "k": ""}, watch_type="MODIFIED")
+    plain = Event(id="ev-plain", source="agent-manager", kind="Node", name="node-1", reason="NotReady")
+    rows = [(odd, "internal.event.critical", ("pending", "pod_crashloop", None)),
+            (plain, None, ("attached", "node_not_ready", "inc-1"))]
+
+    async def go() -> tuple[set[str], set[str], list[asyncpg.Record]]:
+        pool = await create_pool(pg_dsn)
+        try:
+            await migrate(pool)
+            repo = Repository(pool, "replica-a")
+            first = await repo.record_events(rows)
+            again = await repo.record_events(rows[:1])
+            stored = await pool.fetch("SELECT * FROM events ORDER BY id")
+        finally:
+            await pool.close()
+        return first, again, stored
+
+    first, again, stored = asyncio.run(go())
+    assert first == {"ev-odd", "ev-plain"} and again == set()
+    by_id = {r["id"]: r for r in stored}
+    for event, subject, (state, strategy_id, incident_id) in rows:
+        row = by_id[event.id]
+        assert (row["source"], row["subject"], row["kind"], row["namespace"], row["name"], row["reason"],
+                row["state"], row["owner"], row["strategy_id"], row["incident_id"]) == (
+            event.source, subject, event.kind, event.namespace, event.name, event.reason,
+            state, "replica-a", strategy_id, incident_id)
+        assert row["payload"] == {**event.to_dict(), "watch_type": event.watch_type}
