@@ -72,7 +72,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-FORMATTERS: dict[str, type[logging.Formatter]] = {"text": TextFormatter, "json": JsonFormatter}
+class _Once(logging.Formatter):
+    """Formats a record once for all the handlers that share this formatter (stderr and the
+    file): the line is kept on the record, keyed by the formatter."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        key = f"_line_{id(self)}"
+        line = record.__dict__.get(key)
+        if line is None:
+            line = super().format(record)
+            record.__dict__[key] = line
+        return line
+
+
+class _OnceText(_Once, TextFormatter):
+    pass
+
+
+class _OnceJson(_Once, JsonFormatter):
+    pass
+
+
+FORMATTERS: dict[str, type[logging.Formatter]] = {"text": _OnceText, "json": _OnceJson}
 
 
 class FieldsAdapter(logging.LoggerAdapter):

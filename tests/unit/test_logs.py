@@ -173,6 +173,29 @@ def test_configure_writes_the_file_and_stderr_through_one_formatter(root_logging
     assert stderr.getvalue().splitlines() == [line]
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_line_is_formatted_once_for_stderr_and_the_file(root_logging, tmp_path, monkeypatch, fmt):
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    path = tmp_path / "orchestrator.log"
+    logs.configure(level="info", format=fmt, file=path)
+    base = logs.TextFormatter if fmt == "text" else logs.JsonFormatter
+    calls = []
+    original = base.format
+
+    def counting(self, record):
+        calls.append(record.getMessage())
+        return original(self, record)
+
+    monkeypatch.setattr(base, "format", counting)
+    logging.getLogger("engine.runner").info("Executing %s step", "wait", extra=IDS)
+    for handler in ours(root_logging):
+        handler.flush()
+    assert calls == ["Executing wait step"]
+    assert stderr.getvalue().splitlines() == path.read_text(encoding="utf-8").splitlines()
+    assert "Executing wait step" in path.read_text(encoding="utf-8")
+
+
 def test_configure_again_replaces_its_handlers(root_logging, tmp_path):
     logs.configure(file=tmp_path / "a.log")
     logs.configure(level="debug", file=tmp_path / "b.log")
