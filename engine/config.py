@@ -256,6 +256,8 @@ class TemporalConfig(Section):
     task_queue: str = "aetherius"
     worker: bool = True                 # run a worker in the service (false: ``aetherius worker`` elsewhere)
     heartbeat_timeout: Duration = 10.0  # a worker silent this long is taken for dead; its step runs again
+    max_concurrent_workflow_tasks: Positive = 100   # the worker's workflow tasks at once
+    max_concurrent_activities: Positive = 200       # the worker's step activities (and mirror writes) at once
 
 
 class AuthConfig(Section):

@@ -64,6 +64,10 @@ class Executions(Protocol):
         """False if it is not running here."""
         ...
 
+    async def cancel_anywhere(self, execution_id: str) -> bool:
+        """Cancel it where it runs, if the engine can (Temporal); False otherwise."""
+        ...
+
     async def cancel_queued(self, execution_id: str) -> bool:
         """Cancel a queued execution (any replica's); False if it is not queued."""
         ...
