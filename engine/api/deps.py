@@ -125,8 +125,9 @@ class ApprovalsApi(Protocol):
                    limit: int = 50) -> list[Approval]: ...
 
     async def decide(self, approval: Approval, decision: Any, who: Principal, channel: str,
-                     comment: str | None) -> Approval | None:
-        """None: somebody decided first (or it expired)."""
+                     comment: str | None, *, plan_hash: str | None = None) -> Approval | None:
+        """None: somebody decided first (or it expired). May raise
+        :class:`engine.approvals.DecisionRefused` (the engine's own check said no)."""
         ...
 
 

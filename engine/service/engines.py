@@ -83,4 +83,14 @@ async def _temporal(config: Config, stack: contextlib.AsyncExitStack, store: Sto
     return runner
 
 
-__all__ = ["build_runner"]
+def approvals_api(runner: WorkflowRunner, approvals: Any) -> Any:
+    """What the API and the Slack buttons decide through: the approvals table, or on
+    Temporal the run's approve/deny update (which records the decision in that table)."""
+    if not runner.durable:
+        return approvals
+    from engine.temporal.approvals import TemporalDecisions
+
+    return TemporalDecisions(approvals, runner.client)     # type: ignore[attr-defined]
+
+
+__all__ = ["approvals_api", "build_runner"]

@@ -51,7 +51,7 @@ from engine.service.bootstrap import ensure_admin
 from engine.service.bus import Bus
 from engine.service.cache import Cache
 from engine.service.contracts import Stats
-from engine.service.engines import build_runner
+from engine.service.engines import approvals_api, build_runner
 from engine.service.executions import Executions
 from engine.service.generations import RulesManager
 from engine.service.health import Health
@@ -243,7 +243,7 @@ class Service:
                        metrics_public=config.http.metrics_public,
                        allowed_origins=frozenset(config.http.allowed_origins),
                        override_roles=frozenset(config.policy.override_roles),
-                       approvals=approvals,
+                       approvals=approvals_api(runner, approvals),
                        slack_signing_secret=plain(config.approvals.slack.signing_secret),
                        slack_users=dict(config.approvals.slack.users),
                        sessions=Sessions(pool, ttl=config.auth.session_ttl,

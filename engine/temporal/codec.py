@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from engine.approvals import Approval, ApprovalStatus
 from engine.rules.model import Workflow
 from engine.store import Execution, StepRun
 from steps import REGISTRY
@@ -61,3 +62,18 @@ def execution_from_dict(data: dict[str, Any]) -> Execution:
     values = dict(data)
     runs = [run_from_dict(r) for r in values.pop("runs", [])]
     return Execution(**values, runs=runs)
+
+
+def approval_to_dict(approval: Approval) -> dict[str, Any]:
+    data = dataclasses.asdict(approval)
+    data["approvers"] = sorted(approval.approvers)
+    data["plan"], data["target"] = dict(approval.plan), dict(approval.target)
+    data["status"] = str(approval.status)
+    return data
+
+
+def approval_from_dict(data: dict[str, Any]) -> Approval:
+    values = dict(data)
+    values["approvers"] = frozenset(values.get("approvers") or ())
+    values["status"] = ApprovalStatus(values.get("status") or ApprovalStatus.PENDING)
+    return Approval(**values)

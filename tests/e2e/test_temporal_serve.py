@@ -83,8 +83,8 @@ def test_serve_runs_the_seed_workflow_on_temporal_and_any_replica_cancels(
         assert all(s["attempts"] >= 1 and s["finished_at"] for s in detail["steps"])
         # The OOM answer led to the memory patch, applied once; the incident closed.
         assert sum(agent.applied.values()) >= 1 and set(agent.applied.values()) == {1}
-        first.wait_for(lambda: _sql(pg_dsn, "SELECT status FROM incidents WHERE key = 'blog/web'")[0]["status"]
-                       == "closed", timeout=10)
+        first.wait_for(lambda: _sql(pg_dsn, "SELECT status FROM incidents WHERE key = 'blog/web'")[0]
+                       ["status"] == "closed", timeout=10)
         assert "Resuming workflow execution" not in first.log()
 
         # The node's workflow waits (a Temporal timer): cancel it from another replica.
@@ -101,7 +101,8 @@ def test_serve_runs_the_seed_workflow_on_temporal_and_any_replica_cancels(
         assert answer.status_code == 200, answer.text
         assert answer.json()["status"] in ("cancelled", "cancelling")
         cancelled = second.wait_for(
-            lambda: (d := second.get(f"/api/v1/executions/{node}"))["status"] == "cancelled" and d, timeout=15)
+            lambda: (d := second.get(f"/api/v1/executions/{node}"))["status"] == "cancelled" and d,
+            timeout=15)
         assert [s["status"] for s in cancelled["steps"]][-1] == "cancelled"
         again = second.post(f"/api/v1/executions/{node}/cancel")
         assert again.status_code == 409
@@ -110,3 +111,136 @@ def test_serve_runs_the_seed_workflow_on_temporal_and_any_replica_cancels(
             assert second.stop() == 0
         assert first.stop() == 0
     assert "Traceback" not in first.log(), first.log()[-3000:]
+
+
+APPROVAL_RULES = """
+id: approve-delete
+name: Delete a stuck pod, once a human agrees
+trigger_type: manual
+timeout: 5m
+steps:
+  - id: fix
+    type: remediation
+    config:
+      action: delete_pod
+    on_success: [said_done]
+    on_failure: [said_not_done]
+  - id: said_done
+    type: notification
+    config: {channel: log, message: "pod deleted"}
+  - id: said_not_done
+    type: notification
+    config: {channel: log, message: "pod kept"}
+---
+id: approve-quick
+name: The same with a short approval
+trigger_type: manual
+timeout: 5m
+steps:
+  - id: fix
+    type: remediation
+    config:
+      action: delete_pod
+      approval: {timeout: 1s}
+    on_failure: [said_not_done]
+  - id: said_not_done
+    type: notification
+    config: {channel: log, message: "pod kept"}
+"""
+
+
+def test_an_approval_is_a_temporal_update_whose_validator_refuses_a_wrong_plan(
+        tmp_path, pg_dsn, redis_url, redis_prefix, nats_url, nats_prefix):
+    """The remediation waits in the workflow for the ``approve`` update: one with a plan hash
+    that is not the approval's is refused by its validator (no trace in the history); the
+    API's approval is the update, recorded in our approvals table, and the change is made."""
+    _temporal_installed()
+    import asyncio
+
+    from temporalio.client import Client, WorkflowUpdateFailedError
+
+    agent = AgentManager().start()
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "approve.yaml").write_text(APPROVAL_RULES, encoding="utf-8")
+    service = ServiceProcess(tmp_path / "svc", pg_dsn=pg_dsn, redis_url=redis_url, redis_prefix=redis_prefix,
+                             nats_url=nats_url, nats_prefix=nats_prefix, agent_manager=agent.url,
+                             rules_dir=rules, replica="temporal-appr",
+                             extra={"workflow": {"engine": "temporal"},
+                                    "approvals": {"required": [{"actions": ["delete_pod"]}], "poll": "0.2s"}})
+    service.start(timeout=60)
+    try:
+        address = re.search(r"servers: temporal embedded at (127\.0\.0\.1:\d+)", service.log()).group(1)
+        answer = service.post("/api/v1/tokens", {"name": "op2", "role": "operator"})
+        assert answer.status_code == 201, answer.text
+        op2 = {"Authorization": f"Bearer {answer.json()['token']}"}
+        answer = service.post("/api/v1/workflows/approve-delete/execute",
+                              {"incident": {"namespace": "shop", "pod": "web-1"}})
+        assert answer.status_code == 202, answer.text
+        execution_id = answer.json()["execution_id"]
+        approval = service.wait_for(lambda: next((a for a in service.get("/api/v1/approvals")["items"]
+                                                  if a["execution_id"] == execution_id), None), 20)
+        assert approval["status"] == "pending"
+
+        async def refused() -> str:
+            client = await Client.connect(address)
+            handle = client.get_workflow_handle(execution_id)
+            wrong = {"approval_id": approval["id"], "plan_hash": "0" * 64, "channel": "api", "comment": None,
+                     "who": {"kind": "token", "name": "op2", "role": "operator", "client": None}}
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                try:
+                    await handle.execute_update("approve", wrong)
+                except WorkflowUpdateFailedError as exc:
+                    message = str(getattr(exc.cause, "message", exc.cause))
+                    if "not waiting" in message and asyncio.get_running_loop().time() < deadline:
+                        await asyncio.sleep(0.1)    # the step has not handed its approval over yet
+                        continue
+                    break
+                raise AssertionError("an update with the wrong plan hash was accepted")
+            return message
+
+        message = asyncio.run(refused())
+        assert "the plan changed" in message, message
+        rows = _sql(pg_dsn, "SELECT status FROM approvals WHERE id = $1", approval["id"])
+        assert rows[0]["status"] == "pending"
+
+        decided = service.post(f"/api/v1/approvals/{approval['id']}/approve",
+                               {"plan_hash": approval["plan_hash"]}, headers=op2)
+        assert decided.status_code == 200, decided.text
+        assert decided.json()["status"] == "approved" and decided.json()["decided_by"] == "op2"
+        done = service.wait_for(lambda: (e := service.get(f"/api/v1/executions/{execution_id}"))["status"]
+                                != "running" and e, 20)
+        assert done["status"] == "succeeded", done
+        assert [s["step_id"] for s in done["steps"]] == ["fix", "said_done"]
+        live = [r["body"]["action"] for r in agent.requests if r["body"].get("dry_run") is False]
+        assert live == ["delete_pod"]
+        (row,) = _sql(pg_dsn, "SELECT status, decided_by, channel FROM approvals WHERE id = $1",
+                      approval["id"])
+        assert row == {"status": "approved", "decided_by": "op2", "channel": "api"}
+        again = service.post(f"/api/v1/approvals/{approval['id']}/approve",
+                             {"plan_hash": approval["plan_hash"]}, headers=op2)
+        assert again.status_code == 409
+
+        # Nobody decides in time: the workflow's timer ends the wait, the table's on_timeout says no.
+        answer = service.post("/api/v1/workflows/approve-quick/execute",
+                              {"incident": {"namespace": "shop", "pod": "web-2"}})
+        quick = answer.json()["execution_id"]
+        ended = service.wait_for(lambda: (e := service.get(f"/api/v1/executions/{quick}"))["status"]
+                                 != "running" and e, 20)
+        assert [(s["step_id"], s["status"]) for s in ended["steps"]] == [("fix", "failed"),
+                                                                         ("said_not_done", "succeeded")]
+        rows = _sql(pg_dsn, "SELECT status FROM approvals WHERE execution_id = $1", quick)
+        assert rows[0]["status"] == "expired"
+
+        async def accepted_updates() -> int:
+            client = await Client.connect(address)
+            history = await client.get_workflow_handle(execution_id).fetch_history()
+            field = "workflow_execution_update_accepted_event_attributes"
+            return sum(1 for e in history.events if e.HasField(field))
+
+        assert asyncio.run(accepted_updates()) == 1      # the refused update left no trace
+    finally:
+        assert service.stop() == 0
+        agent.stop()
+    assert "Traceback" not in service.log(), service.log()[-3000:]
