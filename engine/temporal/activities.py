@@ -83,6 +83,8 @@ class StepActivities:
     @activity.defn(name=STEP)
     async def step(self, params: dict[str, Any]) -> dict[str, Any]:
         info = activity.info()
+        for op, entry in params.get("mirror") or ():      # the workflow's transitions since the last step
+            await self.record(op, entry)
         execution = execution_from_dict(params["execution"])
         workflow = cached_workflow(params["workflow"], params.get("workflow_key"))
         spec = workflow.step(params["step_id"])
@@ -218,6 +220,10 @@ class StepActivities:
     @activity.defn(name=RECORD)
     async def record(self, op: str, params: dict[str, Any]) -> None:
         """One transition the workflow decided, written through the store (idempotent)."""
+        if op == "batch":
+            for one, entry in params["entries"]:
+                await self.record(one, entry)
+            return
         execution = execution_from_dict(params["execution"])
         store = self.store
         if op == "start_attempt":

@@ -85,6 +85,7 @@ class ExecutionWorkflow:
         self.tasks: dict[asyncio.Task, StepRun] = {}
         self.failed_steps: list[str] = []
         self.seq = 0
+        self.outbox: list[list[Any]] = []               # mirror writes not sent yet (see _record)
         self.pending: dict[str, dict[str, Any]] = {}    # approvals waiting for an update, by id
         self.decided: set[str] = set()
         self.deciding: set[str] = set()                 # ... whose decision is being recorded
@@ -222,12 +223,28 @@ class ExecutionWorkflow:
         execution.finished_at = self._now()
         execution.outcome = outcome(execution.status,
                                     ((r.step_type, r.status, r.output) for r in execution.runs))
-        await self._record("finish_execution")
+        await self._record("finish_execution", now=True)
 
-    async def _record(self, op: str, **params: Any) -> None:
+    async def _record(self, op: str, *, now: bool = False, **params: Any) -> None:
+        """Mirror one transition. It waits in the outbox for the next step activity, which
+        writes it before its own attempt (one round trip less per step), or for the next
+        flush: before a wait, and with the execution's end."""
         params["execution"] = execution_to_dict(self.execution, with_runs=False)
+        self.outbox.append([op, params])
+        if now:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self.outbox:
+            return
+        batch, self.outbox = self.outbox, []
         await workflow.execute_local_activity(
-            RECORD, args=[op, params], start_to_close_timeout=RECORD_TIMEOUT, retry_policy=RECORD_RETRY)
+            RECORD, args=["batch", {"entries": batch}], start_to_close_timeout=RECORD_TIMEOUT,
+            retry_policy=RECORD_RETRY)
+
+    def _take_outbox(self) -> list[list[Any]]:
+        batch, self.outbox = self.outbox, []
+        return batch
 
     # ------------------------------------------------------------------ one step run
 
@@ -264,7 +281,7 @@ class ExecutionWorkflow:
         run.attempts = 1
         run.started_at = run.attempt_started_at = self._now()
         run.status = StepStatus.RUNNING
-        await self._record("start_attempt", run=run_to_dict(run))
+        await self._record("start_attempt", run=run_to_dict(run), now=spec.type == TIMER)   # a wait shows
         workflow.logger.info("Executing %s step %s (attempt 1/1)", spec.type, spec.id)
         try:
             async with asyncio.timeout(spec.timeout):
@@ -332,6 +349,7 @@ class ExecutionWorkflow:
                 "step_id": spec.id, "run": run_to_dict(run), "names": self.names,
                 "attempt_offset": offset, "max_attempts": policy.max_attempts, "outage_only": outage_only,
                 "non_retryable": list(policy.non_retryable), "heartbeat_every": self.heartbeat / 4,
+                "mirror": self._take_outbox(),
             }
             try:
                 out = await workflow.execute_activity(
