@@ -7,11 +7,13 @@ registry, and translates the outcome for Temporal: a result, or an
 policy's ``non_retryable`` kinds map onto ``non_retryable_error_types``) and marked
 non-retryable where the builtin runner would not retry.
 
-``aetherius.record`` is the mirror: the workflow calls it (as a local activity) for each
-transition it decides, and it writes that transition through the same
+``aetherius.record`` is the mirror: the transitions the workflow decides reach it in
+batches (the next step activity applies the workflow's outbox first; a local activity
+flushes it before a wait and at the end), and it writes each through the same
 :class:`~engine.store.Store` interface the builtin runner uses, so our tables, the API and
 the console show executions on either engine alike. Attempts are mirrored by the step
-activity itself, as they begin and fail.
+activity itself, as they begin and fail. ``aetherius.decide`` records an accepted approve /
+deny update in our approvals table.
 """
 
 from __future__ import annotations

@@ -21,7 +21,13 @@ Where each step type runs:
   (same idempotency key) and finished steps are never repeated, since Temporal replays
   their results from the history.
 
-Each transition is mirrored into our store by the local activity ``aetherius.record``.
+Each transition is mirrored into our store: it waits in an outbox that the next step
+activity writes before its attempt, or that the local activity ``aetherius.record`` writes as
+one batch before a ``wait`` and at the execution's end.
+
+A remediation that needs a human hands its pending approval to the workflow, which waits
+for an ``approve`` / ``deny`` update (validated: role, plan hash, expiry, approvers) or the
+approval's expiry; see :mod:`engine.temporal.approvals`.
 """
 
 from __future__ import annotations
