@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from engine.config import Config
+from engine.devservers.supervision import SPAWNER
 from engine.exceptions import ConfigError
 from engine.runner import WorkflowRunner
 from engine.store import Store
@@ -60,8 +62,11 @@ async def _temporal(config: Config, stack: contextlib.AsyncExitStack, store: Sto
         data_dir.mkdir(parents=True, exist_ok=True)
         try:
             # Its history in a file: executions outlive a restart of the service, as on a real server.
+            # Spawned to die with this process even on kill -9 (PDEATHSIG), in its own session
+            # so that a Ctrl-C reaches only us, as the other embedded servers.
             server = await asyncio.to_thread(DevServer.start, db_filename=data_dir / "temporal.db",
-                                             log_file=data_dir / "temporal.log")
+                                             log_file=data_dir / "temporal.log",
+                                             popen=partial(SPAWNER.popen, start_new_session=True))
         except DevServerMissing as exc:
             raise ConfigError(f"workflow.engine is temporal with no temporal.address, and {exc}") from exc
         stack.push_async_callback(asyncio.to_thread, server.stop)

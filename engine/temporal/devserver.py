@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +64,10 @@ class DevServer:
 
     @classmethod
     def start(cls, *, db_filename: str | Path | None = None, log_file: str | Path | None = None,
-              port: int | None = None, timeout: float = 30.0) -> DevServer:
+              port: int | None = None, timeout: float = 30.0,
+              popen: Callable[..., subprocess.Popen] | None = None) -> DevServer:
+        """``popen``: how to spawn it (the service passes one that makes the server die with
+        it, however it dies: :mod:`engine.devservers.supervision`)."""
         port = port or free_port()
         args = [binary(), "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port),
                 "--http-port", str(free_port()), "--metrics-port", str(free_port()), "--log-level", "warn"]
@@ -74,7 +78,8 @@ class DevServer:
             for pragma in SQLITE_PRAGMAS:
                 args += ["--sqlite-pragma", pragma]
         out = open(log_file, "ab") if log_file is not None else subprocess.DEVNULL  # noqa: SIM115
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = (popen or subprocess.Popen)(args, stdout=out, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL)
         server = cls(f"127.0.0.1:{port}", process, Path(log_file) if log_file else None,
                      Path(db_filename) if db_filename else None, out)
         deadline = time.monotonic() + timeout

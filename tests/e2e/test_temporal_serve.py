@@ -244,3 +244,52 @@ def test_an_approval_is_a_temporal_update_whose_validator_refuses_a_wrong_plan(
         assert service.stop() == 0
         agent.stop()
     assert "Traceback" not in service.log(), service.log()[-3000:]
+
+
+def test_after_kill_9_another_replica_follows_the_temporal_run_and_resumes_nothing(
+        temporal_server, tmp_path, pg_dsn, redis_url, redis_prefix, nats_url, nats_prefix, standins):
+    """Recovery on Temporal: the replica that started an execution dies (kill -9) while the
+    execution waits in a timer; the next replica takes it over only to follow it (Temporal
+    runs it; no step is resumed or recorded again), and can still cancel it."""
+    agent, reasoning, _slack = standins
+    import uuid
+
+    temporal = {"address": temporal_server, "task_queue": f"serve-{uuid.uuid4().hex[:8]}",
+                "heartbeat_timeout": "2s"}
+    common = dict(pg_dsn=pg_dsn, redis_url=redis_url, redis_prefix=redis_prefix, nats_url=nats_url,
+                  nats_prefix=nats_prefix, agent_manager=agent.url, reasoning=reasoning.url,
+                  extra={"workflow": {"engine": "temporal"}, "temporal": temporal})
+    first = ServiceProcess(tmp_path / "a", replica="temporal-k1", **common).start(timeout=60)
+    second = None
+    try:
+        assert f"servers: temporal external at {temporal_server}" in first.log()
+        node_event = [line for line in (FIXTURES / "watch-stream.jsonl").read_bytes().splitlines()
+                      if b'"name":"node-3"' in line]
+        assert node_event
+        first.publish(node_event)
+
+        def waiting():
+            rows = _sql(pg_dsn, "SELECT e.id FROM workflow_executions e JOIN incidents i "
+                                "ON i.execution_id = e.id JOIN step_executions s ON s.execution_id = e.id "
+                                "WHERE i.key = 'node-3' AND s.step_type = 'wait' AND s.status = 'running'")
+            return rows[0]["id"] if rows else None
+
+        node = first.wait_for(waiting, timeout=30)
+        before = first.get(f"/api/v1/executions/{node}")["steps"]
+        first.kill()
+
+        second = ServiceProcess(tmp_path / "b", replica="temporal-k2", **common).start(timeout=60)
+        second.wait_for(lambda: f"Following workflow execution {node} on Temporal" in second.log(),
+                        timeout=20)
+        assert "Resuming workflow execution" not in second.log()
+        after = second.get(f"/api/v1/executions/{node}")
+        assert after["status"] == "running" and after["running_here"] is True
+        assert [(s["seq"], s["status"], s["attempts"]) for s in after["steps"]] == \
+            [(s["seq"], s["status"], s["attempts"]) for s in before]      # nothing ran again
+        answer = second.post(f"/api/v1/executions/{node}/cancel")
+        assert answer.status_code == 200, answer.text
+        second.wait_for(lambda: second.get(f"/api/v1/executions/{node}")["status"] == "cancelled", timeout=15)
+    finally:
+        if second is not None:
+            assert second.stop() == 0
+        first.stop()
