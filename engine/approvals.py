@@ -197,6 +197,15 @@ def problem(approval: Approval, decision: Literal["approve", "deny"], who: str, 
     return None
 
 
+class DecisionRefused(Exception):
+    """A decision the engine refused (Temporal's update validator): an HTTP status and why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
 class Gate(Protocol):
     """Where approvals are kept (:class:`engine.storage.approvals.Approvals`; in memory for tests)."""
 

@@ -254,8 +254,10 @@ class TemporalConfig(Section):
     address: str | None = None          # host:port of the frontend; null: an embedded dev server
     namespace: str = "default"
     task_queue: str = "aetherius"
-    worker: bool = True                 # run a worker in the service (false: ``aetherius worker`` elsewhere)
+    worker: bool = True                 # run a worker in the service (false: another process hosts it)
     heartbeat_timeout: Duration = 10.0  # a worker silent this long is taken for dead; its step runs again
+    max_concurrent_workflow_tasks: Positive = 100   # the worker's workflow tasks at once
+    max_concurrent_activities: Positive = 200       # the worker's step activities (and mirror writes) at once
 
 
 class AuthConfig(Section):

@@ -183,6 +183,15 @@ class WorkflowRunner:
     def running(self) -> list[str]:
         return list(self._running)
 
+    # The builtin runner keeps its executions alive itself: after a stop they are resumed
+    # from the store by a replica (engine.service.recovery). An engine that keeps them
+    # alive on its own (Temporal) says True: nothing here may run one of its steps again.
+    durable = False
+
+    async def cancel_anywhere(self, execution_id: str) -> bool:
+        """Cancel an execution wherever it runs. Here: only one that runs in this process."""
+        return self.cancel(execution_id)
+
     async def resume(self, execution_id: str, workflow: Workflow) -> Execution | None:
         """Continue an execution from the store: unfinished runs run again (same
         idempotency key), finished ones are only read back into the context."""

@@ -125,12 +125,16 @@ async def decide(approvals: ApprovalsApi, audit: Any, approval_id: str, decision
         raise HTTPException(404, f"no approval {shown(approval_id)}")
     refused = core.problem(approval, decision, name, plan_hash=plan_hash)
     if refused is None:
-        decided = await approvals.decide(approval, decision, who, channel, comment)
-        if decided is not None:
-            return decided
-        approval = await approvals.get(approval_id) or approval    # somebody was first
-        refused = core.problem(approval, decision, name, plan_hash=plan_hash) or (
-            409, f"approval {approval.id} was decided meanwhile; nothing changed")
+        try:
+            decided = await approvals.decide(approval, decision, who, channel, comment, plan_hash=plan_hash)
+        except core.DecisionRefused as exc:     # Temporal's update validator said no
+            refused = exc.status, exc.reason
+        else:
+            if decided is not None:
+                return decided
+            approval = await approvals.get(approval_id) or approval    # somebody was first
+            refused = core.problem(approval, decision, name, plan_hash=plan_hash) or (
+                409, f"approval {approval.id} was decided meanwhile; nothing changed")
     status, reason = refused
     await audit.record(who, "approval.refused", "execution", approval.execution_id, {
         "approval_id": approval.id, "decision": decision, "channel": channel, "reason": reason,

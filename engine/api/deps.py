@@ -64,6 +64,10 @@ class Executions(Protocol):
         """False if it is not running here."""
         ...
 
+    async def cancel_anywhere(self, execution_id: str) -> bool:
+        """Cancel it where it runs, if the engine can (Temporal); False otherwise."""
+        ...
+
     async def cancel_queued(self, execution_id: str) -> bool:
         """Cancel a queued execution (any replica's); False if it is not queued."""
         ...
@@ -121,8 +125,9 @@ class ApprovalsApi(Protocol):
                    limit: int = 50) -> list[Approval]: ...
 
     async def decide(self, approval: Approval, decision: Any, who: Principal, channel: str,
-                     comment: str | None) -> Approval | None:
-        """None: somebody decided first (or it expired)."""
+                     comment: str | None, *, plan_hash: str | None = None) -> Approval | None:
+        """None: somebody decided first (or it expired). May raise
+        :class:`engine.approvals.DecisionRefused` (the engine's own check said no)."""
         ...
 
 

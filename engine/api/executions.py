@@ -198,7 +198,11 @@ async def cancel_execution(execution_id: str, q: QueriesDep, deps: Deps, audit: 
         await audit.record(who, "execution.cancel", "execution", execution_id, {"queued": True})
         return {"execution_id": execution_id, "status": "cancelled"}
     here = executions is not None and execution_id in executions.running()   # it may have started since
-    if executions is None or not here or not executions.cancel(execution_id):
+    cancelled = executions is not None and here and executions.cancel(execution_id)
+    if not cancelled and executions is not None and found is not None and found["status"] == "running":
+        # Another replica's: with Temporal it is cancelled there all the same.
+        cancelled = await executions.cancel_anywhere(execution_id)
+    if executions is None or not cancelled:
         owner = found["owner"] if found is not None else None
         raise HTTPException(409, f"execution {shown(execution_id)} is not running on this replica "
                                  f"({deps.replica}){f'; it runs on {owner}' if owner else ''}")

@@ -269,6 +269,13 @@ class Executions:
         """Cancel an execution running here (see :meth:`cancel_queued` for a queued one)."""
         return self.runner.cancel(execution_id)
 
+    async def cancel_anywhere(self, execution_id: str) -> bool:
+        """Cancel a running execution that runs on another replica, where the engine can
+        (Temporal: any replica cancels any run by its id). False with the builtin engine."""
+        if not self.runner.durable:
+            return False
+        return await self.runner.cancel_anywhere(execution_id)
+
     async def cancel_queued(self, execution_id: str) -> bool:
         """Cancel a queued execution, whichever replica queued it: it never starts, its
         incident closes. False if it is not queued (it started, or ended, meanwhile)."""

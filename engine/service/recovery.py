@@ -94,8 +94,16 @@ class Recovery:
                           execution.workflow_id, execution.workflow_version,
                           extra={"execution_id": execution_id})
                 continue
-            log.info("Resuming workflow execution %s (workflow %s version %d)", execution_id,
-                     execution.workflow_id, execution.workflow_version, extra={"execution_id": execution_id})
+            fields = {"execution_id": execution_id}
+            if self.executions.runner.durable:
+                # Temporal keeps its runs alive (its worker picks them up): nothing is resumed
+                # here; this replica only joins the run to close its incident when it ends.
+                log.info("Following workflow execution %s on Temporal (workflow %s version %d): its "
+                         "replica stopped; Temporal runs it, nothing is resumed here", execution_id,
+                         execution.workflow_id, execution.workflow_version, extra=fields)
+            else:
+                log.info("Resuming workflow execution %s (workflow %s version %d)", execution_id,
+                         execution.workflow_id, execution.workflow_version, extra=fields)
             self.executions.resume(execution, workflow)
 
     async def start_missing_executions(self) -> None:

@@ -45,13 +45,13 @@ from engine.correlation import Correlator
 from engine.metrics import Metrics
 from engine.rulebase import RuleBase
 from engine.rules.model import RetryPolicy
-from engine.runner import WorkflowRunner
 from engine.service.api_server import ApiServer
 from engine.service.background import Background
 from engine.service.bootstrap import ensure_admin
 from engine.service.bus import Bus
 from engine.service.cache import Cache
 from engine.service.contracts import Stats
+from engine.service.engines import approvals_api, build_runner
 from engine.service.executions import Executions
 from engine.service.generations import RulesManager
 from engine.service.health import Health
@@ -182,10 +182,10 @@ class Service:
         approvals = Approvals(pool, audit, poll=config.approvals.poll, availability=postgres, system=system,
                               count=lambda event: metrics.approvals.labels(event).inc(),
                               waiting=approval_waits)
-        runner = WorkflowRunner(store, settings, http=http, limiter=allow,
-                                lock=lambda name: locks.hold(name, ttl=60.0, wait=30.0), audit=audit_step,
-                                outage_retry=RetryPolicy(**config.retries.model_dump()), approvals=approvals,
-                                mailer=SmtpMailer())
+        runner = await build_runner(config, stack, store, settings, self.data_dir, http=http, limiter=allow,
+                                    lock=lambda name: locks.hold(name, ttl=60.0, wait=30.0), audit=audit_step,
+                                    outage_retry=RetryPolicy(**config.retries.model_dump()),
+                                    approvals=approvals, mailer=SmtpMailer())
         runner.listeners.append(self._step_finished)
         background = Background()
         stack.push_async_callback(background.wait, 5.0)
@@ -243,7 +243,7 @@ class Service:
                        metrics_public=config.http.metrics_public,
                        allowed_origins=frozenset(config.http.allowed_origins),
                        override_roles=frozenset(config.policy.override_roles),
-                       approvals=approvals,
+                       approvals=approvals_api(runner, approvals),
                        slack_signing_secret=plain(config.approvals.slack.signing_secret),
                        slack_users=dict(config.approvals.slack.users),
                        sessions=Sessions(pool, ttl=config.auth.session_ttl,

@@ -198,9 +198,9 @@ class Approvals:
         return [_approval(r) for r in await self.pool.fetch(sql, *args)]
 
     async def decide(self, approval: Approval, decision: Literal["approve", "deny"], who: Principal,
-                     channel: str, comment: str | None) -> Approval | None:
+                     channel: str, comment: str | None, *, plan_hash: str | None = None) -> Approval | None:
         """Take the decision if nobody took one first (None: the row was already decided or
-        expired; read it again to say by whom)."""
+        expired; read it again to say by whom). ``plan_hash`` was checked by the caller."""
         status = ApprovalStatus.APPROVED if decision == "approve" else ApprovalStatus.DENIED
         return await self._decide(approval, status, who, channel, comment)
 

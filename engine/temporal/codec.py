@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from functools import lru_cache
+from collections import OrderedDict
 from typing import Any
 
 import orjson
 
+from engine.approvals import Approval, ApprovalStatus
 from engine.rules.model import Workflow
 from engine.store import Execution, StepRun
 from steps import REGISTRY
@@ -33,14 +34,21 @@ def load_workflow(data: dict[str, Any]) -> Workflow:
     return workflow
 
 
-@lru_cache(maxsize=256)
-def _cached(key: str, raw: bytes) -> Workflow:
-    return load_workflow(orjson.loads(raw))
+_CACHE: OrderedDict[str, Workflow] = OrderedDict()
+CACHE_SIZE = 256
 
 
 def cached_workflow(data: dict[str, Any], key: str | None = None) -> Workflow:
-    """:func:`load_workflow`, parsed once per definition in a process."""
-    return _cached(key or workflow_key(data), orjson.dumps(data))
+    """:func:`load_workflow`, parsed once per definition (by its key) in a process."""
+    key = key or workflow_key(data)
+    found = _CACHE.get(key)
+    if found is None:
+        found = _CACHE[key] = load_workflow(data)
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    else:
+        _CACHE.move_to_end(key)
+    return found
 
 
 def run_to_dict(run: StepRun) -> dict[str, Any]:
@@ -61,3 +69,18 @@ def execution_from_dict(data: dict[str, Any]) -> Execution:
     values = dict(data)
     runs = [run_from_dict(r) for r in values.pop("runs", [])]
     return Execution(**values, runs=runs)
+
+
+def approval_to_dict(approval: Approval) -> dict[str, Any]:
+    data = dataclasses.asdict(approval)
+    data["approvers"] = sorted(approval.approvers)
+    data["plan"], data["target"] = dict(approval.plan), dict(approval.target)
+    data["status"] = str(approval.status)
+    return data
+
+
+def approval_from_dict(data: dict[str, Any]) -> Approval:
+    values = dict(data)
+    values["approvers"] = frozenset(values.get("approvers") or ())
+    values["status"] = ApprovalStatus(values.get("status") or ApprovalStatus.PENDING)
+    return Approval(**values)

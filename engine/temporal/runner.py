@@ -175,6 +175,12 @@ class TemporalRunner(WorkflowRunner):
         asyncio.get_running_loop().create_task(self.cancel_run(execution_id))
         return True
 
+    durable = True      # Temporal keeps the runs alive; a replica only waits for their ends
+
+    async def cancel_anywhere(self, execution_id: str) -> bool:
+        """Any replica can cancel any run: Temporal knows the run by the execution's id."""
+        return await self.cancel_run(execution_id)
+
     async def cancel_run(self, execution_id: str) -> bool:
         try:
             await self.client.get_workflow_handle(execution_id).cancel()

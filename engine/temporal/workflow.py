@@ -21,13 +21,21 @@ Where each step type runs:
   (same idempotency key) and finished steps are never repeated, since Temporal replays
   their results from the history.
 
-Each transition is mirrored into our store by the local activity ``aetherius.record``.
+Each transition is mirrored into our store: it waits in an outbox that the next step
+activity writes before its attempt, or that the local activity ``aetherius.record`` writes as
+one batch before a ``wait`` and at the execution's end.
+
+A remediation that needs a human hands its pending approval to the workflow, which waits
+for an ``approve`` / ``deny`` update (validated: role, plan hash, expiry, approvers) or the
+approval's expiry; see :mod:`engine.temporal.approvals`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from temporalio import workflow
@@ -36,14 +44,22 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutType
 from temporalio.exceptions import TimeoutError as TemporalTimeout
 
 with workflow.unsafe.imports_passed_through():
+    from engine.approvals import problem
+    from engine.auth import GRANTS, Permission, Role
     from engine.exceptions import StepError
     from engine.outcomes import outcome
     from engine.rules.model import RetryPolicy, StepSpec
     from engine.runner import DEFAULT_RETRY, initial_names, remember
     from engine.statuses import FINAL_STEP, ExecutionStatus, StepStatus
     from engine.store import StepRun
-    from engine.temporal.activities import RECORD, STEP
-    from engine.temporal.codec import execution_from_dict, execution_to_dict, load_workflow, run_to_dict
+    from engine.temporal.activities import DECIDE, RECORD, STEP
+    from engine.temporal.codec import (
+        approval_from_dict,
+        execution_from_dict,
+        execution_to_dict,
+        load_workflow,
+        run_to_dict,
+    )
     from steps import REGISTRY
     from steps.base import Settings, Step, StepContext, StepResult
 
@@ -52,6 +68,7 @@ IN_WORKFLOW = frozenset({"decision", "parallel"})   # pure: they run here, deter
 TIMER = "wait"
 WORKER_LOSSES = 20        # a step re-run this many times after its worker died, at most
 RECORD_TIMEOUT = timedelta(seconds=60)
+DECIDE_TIMEOUT = timedelta(seconds=30)
 RECORD_RETRY = TemporalRetryPolicy(initial_interval=timedelta(milliseconds=100),
                                    maximum_interval=timedelta(seconds=5))
 
@@ -74,11 +91,66 @@ class ExecutionWorkflow:
         self.tasks: dict[asyncio.Task, StepRun] = {}
         self.failed_steps: list[str] = []
         self.seq = 0
+        self.outbox: list[list[Any]] = []               # mirror writes not sent yet (see _record)
+        self.pending: dict[str, dict[str, Any]] = {}    # approvals waiting for an update, by id
+        self.decided: set[str] = set()
+        self.deciding: set[str] = set()                 # ... whose decision is being recorded
 
     @workflow.query(name="execution")
     def current(self) -> dict[str, Any]:
         """The execution as this run knows it (Temporal's view; our tables hold the same)."""
         return execution_to_dict(self.execution)
+
+    # ------------------------------------------------------------------ a human's decision
+
+    @workflow.update(name="approve")
+    async def approve(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self._decide("approve", args)
+
+    @approve.validator
+    def _may_approve(self, args: dict[str, Any]) -> None:
+        self._check("approve", args)
+
+    @workflow.update(name="deny")
+    async def deny(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self._decide("deny", args)
+
+    @deny.validator
+    def _may_deny(self, args: dict[str, Any]) -> None:
+        self._check("deny", args)
+
+    def _check(self, decision: str, args: dict[str, Any]) -> None:
+        """The validator: a refused update is not written to the run's history."""
+        approval_id = str(args.get("approval_id"))
+        pending = self.pending.get(approval_id)
+        if pending is None or approval_id in self.decided:
+            raise ApplicationError(f"approval {approval_id} is not waiting for a decision in this run "
+                                   "(decided, expired, or not asked for yet); nothing changed", type="409")
+        who = args.get("who") or {}
+        role = who.get("role")
+        if role not in {str(r) for r in Role} or Permission.APPROVE not in GRANTS[Role(role)]:
+            raise ApplicationError(f"{who.get('name')} has no role that may decide on changes "
+                                   f"(role {role or 'none'})", type="403")
+        refused = problem(approval_from_dict(pending), "approve" if decision == "approve" else "deny",
+                          str(who.get("name")), plan_hash=args.get("plan_hash"), now=self._now())
+        if refused is not None:
+            raise ApplicationError(refused[1], type=str(refused[0]))
+
+    def _recorded(self, approval_id: str) -> bool:
+        return approval_id in self.decided and approval_id not in self.deciding
+
+    async def _decide(self, decision: str, args: dict[str, Any]) -> dict[str, Any]:
+        approval_id = str(args["approval_id"])
+        pending = self.pending[approval_id]
+        self.decided.add(approval_id)       # one decision per run: a second update is refused
+        self.deciding.add(approval_id)      # the step goes on once our table has it
+        try:
+            result: dict[str, Any] = await workflow.execute_activity(
+                DECIDE, {**args, "decision": decision, "approval": pending},
+                start_to_close_timeout=DECIDE_TIMEOUT, retry_policy=RECORD_RETRY)
+        finally:
+            self.deciding.discard(approval_id)
+        return result
 
     @workflow.run
     async def run(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -157,12 +229,28 @@ class ExecutionWorkflow:
         execution.finished_at = self._now()
         execution.outcome = outcome(execution.status,
                                     ((r.step_type, r.status, r.output) for r in execution.runs))
-        await self._record("finish_execution")
+        await self._record("finish_execution", now=True)
 
-    async def _record(self, op: str, **params: Any) -> None:
+    async def _record(self, op: str, *, now: bool = False, **params: Any) -> None:
+        """Mirror one transition. It waits in the outbox for the next step activity, which
+        writes it before its own attempt (one round trip less per step), or for the next
+        flush: before a wait, and with the execution's end."""
         params["execution"] = execution_to_dict(self.execution, with_runs=False)
+        self.outbox.append([op, params])
+        if now:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self.outbox:
+            return
+        batch, self.outbox = self.outbox, []
         await workflow.execute_local_activity(
-            RECORD, args=[op, params], start_to_close_timeout=RECORD_TIMEOUT, retry_policy=RECORD_RETRY)
+            RECORD, args=["batch", {"entries": batch}], start_to_close_timeout=RECORD_TIMEOUT,
+            retry_policy=RECORD_RETRY)
+
+    def _take_outbox(self) -> list[list[Any]]:
+        batch, self.outbox = self.outbox, []
+        return batch
 
     # ------------------------------------------------------------------ one step run
 
@@ -199,7 +287,7 @@ class ExecutionWorkflow:
         run.attempts = 1
         run.started_at = run.attempt_started_at = self._now()
         run.status = StepStatus.RUNNING
-        await self._record("start_attempt", run=run_to_dict(run))
+        await self._record("start_attempt", run=run_to_dict(run), now=spec.type == TIMER)   # a wait shows
         workflow.logger.info("Executing %s step %s (attempt 1/1)", spec.type, spec.id)
         try:
             async with asyncio.timeout(spec.timeout):
@@ -267,6 +355,7 @@ class ExecutionWorkflow:
                 "step_id": spec.id, "run": run_to_dict(run), "names": self.names,
                 "attempt_offset": offset, "max_attempts": policy.max_attempts, "outage_only": outage_only,
                 "non_retryable": list(policy.non_retryable), "heartbeat_every": self.heartbeat / 4,
+                "mirror": self._take_outbox(),
             }
             try:
                 out = await workflow.execute_activity(
@@ -297,6 +386,18 @@ class ExecutionWorkflow:
                     return None
                 self._failed(run, str(cause or err), type(cause or err).__name__)
                 return None
+            waits = out.get("await_approval")
+            if waits is not None:
+                # A human decides: wait for the approve/deny update, or the expiry (the step,
+                # run again, then finds its approval decided, or expires it by on_timeout).
+                approval_id = str(waits["id"])
+                self.pending[approval_id] = waits
+                left = max(0.0, float(waits["expires_at"]) - self._now()) + 0.5
+                with contextlib.suppress(TimeoutError):
+                    await workflow.wait_condition(partial(self._recorded, approval_id),
+                                                  timeout=timedelta(seconds=left))
+                self.pending.pop(approval_id, None)
+                continue
             run.attempts = int(out["attempts"])
             run.started_at = out.get("started_at") or run.started_at
             result = StepResult(output=out["output"], status=out["status"], next=out["next"],
