@@ -1,9 +1,13 @@
-"""The runner on small workflows, loaded like rule files, against the HTTP stand-ins."""
+"""The builtin runner on small workflows, loaded like rule files, against the HTTP stand-ins.
+
+The behaviours both engines share (paths, retries and backoff, timeouts, waits, cancel,
+parallel joins, decisions, templates) are in ``test_conformance.py``, run on each engine;
+what is here is the builtin engine's own (resume from its store, submitted cancels, caps
+and allowlists through the runner, ``check``)."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -105,119 +109,7 @@ def test_step_configs_are_parsed_only_by_the_load_path(load_workflow):
 # ----------------------------------------------------------------------------- retries
 
 
-def test_retry_with_exponential_backoff(agent, load_workflow):
-    agent.fail_actions = {"logs"}
-    store = MemoryStore()
-    workflow = load_workflow({"id": "retry", "steps": [command(
-        "logs", "logs",
-        retry={"max_attempts": 4, "initial_interval": "0.05s", "multiplier": 2, "jitter": 0})]})
-
-    execution = run(workflow, live(agent), store=store)
-
-    assert execution.status == "failed"
-    step = one(execution, "logs")
-    assert step.status == "failed"
-    assert step.attempts == 4
-    assert step.error_kind == "CommandFailed"
-    assert store.executions[execution.id].runs[0].attempts == 4
-    assert [d for op, _, d in store.log if op == "fail_attempt"] == [
-        ("logs", 1, "CommandFailed"), ("logs", 2, "CommandFailed"), ("logs", 3, "CommandFailed")]
-    assert [d for op, _, d in store.log if op == "start_attempt"] == [("logs", n) for n in (1, 2, 3, 4)]
-    # Four requests, one idempotency key; the gaps between them grow (0.05, 0.1, 0.2 s).
-    requests = [r for r in agent.requests if r["body"]["action"] == "logs"]
-    assert len(requests) == 4
-    assert len({r["body"]["idempotency_key"] for r in requests}) == 1
-    times = [r["at"] for r in requests]
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert gaps[0] >= 0.045
-    for previous, gap in itertools.pairwise(gaps):
-        assert gap >= previous * 1.5, gaps
-
-
-def test_workflow_retry_applies_when_the_step_has_none_and_a_retry_can_succeed(agent, load_workflow):
-    agent.fail_actions = {"logs"}
-    workflow = load_workflow({"id": "wf_retry", "retry": {"max_attempts": 3, **NO_JITTER},
-                              "steps": [command("logs", "logs", on_success=["after"]), note("after")]})
-
-    def heal(what: str, execution, run_) -> None:
-        if what == "step_started" and run_.step_id == "logs" and run_.attempts == 2:
-            agent.fail_actions.clear()
-
-    execution = run(workflow, live(agent), listeners=(heal,))
-
-    assert execution.status == "succeeded", execution.error
-    assert one(execution, "logs").attempts == 2
-    assert one(execution, "logs").error is None
-    assert path(execution) == ["logs", "after"]
-
-
-def test_non_retryable_kind_is_tried_once(agent, load_workflow):
-    agent.fail_actions = {"logs"}
-    workflow = load_workflow({"id": "nonretry", "steps": [command(
-        "logs", "logs", retry={"max_attempts": 4, **NO_JITTER, "non_retryable": ["CommandFailed"]})]})
-
-    execution = run(workflow, live(agent))
-
-    assert execution.status == "failed"
-    assert one(execution, "logs").attempts == 1
-    assert one(execution, "logs").error_kind == "CommandFailed"
-    assert len(bodies(agent, "logs")) == 1
-
-
-def test_not_allowed_is_never_retried(agent, load_workflow):
-    workflow = load_workflow({"id": "refused", "steps": [remediation(
-        "fix", "increase_memory", retry={"max_attempts": 5, **NO_JITTER})]})
-
-    execution = run(workflow, live(agent, allowed_actions=frozenset({"restart_rollout"})))
-
-    assert execution.status == "failed"
-    step = one(execution, "fix")
-    assert step.attempts == 1
-    assert step.error_kind == "NotAllowed"
-    assert agent.requests == []
-
-
 # ----------------------------------------------------------------------------- timeouts
-
-
-def test_step_timeout_fails_the_attempt_and_takes_on_failure(agent, load_workflow):
-    agent.delay = {"logs": 2}
-    workflow = load_workflow({"id": "slow", "steps": [
-        command("logs", "logs", timeout="0.2s", on_success=["ok"], on_failure=["alert"]),
-        note("ok"), note("alert", "logs timed out")]})
-
-    began = time.monotonic()
-    execution = run(workflow, live(agent))
-    elapsed = time.monotonic() - began
-
-    assert execution.status == "failed"
-    step = one(execution, "logs")
-    assert step.status == "failed"
-    assert step.error_kind == "StepTimeout"
-    assert step.error == "step timeout 0.2s"
-    assert path(execution) == ["logs", "alert"]
-    assert one(execution, "alert").status == "succeeded"
-    assert runs(execution, "ok") == []
-    assert elapsed < 1.5
-
-
-def test_workflow_timeout_ends_the_execution_as_timed_out(agent, load_workflow):
-    store = MemoryStore()
-    workflow = load_workflow({"id": "too_long", "timeout": "0.3s",
-                              "steps": [wait("pause", "5s", on_success=["after"]), note("after")]})
-
-    began = time.monotonic()
-    execution = run(workflow, live(agent), store=store)
-    elapsed = time.monotonic() - began
-
-    assert execution.status == "timed_out"
-    assert "timeout" in execution.error
-    assert elapsed < 1.5
-    assert one(execution, "pause").status == "timed_out"
-    assert runs(execution, "after") == []
-    saved = store.executions[execution.id]
-    assert saved.status == "timed_out"
-    assert saved.runs[0].status == "timed_out"
 
 
 # ----------------------------------------------------------------------------- cancel
@@ -276,75 +168,6 @@ SLOW = {"type": "wait", "config": {"duration": "5s"}}
 SHORT = {"type": "wait", "config": {"duration": "50ms"}}
 
 
-def test_parallel_join_all_runs_every_branch(agent, load_workflow):
-    workflow = load_workflow(parallel([["a"], ["b", "c"]], a=LOGS, b=DESCRIBE, c=GET))
-
-    execution = run(workflow, live(agent))
-
-    assert execution.status == "succeeded", execution.error
-    fan = one(execution, "fan")
-    assert fan.status == "succeeded"
-    assert fan.output == {"join": "all", "succeeded": [0, 1], "failed": [], "cancelled": []}
-    for sid in ("a", "b", "c"):
-        assert one(execution, sid).status == "succeeded"
-        assert one(execution, sid).in_branch_of == fan.seq
-    actions = [b["action"] for b in bodies(agent)]
-    assert sorted(actions) == ["describe", "get", "logs"]
-    assert actions.index("describe") < actions.index("get")   # a branch runs in order
-    assert path(execution)[-1] == "joined"
-    assert runs(execution, "broken") == []
-
-
-def test_parallel_join_all_fail_stops_at_the_first_failed_branch(agent, load_workflow):
-    agent.fail_actions = {"logs"}
-    workflow = load_workflow(parallel([["a"], ["slow"]], a=LOGS, slow=SLOW))
-
-    began = time.monotonic()
-    execution = run(workflow, live(agent))
-    elapsed = time.monotonic() - began
-
-    assert elapsed < 1.5
-    assert execution.status == "failed"
-    fan = one(execution, "fan")
-    assert fan.status == "failed"
-    assert fan.output == {"join": "all", "succeeded": [], "failed": [0], "cancelled": [1]}
-    assert one(execution, "a").status == "failed"
-    assert path(execution)[-1] == "broken"
-    assert runs(execution, "joined") == []
-    # Only the parallel step counts as failed: its branch child is judged by the join.
-    assert execution.error == "step(s) failed: fan"
-
-
-def test_parallel_join_all_continue_lets_the_other_branches_finish(agent, load_workflow):
-    agent.fail_actions = {"logs"}
-    workflow = load_workflow(parallel([["a"], ["pause", "b"]], on_branch_failure="continue",
-                                      a=LOGS, pause=SHORT, b=DESCRIBE))
-
-    execution = run(workflow, live(agent))
-
-    assert execution.status == "failed"
-    fan = one(execution, "fan")
-    assert fan.output == {"join": "all", "succeeded": [1], "failed": [0], "cancelled": []}
-    assert fan.status == "failed"
-    assert one(execution, "b").status == "succeeded"
-    assert len(bodies(agent, "describe")) == 1
-    assert path(execution)[-1] == "broken"
-
-
-def test_parallel_join_any_succeeds_with_the_first_branch(agent, load_workflow):
-    workflow = load_workflow(parallel([["a"], ["slow"]], join="any", a=LOGS, slow=SLOW))
-
-    began = time.monotonic()
-    execution = run(workflow, live(agent))
-    elapsed = time.monotonic() - began
-
-    assert elapsed < 1.5
-    assert execution.status == "succeeded", execution.error
-    fan = one(execution, "fan")
-    assert fan.output == {"join": "any", "succeeded": [0], "failed": [], "cancelled": [1]}
-    assert path(execution)[-1] == "joined"
-
-
 def test_parallel_join_any_fail_fails_at_the_first_failed_branch(agent, load_workflow):
     agent.fail_actions = {"logs"}
     workflow = load_workflow(parallel([["a"], ["slow"]], join="any", a=LOGS, slow=SLOW))
@@ -354,34 +177,6 @@ def test_parallel_join_any_fail_fails_at_the_first_failed_branch(agent, load_wor
     assert execution.status == "failed"
     assert one(execution, "fan").output == {"join": "any", "succeeded": [], "failed": [0], "cancelled": [1]}
     assert path(execution)[-1] == "broken"
-
-
-def test_parallel_join_any_continue_tolerates_a_failed_branch(agent, load_workflow):
-    agent.fail_actions = {"logs"}
-    workflow = load_workflow(parallel([["a"], ["pause", "b"]], join="any", on_branch_failure="continue",
-                                      a=LOGS, pause=SHORT, b=DESCRIBE))
-
-    execution = run(workflow, live(agent))
-
-    # The failed branch child does not fail the execution: the join judged it.
-    assert execution.status == "succeeded", execution.error
-    fan = one(execution, "fan")
-    assert fan.output == {"join": "any", "succeeded": [1], "failed": [0], "cancelled": []}
-    assert one(execution, "a").status == "failed"
-    assert path(execution)[-1] == "joined"
-
-
-def test_parallel_join_any_continue_fails_when_no_branch_succeeds(agent, load_workflow):
-    agent.fail_actions = {"logs", "describe"}
-    workflow = load_workflow(parallel([["a"], ["b"]], join="any", on_branch_failure="continue",
-                                      a=LOGS, b=DESCRIBE))
-
-    execution = run(workflow, live(agent))
-
-    assert execution.status == "failed"
-    fan = one(execution, "fan")
-    assert fan.output == {"join": "any", "succeeded": [], "failed": [0, 1], "cancelled": []}
-    assert fan.error == "parallel branches failed: [0, 1]"
 
 
 def test_parallel_cancelled_branch_child_is_recorded_as_cancelled(agent, load_workflow):
@@ -464,35 +259,6 @@ def test_change_within_the_caps_is_sent_capped(agent, load_workflow):
                               "memory_mib": 1024}
 
 
-def test_idempotency_key_is_the_same_on_every_attempt(agent, load_workflow):
-    agent.delay = {"increase_memory": 0.4}
-    workflow = load_workflow({"id": "idem", "steps": [remediation(
-        "fix", "increase_memory", timeout="0.1s", retry={"max_attempts": 3, **NO_JITTER})]})
-
-    def answer_quickly_from_now_on(what: str, execution, run_) -> None:
-        if what == "step_started" and run_.step_id == "fix" and run_.attempts == 2:
-            agent.delay.clear()
-
-    execution = run(workflow, live(agent), listeners=(answer_quickly_from_now_on,))
-
-    assert execution.status == "succeeded", execution.error
-    step = one(execution, "fix")
-    assert step.attempts == 2
-    sent = bodies(agent, "increase_memory")
-    assert len(sent) == 2
-    key = sent[0]["idempotency_key"]
-    assert key == f"{execution.id}:fix:{step.seq}"
-    assert all(b["idempotency_key"] == key for b in sent)
-    assert all(b["dry_run"] is False for b in sent)
-    # Let the first (timed-out) request finish in the stand-in too: still applied once.
-    deadline = time.monotonic() + 2
-    while agent.calls[key] < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.45)
-    assert agent.calls[key] == 2
-    assert agent.applied == {key: 1}
-
-
 # ----------------------------------------------------------------------------- templates
 
 
@@ -527,49 +293,6 @@ DECISION = {"id": "decide_wf", "steps": [
         "default": "fallback_value"}},
     note("jump_here", "jumped"),
     note("after", "decision={{ decision }}")]}
-
-
-def test_decision_jumps_to_a_named_step(agent, load_workflow):
-    execution = run(load_workflow(DECISION), live(agent), incident={**INCIDENT, "reason": "OOMKilled"})
-
-    assert execution.status == "succeeded"
-    assert path(execution) == ["decide", "jump_here"]
-    assert one(execution, "decide").output == {"value": "jump_here", "matched": 0,
-                                               "condition": "incident.reason == 'OOMKilled'",
-                                               "jump": "jump_here"}
-    assert one(execution, "decide").branch == ["jump_here"]
-
-
-def test_decision_value_is_read_by_later_steps(agent, load_workflow):
-    execution = run(load_workflow(DECISION), live(agent))
-
-    assert execution.status == "succeeded"
-    assert path(execution) == ["decide", "after"]
-    out = one(execution, "decide").output
-    assert out["value"] == "restart_it" and out["matched"] == 1 and "jump" not in out
-    assert one(execution, "after").output["text"].splitlines()[1] == "decision=restart_it"
-
-
-def test_decision_default_branch(agent, load_workflow):
-    execution = run(load_workflow(DECISION), live(agent), incident={**INCIDENT, "count": 1})
-
-    assert path(execution) == ["decide", "after"]
-    assert one(execution, "decide").output == {"value": "fallback_value", "matched": None,
-                                               "condition": "default"}
-    assert one(execution, "after").output["text"].splitlines()[1] == "decision=fallback_value"
-
-
-def test_decision_value_steers_a_remediation(agent, load_workflow):
-    workflow = load_workflow({"id": "steer", "steps": [
-        {"id": "decide", "type": "decision", "on_success": ["fix"], "config": {
-            "conditions": [{"if": "incident.reason == 'BackOff'", "then": "restart_rollout"}]}},
-        remediation("fix", "patch_deployment")]})
-
-    execution = run(workflow, live(agent))
-
-    assert execution.status == "succeeded", execution.error
-    (body,) = bodies(agent)
-    assert body["action"] == "restart_rollout"
 
 
 # ----------------------------------------------------------------------------- sandbox at check time
@@ -708,34 +431,6 @@ def test_resume_leaves_a_finished_execution_alone(agent, load_workflow):
     again = asyncio.run(resume())
     assert again is not None and again.status == "succeeded"
     assert len(agent.requests) == 1
-
-
-def test_without_a_retry_policy_an_outage_of_agent_manager_is_waited_out(agent, load_workflow):
-    """The service's default (config retries): ServiceUnavailable is retried where the
-    workflow sets no retry; any other error still fails the step at once."""
-    from engine.rules.model import RetryPolicy
-
-    workflow = load_workflow({"id": "plain", "steps": [command("look", "get", on_success=["tell"]),
-                                                       note("tell")]})
-    outage = RetryPolicy(max_attempts=5, initial_interval=0.01, max_interval=0.02, jitter=0)
-
-    async def go(fail: str | None = None):
-        async with make_client() as http:
-            runner = WorkflowRunner(settings=live(agent), http=http, outage_retry=outage)
-            return await runner.run(workflow, incident=INCIDENT)
-
-    agent.unavailable = 3
-    execution = asyncio.run(go())
-    assert execution.status == "succeeded"
-    assert one(execution, "look").attempts == 4
-    agent.unavailable = 0
-    agent.fail_actions.add("get")          # a command that ran and failed: not an outage
-    failed = asyncio.run(go())
-    assert failed.status == "failed" and one(failed, "look").attempts == 1
-    agent.fail_actions.clear()
-    agent.unavailable = 10                 # longer than the policy: it gives up, and says why
-    given_up = asyncio.run(go())
-    assert one(given_up, "look").attempts == 5 and one(given_up, "look").error_kind == "ServiceUnavailable"
 
 
 def test_a_step_timeout_counts_its_own_request_not_the_wait_for_a_connection_slot(agent, load_workflow):
