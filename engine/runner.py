@@ -60,6 +60,35 @@ def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random) -> floa
     return max(0.0, base)
 
 
+class AttemptHooks:
+    """What a step's context offers one run's attempts, on either engine: ``paused()`` stops
+    the attempt's timeout while the step waits for what is not its own work (a connection
+    slot, a human), and ``waiting(on)`` records that the run waits for a human's approval."""
+
+    def __init__(self, store: Store, execution_id: str, run: StepRun) -> None:
+        self.store, self.execution_id, self.run = store, execution_id, run
+        self.timer: asyncio.Timeout | None = None      # the current attempt's timeout
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        timer = self.timer
+        when = timer.when() if timer is not None else None
+        if timer is None or when is None:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        left = when - loop.time()
+        timer.reschedule(None)
+        try:
+            yield
+        finally:
+            timer.reschedule(loop.time() + max(0.0, left))
+
+    async def waiting(self, on: bool) -> None:
+        self.run.status = StepStatus.WAITING_APPROVAL if on else StepStatus.RUNNING
+        await self.store.start_attempt(self.execution_id, self.run)
+
+
 @dataclass(frozen=True)
 class Started:
     """A recorded execution and the task that runs it (its result: the ended execution).
@@ -363,32 +392,14 @@ class WorkflowRunner:
         if outage_only:
             policy = self.outage_retry or DEFAULT_RETRY
         logger = FieldsAdapter(log, {**_ids(execution), "step_id": spec.id})
-        deadline: list[asyncio.Timeout] = []    # this attempt's timeout, for ``paused``
-
-        @contextlib.asynccontextmanager
-        async def paused() -> AsyncIterator[None]:
-            when = deadline[-1].when() if deadline else None
-            if when is None:
-                yield
-                return
-            loop = asyncio.get_running_loop()
-            left = when - loop.time()
-            deadline[-1].reschedule(None)
-            try:
-                yield
-            finally:
-                deadline[-1].reschedule(loop.time() + max(0.0, left))
-
-        async def waiting(on: bool) -> None:
-            run.status = StepStatus.WAITING_APPROVAL if on else StepStatus.RUNNING
-            await self.store.start_attempt(execution.id, run)
+        hooks = AttemptHooks(self.store, execution.id, run)
 
         ctx = StepContext(execution_id=execution.id, workflow=workflow, step=spec, run=run,
                           names=live.names, settings=self.settings, http=self.http,
                           dry_run=execution.dry_run, log=logger,
                           run_branch=lambda ids: self._branch(live, run, ids), limiter=self.limiter,
-                          lock=self.lock, audit=self._audit_for(execution, spec.id), paused=paused,
-                          approvals=self.approvals, waiting=waiting,
+                          lock=self.lock, audit=self._audit_for(execution, spec.id), paused=hooks.paused,
+                          approvals=self.approvals, waiting=hooks.waiting,
                           deadline=execution.started_at + workflow.timeout,
                           triggered_by=execution.context.get("triggered_by"), mailer=self.mailer)
         step_time = 0.0
@@ -406,7 +417,7 @@ class WorkflowRunner:
             t0 = time.perf_counter()
             try:
                 async with asyncio.timeout(spec.timeout) as timer:
-                    deadline[:] = [timer]
+                    hooks.timer = timer
                     result = await step.run(ctx, spec.parsed)
             except TimeoutError:
                 error: StepError = StepTimeout(f"step timeout {spec.timeout:g}s")

@@ -19,10 +19,9 @@ deny update in our approvals table.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from temporalio import activity
@@ -32,7 +31,7 @@ from engine.approvals import Gate
 from engine.auth import Principal, Role
 from engine.exceptions import ServiceUnavailable, StepError, StepTimeout
 from engine.logs import FieldsAdapter
-from engine.runner import Audit
+from engine.runner import AttemptHooks, Audit
 from engine.statuses import StepStatus
 from engine.store import Execution, StepRun, Store
 from engine.temporal.approvals import ActivityGate, AwaitDecision
@@ -104,39 +103,21 @@ class StepActivities:
         logger.info("Executing %s step %s (attempt %d/%d)", spec.type, spec.id, run.attempts, max_attempts)
         self._notify("step_started", execution, run)
 
-        deadline: list[asyncio.Timeout] = []
-
-        @contextlib.asynccontextmanager
-        async def paused() -> AsyncIterator[None]:
-            # As the builtin runner: waiting for a connection slot or a human does not count.
-            when = deadline[-1].when() if deadline else None
-            if when is None:
-                yield
-                return
-            loop = asyncio.get_running_loop()
-            left = when - loop.time()
-            deadline[-1].reschedule(None)
-            try:
-                yield
-            finally:
-                deadline[-1].reschedule(loop.time() + max(0.0, left))
-
-        async def waiting(on: bool) -> None:
-            run.status = StepStatus.WAITING_APPROVAL if on else StepStatus.RUNNING
-            await self.store.start_attempt(execution.id, run)
+        hooks = AttemptHooks(self.store, execution.id, run)
 
         ctx = StepContext(
             execution_id=execution.id, workflow=workflow, step=spec, run=run, names=params["names"],
             settings=self.settings, http=self.http, dry_run=execution.dry_run, log=logger, run_branch=None,
-            limiter=self.limiter, lock=self.lock, audit=self._audit_for(execution, spec.id), paused=paused,
+            limiter=self.limiter, lock=self.lock, audit=self._audit_for(execution, spec.id),
+            paused=hooks.paused,
             approvals=ActivityGate(self.approvals, time.time) if self.approvals is not None else None,
-            waiting=waiting, deadline=execution.started_at + workflow.timeout,
+            waiting=hooks.waiting, deadline=execution.started_at + workflow.timeout,
             triggered_by=execution.context.get("triggered_by"), mailer=self.mailer)
         beat = asyncio.create_task(self._heartbeat(params["heartbeat_every"]))
         try:
             try:
                 async with asyncio.timeout(spec.timeout) as timer:
-                    deadline[:] = [timer]
+                    hooks.timer = timer
                     result = await self.steps[spec.type].run(ctx, spec.parsed)
             except TimeoutError:
                 error: StepError = StepTimeout(f"step timeout {spec.timeout:g}s")
