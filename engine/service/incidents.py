@@ -11,7 +11,6 @@ incident the routes send there opens, and resolves the page when it closes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -25,6 +24,7 @@ from engine.service.background import Background
 from engine.service.contracts import Cooldowns, Records, Stats, Workflows
 from engine.service.executions import Executions
 from engine.service.notifier import IncidentNotifier
+from engine.service.recorded import Recorded
 from engine.storage.outage import Availability, retrying
 from engine.store import Execution
 
@@ -38,7 +38,7 @@ DEFAULT_COOLDOWN = 600.0   # for an incident whose strategy is no longer loaded
 class Incidents:
     def __init__(self, *, records: Records, cooldowns: Cooldowns, workflows: Workflows,
                  correlator: Correlator, executions: Executions, metrics: Metrics, stats: Stats,
-                 background: Background, record_lock: asyncio.Lock,
+                 background: Background, recorded: Recorded,
                  postgres: Availability | None = None, notifier: IncidentNotifier | None = None) -> None:
         self.records = records
         self.cooldowns = cooldowns
@@ -48,7 +48,7 @@ class Incidents:
         self.metrics = metrics
         self.stats = stats
         self.background = background
-        self.record_lock = record_lock
+        self.recorded = recorded      # which intake batches are in the database
         # A write that meets a PostgreSQL outage waits it out: an incident is never left
         # half-opened or never closed because the database blinked.
         self.postgres = postgres or Availability("PostgreSQL")
@@ -62,9 +62,11 @@ class Incidents:
         # Events that arrive while it is being opened attach to this id (re-pointed if another
         # replica turns out to hold the incident).
         incident.record_id = incident.id
-        self.background.spawn(self.open(incident))
+        # Its burst's events are in the batches prepared so far (the last one maybe being
+        # prepared right now): it opens once those are recorded.
+        self.background.spawn(self.open(incident, self.recorded.prepared))
 
-    async def open(self, incident: Incident) -> None:
+    async def open(self, incident: Incident, after: int | None = None) -> None:
         sid, key = incident.strategy.id, incident.key_text
         _known, cooling = await self.cooldowns.cooldown(sid, key)
         workflow = await self.workflows.workflow(incident.workflow_id)
@@ -72,14 +74,17 @@ class Incidents:
         execution_id = f"exec-{uuid.uuid4().hex[:16]}" if runnable else None
         outcome, other = "cooling", cooling
         if cooling is None:
-            async with self.record_lock:   # the batch holding its last events is recorded
-                outcome, other = await self._db(partial(self.records.open_incident, incident, execution_id,
-                                                        incident.event_ids))
+            await self.recorded.wait(after)     # the batches holding its events are recorded
+            outcome, other = await self._db(partial(self.records.open_incident, incident, execution_id,
+                                                    incident.event_ids))
         incident.recorded = True
         if outcome != "opened":
             # Cooling down, or open on another replica: its workflow covers these events too.
             assert other is not None
             incident.record_id = other
+            # Batches prepared before that point carry this incident's own id: once they are
+            # recorded, re-pointing them below catches every one.
+            await self.recorded.wait()
             state = "suppressed" if outcome == "cooling" else "attached"
             await self._db(partial(self.records.attach_events, incident.event_ids, other, state))
             await self._db(partial(self.records.repoint_events, incident.id, other))

@@ -33,6 +33,7 @@ from engine.rulebase import RuleBase
 from engine.service.background import Background
 from engine.service.bus import Message, ack_all
 from engine.service.contracts import DeadLetter, EventRow, Records, Stats
+from engine.service.recorded import Recorded
 from engine.statuses import IncidentStatus
 from engine.storage.outage import Availability, retrying, transient
 
@@ -57,6 +58,7 @@ class Batch:
     """A batch of input, processed and waiting to be recorded."""
 
     source: str
+    number: int = 0           # engine.service.recorded: incidents wait for it to be recorded
     rows: list[EventRow] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     deltas: list[Delta] = field(default_factory=list)
@@ -69,7 +71,7 @@ class Batch:
 
 class Intake:
     def __init__(self, *, records: Records, rulebase: RuleBase, correlator: Correlator, metrics: Metrics,
-                 stats: Stats, background: Background, record_lock: asyncio.Lock,
+                 stats: Stats, background: Background, recorded: Recorded,
                  max_event_bytes: int, dead_letter_bytes: int = DEAD_LETTER_BYTES,
                  clock: Callable[[], float] = time.time, postgres: Availability | None = None,
                  room: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -79,8 +81,8 @@ class Intake:
         self.metrics = metrics
         self.stats = stats
         self.background = background
-        # Held while a batch is recorded: an incident attaches its events only once they exist.
-        self.record_lock = record_lock
+        # Which batches are recorded: an incident attaches its events only once they exist.
+        self.recorded = recorded
         self.max_event_bytes = max_event_bytes
         self.dead_letter_bytes = dead_letter_bytes
         self.clock = clock
@@ -152,7 +154,15 @@ class Intake:
         Duplicates are dropped by id (in memory for recent ids here, and by the table's
         primary key across replicas and restarts when the batch is recorded); each new
         event goes through the rule base and the correlator."""
-        batch = Batch(source)
+        batch = Batch(source, self.recorded.next())
+        try:
+            self._prepare(batch, items, source)
+        except BaseException:
+            self.recorded.done(batch.number)
+            raise
+        return batch
+
+    def _prepare(self, batch: Batch, items: Sequence[Item], source: str) -> None:
         good: list[tuple[Event, str | None]] = []
         for raw, subject, msg_id, headers in items:
             try:
@@ -181,7 +191,6 @@ class Intake:
             self.remember(event.id)
             batch.rows.append((event, subject, self.process(event, batch.deltas, batch=batch)))
         self._count(batch)
-        return batch
 
     def _decode(self, raw: Any) -> Any:
         if isinstance(raw, Excerpt):                # a line too long to hold (HTTP NDJSON)
@@ -275,6 +284,12 @@ class Intake:
 
     async def persist(self, batch: Batch) -> dict[str, int]:
         """Record a prepared batch: dead letters, then every event with where it went."""
+        try:
+            return await self._persist(batch)
+        finally:
+            self.recorded.done(batch.number)
+
+    async def _persist(self, batch: Batch) -> dict[str, int]:
         source, dead, rows = batch.source, batch.dead, batch.rows
         if dead:
             await self.records.dead_letters_many(dead)
@@ -283,8 +298,7 @@ class Intake:
             for letter in dead:
                 log.warning("Dead letter from %s%s: %s (%d bytes)", source,
                             f" {letter.subject}" if letter.subject else "", letter.reason, letter.size or 0)
-        async with self.record_lock:
-            recorded = await self._record(source, rows)
+        recorded = await self._record(source, rows)
         # Recorded before by another replica (or before a restart): not counted again here.
         duplicates = batch.duplicates + len(rows) - len(recorded)
         for incident_id, delta in _sum_deltas(batch.deltas, recorded).items():

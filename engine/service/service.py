@@ -60,6 +60,7 @@ from engine.service.intake import Intake
 from engine.service.locks import Locks
 from engine.service.mail import SmtpMailer
 from engine.service.notifier import IncidentNotifier
+from engine.service.recorded import Recorded
 from engine.service.recovery import Recovery
 from engine.service.reloads import Reloads
 from engine.service.retention import Retention
@@ -205,13 +206,13 @@ class Service:
         stack.push_async_callback(executions.drain, self.grace)
 
         correlator = Correlator(AsyncIOScheduler(asyncio.get_running_loop()), track_event_ids=True)
-        record_lock = asyncio.Lock()
+        recorded = Recorded()
         incidents = Incidents(records=records, cooldowns=cache, workflows=rules, correlator=correlator,
                               executions=executions, metrics=self.metrics, stats=stats,
-                              background=background, record_lock=record_lock, postgres=postgres,
+                              background=background, recorded=recorded, postgres=postgres,
                               notifier=IncidentNotifier(settings, http, background))
         intake = Intake(records=records, rulebase=rulebase, correlator=correlator, metrics=self.metrics,
-                        stats=stats, background=background, record_lock=record_lock,
+                        stats=stats, background=background, recorded=recorded,
                         max_event_bytes=self.max_event_bytes, postgres=postgres,
                         dead_letter_bytes=config.intake.dead_letter_bytes, room=executions.room)
         reloads = Reloads(rules, changes=stored_rules, metrics=self.metrics, cache=cache,

@@ -38,6 +38,7 @@ from engine.service.generations import RulesManager
 from engine.service.health import Health
 from engine.service.incidents import Incidents
 from engine.service.intake import Intake
+from engine.service.recorded import Recorded
 from engine.service.transport import make_client
 from engine.storage.approvals import Approvals
 from engine.storage.audit import AuditLog
@@ -103,12 +104,12 @@ async def harness(dsn: str, *, settings: Settings | None = None,
         records = Repository(pool, "api-test")
         executions = Executions(runner, metrics=metrics, stats=stats, background=background)
         correlator = Correlator(AsyncIOScheduler(asyncio.get_running_loop()), track_event_ids=True)
-        lock = asyncio.Lock()
+        recorded = Recorded()
         Incidents(records=records, cooldowns=cache, workflows=rules, correlator=correlator,
                   executions=executions, metrics=metrics, stats=stats, background=background,
-                  record_lock=lock)
+                  recorded=recorded)
         intake = Intake(records=records, rulebase=rulebase, correlator=correlator, metrics=metrics,
-                        stats=stats, background=background, record_lock=lock, max_event_bytes=64 * 1024)
+                        stats=stats, background=background, recorded=recorded, max_event_bytes=64 * 1024)
         health = Health("api-test", Queries(pool).ping, Bus("nats://127.0.0.1:1", ["unused"]), cache, rules,
                         executions, correlator, stats, ready=True)
         tokens = Tokens(pool, cache_seconds=0)

@@ -25,6 +25,7 @@ from engine.service.executions import Executions
 from engine.service.generations import RulesManager
 from engine.service.incidents import Incidents
 from engine.service.intake import Intake
+from engine.service.recorded import Recorded
 from engine.service.recovery import Recovery
 from engine.testing import MemoryExecutionStore, MemoryRecords, MemoryRuleChanges
 from steps.base import Settings
@@ -115,12 +116,12 @@ def make_parts(tmp_path: Path) -> Callable[..., Any]:
                                 workflows=rules, max_running=max_running, max_queued=max_queued,
                                 poll=0.05)
         correlator = Correlator(scheduler, track_event_ids=True)
-        lock = asyncio.Lock()
+        recorded = Recorded()
         incidents = Incidents(records=records, cooldowns=cache, workflows=rules, correlator=correlator,
                               executions=executions, metrics=metrics, stats=stats, background=background,
-                              record_lock=lock)
+                              recorded=recorded)
         intake = Intake(records=records, rulebase=rulebase, correlator=correlator, metrics=metrics,
-                        stats=stats, background=background, record_lock=lock, max_event_bytes=64 * 1024,
+                        stats=stats, background=background, recorded=recorded, max_event_bytes=64 * 1024,
                         clock=clock, room=executions.room)
         recovery = Recovery(records=records, store=store, workflows=rules, executions=executions,
                             intake=intake, cache=cache, lease=15.0, info=lambda: {})
