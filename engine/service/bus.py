@@ -223,7 +223,10 @@ class Bus:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), min(0.5 * 2 ** (trouble.failures - 1), 5.0))
                 continue
-            if self.connected:
+            if pull.unanswered:
+                pull.unanswered = False     # no news either way: not a recovery to announce
+                pull.open_until = 0.0       # the lost request: ask again at once
+            elif self.connected:
                 trouble.ok()
             if msgs:
                 # Bounded in-flight work: the next batch waits until this one is taken in.
@@ -305,6 +308,7 @@ class _Pull:
         self.expires = max(expires, 0.001)
         self.request = orjson.dumps({"batch": batch, "expires": int(self.expires * 1e9)})
         self.problem: str | None = None    # why the server ended the last request, if not idle
+        self.unanswered = False            # the last wait saw no answer at all
         self.ready: list[Any] = []
         self.arrived = asyncio.Event()
         self.sub: Any = None
@@ -379,8 +383,10 @@ class _Pull:
                 await asyncio.wait_for(self.arrived.wait(), self.expires + 1.0)
             except TimeoutError:
                 # JetStream ends every pull request by its expiry (408): none came, so the
-                # request was lost (a dropped connection, a consumer that is gone).
-                self.problem = self.problem or f"no answer to a pull request within {self.expires + 1.0:g}s"
+                # request was lost (a dropped connection, a server too busy to answer in
+                # time). The next one goes out at once; only a refusal is backed off from.
+                self.unanswered = True
+                log.debug("no answer to a pull request within %gs; asking again", self.expires + 1.0)
         self.arrived.clear()
         msgs, self.ready = self.ready[:self.batch], self.ready[self.batch:]
         if self.ready:

@@ -5,6 +5,7 @@ change, and read the approval in the audit trail under the approver's name."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -139,8 +140,13 @@ def log_in(driver: Any, service: ServiceProcess, secret: str, path: str = "/ui/i
     from selenium.webdriver.common.by import By
     driver.get(f"{service.url}{path}")
     assert "/ui/login" in driver.current_url          # no session: the login page
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.wait import WebDriverWait
     driver.find_element(By.ID, "token").send_keys(secret)
     driver.find_element(By.ID, "login").click()
+    # The login's redirect takes its time under load: wait for it before reading the URL.
+    with contextlib.suppress(TimeoutException):
+        WebDriverWait(driver, 10).until(lambda d: d.current_url.startswith(f"{service.url}{path}"))
     assert driver.current_url.startswith(f"{service.url}{path}"), driver.current_url
 
 
