@@ -176,16 +176,27 @@ class WorkflowRunner:
         and its first step run are in the store, so a reader finds them at once; the task's
         result is the finished :class:`Execution`. ``triggered_by`` names who started it by
         hand (that principal may not approve its changes)."""
+        execution, first = await self._record_start(workflow, incident=incident, events=events,
+                                                    context=context, execution_id=execution_id,
+                                                    incident_id=incident_id, triggered_by=triggered_by)
+        live = _Live(execution, workflow, self._names(execution, workflow), seq=1)
+        return Started(execution, self._track(execution.id, self._drive(live, [first])))
+
+    async def _record_start(self, workflow: Workflow, *, incident: dict[str, Any] | None,
+                            events: Iterable[dict[str, Any]], context: dict[str, Any] | None,
+                            execution_id: str | None, incident_id: str | None, triggered_by: str | None,
+                            engine: str = "") -> tuple[Execution, StepRun]:
+        """Record a new execution with its first step run, and say so (either engine)."""
         execution = self.prepare(workflow, incident=incident, events=events, context=context,
                                  execution_id=execution_id, incident_id=incident_id,
                                  triggered_by=triggered_by)
         first = StepRun(seq=1, step_id=workflow.steps[0].id, step_type=workflow.steps[0].type)
         execution.runs.append(first)
         await self.store.create_execution(execution, first)
-        log.info("Workflow execution %s started: workflow=%s version=%d dry_run=%s",
-                 execution.id, workflow.id, workflow.version, execution.dry_run, extra=_ids(execution))
-        live = _Live(execution, workflow, self._names(execution, workflow), seq=1)
-        return Started(execution, self._track(execution.id, self._drive(live, [first])))
+        log.info("Workflow execution %s started: workflow=%s version=%d dry_run=%s%s", execution.id,
+                 workflow.id, workflow.version, execution.dry_run, f" engine={engine}" if engine else "",
+                 extra=_ids(execution))
+        return execution, first
 
     def prepare(self, workflow: Workflow, *, incident: dict[str, Any] | None = None,
                 events: Iterable[dict[str, Any]] = (), context: dict[str, Any] | None = None,
@@ -457,21 +468,10 @@ class WorkflowRunner:
             await asyncio.sleep(0 if self.settings.virtual_time else delay)
 
     def _audit_for(self, execution: Execution, step_id: str) -> StepAudit | None:
-        audit = self.audit
-        if audit is None:
-            return None
-
-        async def record(action: str, detail: dict[str, Any]) -> None:
-            await audit(execution, step_id, action, detail)
-
-        return record
+        return step_audit(self.audit, execution, step_id)
 
     def _notify(self, what: str, execution: Execution, run: StepRun) -> None:
-        for listener in self.listeners:
-            try:
-                listener(what, execution, run)
-            except Exception:  # an observer must never break an execution
-                log.exception("runner listener failed")
+        notify(self.listeners, what, execution, run)
 
     def _remember(self, live: _Live, run: StepRun, result: StepResult | None = None) -> None:
         """Put a finished run where later steps and expressions read it."""
@@ -531,6 +531,26 @@ def remember(names: dict[str, Any], run: StepRun, result: StepResult | None,
     elif run.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED) and run.step_type in steps:
         # Resuming: rebuild what the step had put in the context from its output.
         names.update(steps[run.step_type].context_from_output(run.output))
+
+
+def step_audit(audit: Audit | None, execution: Execution, step_id: str) -> StepAudit | None:
+    """What a step's context calls to put one of its actions on the audit trail (either engine)."""
+    if audit is None:
+        return None
+
+    async def record(action: str, detail: dict[str, Any]) -> None:
+        await audit(execution, step_id, action, detail)
+
+    return record
+
+
+def notify(listeners: Iterable[Any], what: str, execution: Execution, run: StepRun) -> None:
+    """Tell the observers of a step run (either engine); an observer never breaks an execution."""
+    for listener in listeners:
+        try:
+            listener(what, execution, run)
+        except Exception:
+            log.exception("runner listener failed")
 
 
 def _ids(execution: Execution) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from engine.approvals import Gate
 from engine.auth import Principal, Role
 from engine.exceptions import ServiceUnavailable, StepError, StepTimeout
 from engine.logs import FieldsAdapter
-from engine.runner import AttemptHooks, Audit
+from engine.runner import AttemptHooks, Audit, notify, step_audit
 from engine.statuses import StepStatus
 from engine.store import Execution, StepRun, Store
 from engine.temporal.approvals import ActivityGate, AwaitDecision
@@ -167,21 +167,10 @@ class StepActivities:
             await asyncio.sleep(every)
 
     def _audit_for(self, execution: Execution, step_id: str) -> StepAudit | None:
-        audit = self.audit
-        if audit is None:
-            return None
-
-        async def record(action: str, detail: dict[str, Any]) -> None:
-            await audit(execution, step_id, action, detail)
-
-        return record
+        return step_audit(self.audit, execution, step_id)
 
     def _notify(self, what: str, execution: Execution, run: StepRun) -> None:
-        for listener in self.listeners:
-            try:
-                listener(what, execution, run)
-            except Exception:  # an observer must never break an execution
-                log.exception("runner listener failed")
+        notify(self.listeners, what, execution, run)
 
     # ------------------------------------------------------------------ a human's decision
 

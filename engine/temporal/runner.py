@@ -114,15 +114,9 @@ class TemporalRunner(WorkflowRunner):
             if known is not None:
                 # Started before (by this or another replica): join its run, record nothing.
                 return Started(known, self.resume_loaded(known, workflow))
-        execution = self.prepare(workflow, incident=incident, events=events, context=context,
-                                 execution_id=execution_id, incident_id=incident_id,
-                                 triggered_by=triggered_by)
-        first = StepRun(seq=1, step_id=workflow.steps[0].id, step_type=workflow.steps[0].type)
-        execution.runs.append(first)
-        await self.store.create_execution(execution, first)
-        log.info("Workflow execution %s started: workflow=%s version=%d dry_run=%s engine=temporal",
-                 execution.id, workflow.id, workflow.version, execution.dry_run,
-                 extra={"incident_id": execution.incident_id, "execution_id": execution.id})
+        execution, _first = await self._record_start(
+            workflow, incident=incident, events=events, context=context, execution_id=execution_id,
+            incident_id=incident_id, triggered_by=triggered_by, engine="temporal")
         handle = await self._start_workflow(execution, workflow)
         return Started(execution, self._track(execution.id, self._result(handle, execution)))
 
