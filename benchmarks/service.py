@@ -37,16 +37,15 @@ import sys
 import tempfile
 import time
 import uuid
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
-import nats
 import psutil
 import yaml
 
+from benchmarks import publisher
 from engine.config import Config
 from engine.devservers import resolve
 from engine.durations import parse_duration
@@ -93,32 +92,10 @@ def _event(run: str, group: int, i: int, t: float, namespace: str = "bench") -> 
 
 async def _publish(url: str, subject: str, payloads: list[tuple[int, bytes, str]],
                    window: int = 4000, rate: int = 0) -> dict[int, float]:
-    """Publish with at most ``window`` acks outstanding (JetStream's async publish), at most
-    ``rate`` events/s if given; return each group's last ack time."""
-    nc = await nats.connect(url)
-    js = nc.jetstream(publish_async_max_pending=window)
-    last: dict[int, float] = {}
-    began = time.perf_counter()
-    pending = []
-
-    def acked(group: int, future: asyncio.Future) -> None:
-        if not future.cancelled() and future.exception() is None:
-            last[group] = max(last.get(group, 0.0), time.time())
-
-    try:
-        for n, (group, data, mid) in enumerate(payloads):
-            if rate and n % 20 == 0:
-                ahead = n / rate - (time.perf_counter() - began)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-            future = await js.publish_async(subject, data, headers={"Nats-Msg-Id": mid})
-            future.add_done_callback(partial(acked, group))
-            pending.append(future)
-        acks = await asyncio.gather(*pending)
-        assert all(not a.duplicate for a in acks)
-    finally:
-        await nc.close()
-    return last
+    """Publish with at most ``window`` acks outstanding, at most ``rate`` events/s if given;
+    return each group's last ack time. The lean publisher (benchmarks/publisher.py), so
+    that the publisher's CPU does not set the pace on the cores it shares with the service."""
+    return await publisher.publish(url, subject, payloads, window=window, rate=rate)
 
 
 async def _wait_recorded(dsn: str, total: int, timeout: float, namespace: str = "bench") -> float:
@@ -210,18 +187,29 @@ async def _recorded_span(dsn: str, namespace: str) -> float:
 
 
 def _cpu_seconds(service_pid: int) -> dict[str, float]:
-    """CPU seconds used so far by the service, PostgreSQL's processes and nats-server."""
-    out = {"service": 0.0, "postgres": 0.0, "nats": 0.0}
+    """CPU seconds used so far by the service, PostgreSQL's processes, nats-server, Redis, the
+    stub and this benchmark (the publisher and the polling): everything that shares the cores."""
+    out = {"service": 0.0, "postgres": 0.0, "nats": 0.0, "redis": 0.0, "stub": 0.0, "benchmark": 0.0}
+    me = os.getpid()
     for proc in psutil.process_iter(["pid", "name", "cmdline"]):
         try:
             times = proc.cpu_times()
             name = proc.info["name"] or ""
             if proc.info["pid"] == service_pid:
-                out["service"] += times.user + times.system
+                kind = "service"
+            elif proc.info["pid"] == me:
+                kind = "benchmark"
             elif name.startswith("postgres"):
-                out["postgres"] += times.user + times.system
+                kind = "postgres"
             elif name.startswith("nats-server"):
-                out["nats"] += times.user + times.system
+                kind = "nats"
+            elif name.startswith("redis-server"):
+                kind = "redis"
+            elif "benchmarks.stub" in " ".join(proc.info["cmdline"] or ()):
+                kind = "stub"
+            else:
+                continue
+            out[kind] += times.user + times.system
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return out
