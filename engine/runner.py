@@ -116,6 +116,8 @@ class _Live:
     seq: int = 0
     tasks: dict[asyncio.Task, StepRun] = field(default_factory=dict)
     failed_steps: list[str] = field(default_factory=list)
+    # Runs whose first attempt was recorded as started with the step before them (seqs).
+    started_early: set[int] = field(default_factory=set)
 
 
 class WorkflowRunner:
@@ -341,11 +343,14 @@ class WorkflowRunner:
             task.cancel()
         if live.tasks:
             await asyncio.gather(*live.tasks, return_exceptions=True)
-        for run in live.tasks.values():
+        # With the runs recorded as started but not yet launched (see _step).
+        early = [r for r in live.execution.runs if r.seq in live.started_early]
+        for run in [*live.tasks.values(), *early]:
             if run.status not in FINAL_STEP:
                 run.status, run.error, run.finished_at = status, status.replace("_", " "), time.time()
                 await asyncio.shield(self.store.finish_step(live.execution.id, run, []))
         live.tasks.clear()
+        live.started_early.clear()
 
     async def _finish(self, execution: Execution) -> None:
         execution.finished_at = time.time()
@@ -389,6 +394,16 @@ class WorkflowRunner:
             run.branch = list(result.next if result is not None and result.next is not None
                               else spec.on_success)
         scheduled = self._schedule(live, run.branch, run) if run.in_branch_of is None else []
+        if not self.draining:
+            # The next runs start the moment this one is recorded: their first attempt goes
+            # in the same commit (one write per step transition instead of two). Should the
+            # process die before they start, a resume finds them running, as after any crash
+            # between an attempt's record and its work, and runs them again.
+            now = time.time()
+            for nxt in scheduled:
+                nxt.attempts, nxt.status = 1, StepStatus.RUNNING
+                nxt.started_at = nxt.attempt_started_at = now
+                live.started_early.add(nxt.seq)
         await self.store.finish_step(live.execution.id, run, scheduled)
         self._notify("step_finished", live.execution, run)
         if self.measure_overhead:
@@ -415,13 +430,16 @@ class WorkflowRunner:
                           triggered_by=execution.context.get("triggered_by"), mailer=self.mailer)
         step_time = 0.0
         while True:
-            run.attempts += 1
-            now = time.time()
-            run.attempt_started_at = now
-            if run.started_at is None:
-                run.started_at = now
-            run.status = StepStatus.RUNNING
-            await self.store.start_attempt(execution.id, run)
+            if run.seq in live.started_early:   # recorded with the step before it
+                live.started_early.discard(run.seq)
+            else:
+                run.attempts += 1
+                now = time.time()
+                run.attempt_started_at = now
+                if run.started_at is None:
+                    run.started_at = now
+                run.status = StepStatus.RUNNING
+                await self.store.start_attempt(execution.id, run)
             logger.info("Executing %s step %s (attempt %d/%d)", spec.type, spec.id, run.attempts,
                         policy.max_attempts)
             self._notify("step_started", execution, run)
