@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +136,14 @@ class MemoryRecords:
             inhibited=dict(incident.inhibited), context=incident.context())
         await self.attach_events(list(event_ids or []), incident.id)
         return "opened", None
+
+    async def open_incidents(self, batch: Sequence[tuple[Incident, str | None, list[str]]],
+                             ) -> list[tuple[str, str | None]]:
+        return [await self.open_incident(*item) for item in batch]
+
+    async def close_incidents(self, batch: Sequence[tuple[str, float | None, float]],
+                              ) -> list[dict[str, Any] | None]:
+        return [await self.close_incident_by_id(incident_id, cooldown) for incident_id, _, cooldown in batch]
 
     async def claim_incidents_without_execution(self, lease_seconds: float) -> list[dict[str, Any]]:
         known = set(self.store.executions) if self.store is not None else set()

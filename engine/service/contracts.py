@@ -6,7 +6,7 @@ ones, so every part can be unit-tested without a server.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -54,6 +54,12 @@ class Records(Protocol):
 
     async def open_incident(self, incident: Incident, execution_id: str | None = None,
                             event_ids: list[str] | None = None) -> tuple[str, str | None]: ...
+
+    async def open_incidents(self, batch: Sequence[tuple[Incident, str | None, list[str]]],
+                             ) -> list[tuple[str, str | None]]: ...
+
+    async def close_incidents(self, batch: Sequence[tuple[str, float | None, float]],
+                              ) -> list[dict[str, Any] | None]: ...
 
     async def claim_incidents_without_execution(self, lease_seconds: float) -> list[dict[str, Any]]: ...
 

@@ -11,12 +11,13 @@ incident the routes send there opens, and resolves the page when it closes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from engine.correlation import Correlator, Incident
 from engine.metrics import Metrics
@@ -29,10 +30,54 @@ from engine.storage.outage import Availability, retrying
 from engine.store import Execution
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
 DEFAULT_COOLDOWN = 600.0   # for an incident whose strategy is no longer loaded
+
+
+class Batched(Generic[T, R]):
+    """Calls made while a batch is in flight go together in the next one: ``many`` takes
+    the items and returns one result each. If a batch fails, its items are tried one by one
+    with ``one``, so each caller gets its own result or its own error (an outage is then
+    waited out by the caller, as for any write)."""
+
+    def __init__(self, many: Callable[[list[T]], Awaitable[list[R]]], one: Callable[[T], Awaitable[R]],
+                 max_batch: int = 200) -> None:
+        self.many, self.one, self.max_batch = many, one, max_batch
+        self._queue: list[tuple[T, asyncio.Future[R]]] = []
+        self._task: asyncio.Task | None = None
+
+    async def __call__(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="incident-batch")
+        return await future
+
+    async def _drain(self) -> None:
+        await asyncio.sleep(0)      # the callers of this loop iteration join the first batch
+        while self._queue:
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+            try:
+                results = await self.many([item for item, _ in batch]) if len(batch) > 1 else None
+            except Exception:
+                results = None
+            if results is None:
+                for item, future in batch:
+                    try:
+                        result = await self.one(item)
+                    except Exception as exc:
+                        if not future.done():
+                            future.set_exception(exc)
+                    else:
+                        if not future.done():
+                            future.set_result(result)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
 
 
 class Incidents:
@@ -55,6 +100,11 @@ class Incidents:
         self.notifier = notifier
         # Incidents this replica opened whose execution runs here, by execution id.
         self._by_execution: dict[str, Incident] = {}
+        # Opening and closing, many incidents per statement and commit (Records.open_incidents).
+        self._open: Batched[tuple[Incident, str | None, list[str]], tuple[str, str | None]] = Batched(
+            records.open_incidents, lambda item: records.open_incident(*item))
+        self._close: Batched[tuple[str, float | None, float], dict[str, Any] | None] = Batched(
+            records.close_incidents, self._close_one)
         correlator.formed.subscribe(on_next=self.formed)
         executions.listeners.append(self.finished)
 
@@ -75,8 +125,8 @@ class Incidents:
         outcome, other = "cooling", cooling
         if cooling is None:
             await self.recorded.wait(after)     # the batches holding its events are recorded
-            outcome, other = await self._db(partial(self.records.open_incident, incident, execution_id,
-                                                    incident.event_ids))
+            outcome, other = await self._db(partial(self._open, (incident, execution_id,
+                                                                 list(incident.event_ids))))
         incident.recorded = True
         if outcome != "opened":
             # Cooling down, or open on another replica: its workflow covers these events too.
@@ -141,7 +191,7 @@ class Incidents:
         gen = self.workflows.generation
         strategy = gen.strategies.get(row["strategy_id"]) if gen is not None else None
         cooldown = strategy.correlation.cooldown if strategy is not None else DEFAULT_COOLDOWN
-        closed = await self._db(partial(self.records.close_incident_by_id, row["id"], cooldown))
+        closed = await self._db(partial(self._close, (row["id"], None, cooldown)))
         if closed is not None:
             await self.cooldowns.set_cooldown(closed["strategy_id"], closed["key"], cooldown, row["id"])
             if self.notifier is not None:
@@ -157,10 +207,15 @@ class Incidents:
             self.metrics.experiment_open_seconds.labels(strategy_id, arm).observe(max(0.0, open_seconds))
 
     async def close(self, incident: Incident) -> None:
-        await self._db(partial(self.records.close_incident, incident))
+        # Counts are not written here: the intake adds them as events arrive.
+        await self._db(partial(self._close, (incident.id, incident.last_seen or None,
+                                             incident.strategy.correlation.cooldown)))
         await self.cooldowns.set_cooldown(incident.strategy.id, incident.key_text,
                                           incident.strategy.correlation.cooldown, incident.id)
         self.correlator.close(incident)
+
+    async def _close_one(self, item: tuple[str, float | None, float]) -> dict[str, Any] | None:
+        return (await self.records.close_incidents([item]))[0]
 
     async def _db(self, action: Callable[[], Awaitable[T]]) -> T:
         return await retrying(self.postgres, action)

@@ -120,6 +120,58 @@ class Repository:
             execution_id, incident.late, event_ids or [])
         return row["outcome"], row["other_id"]
 
+    async def open_incidents(self, batch: Sequence[tuple[Incident, str | None, list[str]]],
+                             ) -> list[tuple[str, str | None]]:
+        """:meth:`open_incident` for each (incident, execution id, event ids), in one statement
+        and one commit: a storm opens hundreds of incidents a second, and a round trip and a
+        commit each were a fifth of an execution's cost. The keys are locked in one order
+        (sorted), so two replicas' batches never wait for each other in a cycle."""
+        order = sorted(range(len(batch)), key=lambda i: (batch[i][0].strategy.id, batch[i][0].key_text))
+        rows = []
+        for i in order:
+            incident, execution_id, event_ids = batch[i]
+            s = incident.summary()
+            rows.append({"id": incident.id, "strategy": incident.strategy.id, "key": incident.key_text,
+                         "severity": incident.strategy.severity, "workflow": incident.workflow_id,
+                         "namespace": s["namespace"], "workload": s["workload"], "node": s["node"],
+                         "reason": s["reason"], "events": incident.events, "inhibited": incident.inhibited,
+                         "context": incident.context(), "first": incident.first_seen or None,
+                         "last": incident.last_seen or None, "execution": execution_id,
+                         "late": incident.late, "event_ids": event_ids or []})
+        found = await self.pool.fetch("""
+            SELECT a.n, o.outcome, o.other_id
+            FROM jsonb_to_recordset($1::jsonb) WITH ORDINALITY AS a(
+                     id text, strategy text, key text, severity text, workflow text, namespace text,
+                     workload text, node text, reason text, events integer, inhibited jsonb,
+                     context jsonb, first float8, last float8, execution text, late integer,
+                     event_ids text[], n bigint)
+            CROSS JOIN LATERAL aetherius_open_incident(
+                a.id, a.strategy, a.key, a.severity, a.workflow, a.namespace, a.workload, a.node,
+                a.reason, a.events, a.inhibited, a.context, to_timestamp(a.first), to_timestamp(a.last),
+                a.execution, a.late, a.event_ids) o
+            ORDER BY a.n""", orjson.dumps(rows, default=str).decode())
+        out: list[tuple[str, str | None]] = [("", None)] * len(batch)
+        for row in found:
+            out[order[row["n"] - 1]] = (row["outcome"], row["other_id"])
+        return out
+
+    async def close_incidents(self, batch: Sequence[tuple[str, float | None, float]],
+                              ) -> list[dict[str, Any] | None]:
+        """Close each (incident id, last seen or None, cooldown seconds) in one statement and
+        one commit, keys locked in one order; each gets its (strategy_id, key), or None if it
+        was not open."""
+        order = sorted(range(len(batch)), key=lambda i: batch[i][0])
+        found = await self.pool.fetch("""
+            SELECT a.n, c.strategy_id, c.key
+            FROM unnest($1::text[], $2::float8[], $3::float8[]) WITH ORDINALITY AS a(id, last, cooldown, n)
+            CROSS JOIN LATERAL aetherius_close_incident(a.id, to_timestamp(a.last), a.cooldown) c
+            ORDER BY a.n""", [batch[i][0] for i in order], [batch[i][1] or None for i in order],
+            [batch[i][2] for i in order])
+        out: list[dict[str, Any] | None] = [None] * len(batch)
+        for row in found:
+            out[order[row["n"] - 1]] = {"strategy_id": row["strategy_id"], "key": row["key"]}
+        return out
+
     async def claim_incidents_without_execution(self, lease_seconds: float) -> list[dict[str, Any]]:
         """Open incidents whose execution was never recorded (the replica that opened them
         died in between), older than the lease: each is claimed by one replica, with a new
