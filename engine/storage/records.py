@@ -140,16 +140,18 @@ class Repository:
                          "late": incident.late, "event_ids": event_ids or []})
         found = await self.pool.fetch("""
             SELECT a.n, o.outcome, o.other_id
-            FROM jsonb_to_recordset($1::jsonb) WITH ORDINALITY AS a(
+            FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (
                      id text, strategy text, key text, severity text, workflow text, namespace text,
                      workload text, node text, reason text, events integer, inhibited jsonb,
                      context jsonb, first float8, last float8, execution text, late integer,
-                     event_ids text[], n bigint)
+                     event_ids text[])) WITH ORDINALITY AS a(
+                 id, strategy, key, severity, workflow, namespace, workload, node, reason, events,
+                 inhibited, context, first, last, execution, late, event_ids, n)
             CROSS JOIN LATERAL aetherius_open_incident(
                 a.id, a.strategy, a.key, a.severity, a.workflow, a.namespace, a.workload, a.node,
                 a.reason, a.events, a.inhibited, a.context, to_timestamp(a.first), to_timestamp(a.last),
                 a.execution, a.late, a.event_ids) o
-            ORDER BY a.n""", orjson.dumps(rows, default=str).decode())
+            ORDER BY a.n""", rows)    # the pool's jsonb codec encodes the rows (orjson)
         out: list[tuple[str, str | None]] = [("", None)] * len(batch)
         for row in found:
             out[order[row["n"] - 1]] = (row["outcome"], row["other_id"])
@@ -158,8 +160,9 @@ class Repository:
     async def close_incidents(self, batch: Sequence[tuple[str, float | None, float]],
                               ) -> list[dict[str, Any] | None]:
         """Close each (incident id, last seen or None, cooldown seconds) in one statement and
-        one commit, keys locked in one order; each gets its (strategy_id, key), or None if it
-        was not open."""
+        one commit, in id order; each gets its (strategy_id, key), or None if it was not open.
+        (Should two batches still wait on each other, PostgreSQL ends one and its items are
+        closed one by one: engine.service.incidents.Batched.)"""
         order = sorted(range(len(batch)), key=lambda i: batch[i][0])
         found = await self.pool.fetch("""
             SELECT a.n, c.strategy_id, c.key
