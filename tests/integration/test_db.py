@@ -330,3 +330,61 @@ def test_a_recorded_batch_of_events_keeps_every_field_and_its_state(pg_dsn):
             event.source, subject, event.kind, event.namespace, event.name, event.reason,
             state, "replica-a", strategy_id, incident_id)
         assert row["payload"] == {**event.to_dict(), "watch_type": event.watch_type}
+
+
+# ---------------------------------------------------------------------------- incident batches
+
+
+def test_incidents_opened_and_closed_in_one_batch_answer_each_caller_in_its_order(pg_dsn):
+    # A storm opens and closes incidents many per statement: each caller still gets the answer
+    # one call of its own would have given, in the order it asked, and its events are attached.
+    from engine.correlation import Incident
+    from engine.events import Event
+    from engine.rules.model import Strategy
+
+    crashloop = Strategy.model_validate({
+        "id": "pod_crashloop", "category": "pod_failure", "workflow_id": WF, "severity": "high",
+        "symptoms": [{"conditions": {"kind": "Pod", "reason": "BackOff"}}],
+        "correlation": {"key": ["namespace", "workload"], "quiet": "30s", "cooldown": "10m"}})
+
+    def incident(n: int, workload: str) -> tuple[Incident, Event]:
+        event = Event(id=f"ev-{n}", source="kubernetes", kind="Pod", name=f"{workload}-abc12-x{n}",
+                      reason="BackOff", namespace="shop", workload=workload, first_seen=1_790_000_000.0 + n,
+                      last_seen=1_790_000_000.0 + n)
+        return Incident(id=f"inc-{n}", strategy=crashloop, key=("shop", workload),
+                        first_seen=event.first_seen, last_seen=event.last_seen, first_event=event,
+                        events=n), event
+
+    async def go() -> tuple[list, list, list, dict]:
+        pool = await create_pool(pg_dsn)
+        try:
+            await migrate(pool)
+            repo = Repository(pool, "replica-a")
+            made = [incident(n, w) for n, w in enumerate(["cart", "web", "api", "cart", "old"], 1)]
+            await repo.record_events([(event, None, ("pending", "pod_crashloop", None)) for _, event in made])
+            # "old" opened and closed earlier: it is cooling down when the batch comes.
+            old, _ = made[4]
+            assert await repo.open_incidents([(old, "exec-old", [])]) == [("opened", None)]
+            assert await repo.close_incidents([("inc-5", old.last_seen, 600.0)]) == [
+                {"strategy_id": "pod_crashloop", "key": old.key_text}]
+            batch = [(made[n][0], f"exec-{n + 1}", [made[n][1].id]) for n in (2, 0, 1, 3)]
+            batch.append((incident(6, "old")[0], "exec-6", ["ev-5"]))
+            opened = await repo.open_incidents(batch)
+            closed = await repo.close_incidents([("inc-2", None, 600.0), ("missing", None, 600.0),
+                                                 ("inc-3", None, 600.0), ("inc-5", None, 600.0)])
+            rows = await pool.fetch("SELECT id, key, status, execution_id, events FROM incidents ORDER BY id")
+            attached = {r["id"]: r["incident_id"] for r in await pool.fetch("SELECT id, incident_id FROM events")}
+        finally:
+            await pool.close()
+        return opened, closed, [tuple(r) for r in rows], attached
+
+    opened, closed, rows, attached = asyncio.run(go())
+    # api, cart, web are new; the second cart is answered with the first; old is cooling.
+    assert opened == [("opened", None), ("opened", None), ("opened", None), ("open", "inc-1"),
+                      ("cooling", "inc-5")]
+    assert closed == [{"strategy_id": "pod_crashloop", "key": "shop/web"}, None,
+                      {"strategy_id": "pod_crashloop", "key": "shop/api"}, None]
+    assert rows == [("inc-1", "shop/cart", "open", "exec-1", 1), ("inc-2", "shop/web", "closed", "exec-2", 2),
+                    ("inc-3", "shop/api", "closed", "exec-3", 3), ("inc-5", "shop/old", "closed", "exec-old", 5)]
+    # Only the opened incidents took their events; the answered ones leave theirs to the caller.
+    assert attached == {"ev-1": "inc-1", "ev-2": "inc-2", "ev-3": "inc-3", "ev-4": None, "ev-5": None}
