@@ -373,7 +373,8 @@ def test_incidents_opened_and_closed_in_one_batch_answer_each_caller_in_its_orde
             closed = await repo.close_incidents([("inc-2", None, 600.0), ("missing", None, 600.0),
                                                  ("inc-3", None, 600.0), ("inc-5", None, 600.0)])
             rows = await pool.fetch("SELECT id, key, status, execution_id, events FROM incidents ORDER BY id")
-            attached = {r["id"]: r["incident_id"] for r in await pool.fetch("SELECT id, incident_id FROM events")}
+            events = await pool.fetch("SELECT id, incident_id FROM events")
+            attached = {r["id"]: r["incident_id"] for r in events}
         finally:
             await pool.close()
         return opened, closed, [tuple(r) for r in rows], attached
@@ -384,7 +385,9 @@ def test_incidents_opened_and_closed_in_one_batch_answer_each_caller_in_its_orde
                       ("cooling", "inc-5")]
     assert closed == [{"strategy_id": "pod_crashloop", "key": "shop/web"}, None,
                       {"strategy_id": "pod_crashloop", "key": "shop/api"}, None]
-    assert rows == [("inc-1", "shop/cart", "open", "exec-1", 1), ("inc-2", "shop/web", "closed", "exec-2", 2),
-                    ("inc-3", "shop/api", "closed", "exec-3", 3), ("inc-5", "shop/old", "closed", "exec-old", 5)]
+    assert rows == [("inc-1", "shop/cart", "open", "exec-1", 1),
+                    ("inc-2", "shop/web", "closed", "exec-2", 2),
+                    ("inc-3", "shop/api", "closed", "exec-3", 3),
+                    ("inc-5", "shop/old", "closed", "exec-old", 5)]
     # Only the opened incidents took their events; the answered ones leave theirs to the caller.
     assert attached == {"ev-1": "inc-1", "ev-2": "inc-2", "ev-3": "inc-3", "ev-4": None, "ev-5": None}
