@@ -1,7 +1,6 @@
 """Redis: what replicas share that must be fast, with a degraded mode when Redis is down.
 
 - the active rule generation (digest, counts), for ``/readyz`` and for operators;
-- incident cooldowns (the database stays the truth; Redis answers first);
 - remediation rate limits per (action, target);
 - per-key locks (:mod:`engine.service.locks`: one remediation per target at a time).
 
@@ -21,8 +20,8 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
-# Entries kept for this replica's own cooldowns and rate limits (the fallback without Redis);
-# ended ones go first. The database still decides cooldowns (aetherius_open_incident).
+# Entries kept for this replica's own rate limits (the fallback without Redis); ended ones
+# go first. (Cooldowns are PostgreSQL's alone: aetherius_open_incident decides them.)
 LOCAL_ENTRIES = 20_000
 
 PREFIX = "aetherius:"
@@ -37,7 +36,6 @@ class Cache:
             socket_connect_timeout=1.0)) if url else None
         self.healthy: bool | None = None   # unknown until the first answer
         self._local_counts: dict[str, list[float]] = {}
-        self._local_cooldowns: dict[str, tuple[float, str]] = {}
 
     def note_down(self, exc: Exception, what: str) -> None:
         """Redis did not answer (for ``what``): degraded, said once."""
@@ -69,7 +67,7 @@ class Cache:
         try:
             await self.client.ping()
         except (RedisError, OSError) as exc:
-            self._down(exc, "cooldowns and rate limits fall back to this replica alone; locks to PostgreSQL")
+            self._down(exc, "rate limits fall back to this replica alone; locks to PostgreSQL")
             return False
         self._up()
         return True
@@ -101,38 +99,6 @@ class Cache:
             self._down(exc, "the rule generation is not published")
             return None
         return orjson.loads(raw) if raw else None
-
-    # ------------------------------------------------------------------ cooldowns
-
-    async def set_cooldown(self, strategy: str, key: str, seconds: float, incident_id: str) -> None:
-        name = f"cooldown:{strategy}:{key}"
-        now = time.time()
-        self._local_cooldowns[name] = (now + seconds, incident_id)
-        if len(self._local_cooldowns) > LOCAL_ENTRIES:      # bounded: the ended ones go first
-            for old in [k for k, (until, _) in self._local_cooldowns.items() if until <= now]:
-                del self._local_cooldowns[old]
-            while len(self._local_cooldowns) > LOCAL_ENTRIES:
-                del self._local_cooldowns[next(iter(self._local_cooldowns))]
-        if self.client is None or seconds <= 0:
-            return
-        try:
-            await self.client.set(self.prefix + name, incident_id, px=max(1, int(seconds * 1000)))
-            self._up()
-        except (RedisError, OSError) as exc:
-            self._down(exc, "cooldowns fall back to this replica alone")
-
-    async def cooldown(self, strategy: str, key: str) -> tuple[bool, str | None]:
-        """(known, incident id). ``known`` is False when Redis could not answer."""
-        name = f"cooldown:{strategy}:{key}"
-        if self.client is not None:
-            try:
-                value = await self.client.get(self.prefix + name)
-                self._up()
-                return True, (value.decode() if isinstance(value, bytes) else value) or None
-            except (RedisError, OSError) as exc:
-                self._down(exc, "cooldowns fall back to this replica alone")
-        until, incident = self._local_cooldowns.get(name, (0.0, None))
-        return False, incident if until > time.time() else None
 
     # ------------------------------------------------------------------ rate limits
 

@@ -114,14 +114,6 @@ class RuleChanges(Protocol):
                       ) -> AbstractAsyncContextManager[Callable[[], bool]]: ...
 
 
-class Cooldowns(Protocol):
-    """The fast path for cooldowns (:class:`engine.service.cache.Cache`)."""
-
-    async def cooldown(self, strategy: str, key: str) -> tuple[bool, str | None]: ...
-
-    async def set_cooldown(self, strategy: str, key: str, seconds: float, incident_id: str) -> None: ...
-
-
 @dataclass
 class Stats:
     """Counters this replica shows in ``/readyz``."""
@@ -136,5 +128,5 @@ class Stats:
         return dict(vars(self))
 
 
-__all__ = ["Cooldowns", "DeadLetter", "EventRow", "ExecutionStore", "Records",
+__all__ = ["DeadLetter", "EventRow", "ExecutionStore", "Records",
            "RuleChanges", "Stats", "Workflows"]

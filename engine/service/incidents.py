@@ -1,10 +1,10 @@
 """Incidents: a burst the correlator formed becomes one recorded incident and one execution.
 
-One open incident per (strategy, key) across replicas: Redis answers the common case
-(cooling down) fast, and the database decides under a per-key lock
-(:meth:`Records.open_incident`). A burst whose key is open on another replica, or cooling
-down, attaches its events to that incident instead of starting a second workflow. When
-the execution ends, its incident closes and its cooldown starts, here and in Redis.
+One open incident per (strategy, key) across replicas: the database decides under a
+per-key lock, many incidents per statement (:meth:`Records.open_incidents`). A burst whose
+key is open on another replica, or cooling down, attaches its events to that incident
+instead of starting a second workflow. When the execution ends, its incident closes and
+its cooldown starts, in the same row.
 The notifier (:mod:`engine.service.notifier`) hears of both: it pages PagerDuty when an
 incident the routes send there opens, and resolves the page when it closes.
 """
@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 from engine.correlation import Correlator, Incident
 from engine.metrics import Metrics
 from engine.service.background import Background
-from engine.service.contracts import Cooldowns, Records, Stats, Workflows
+from engine.service.contracts import Records, Stats, Workflows
 from engine.service.executions import Executions
 from engine.service.notifier import IncidentNotifier
 from engine.service.recorded import Recorded
@@ -81,12 +81,11 @@ class Batched(Generic[T, R]):
 
 
 class Incidents:
-    def __init__(self, *, records: Records, cooldowns: Cooldowns, workflows: Workflows,
+    def __init__(self, *, records: Records, workflows: Workflows,
                  correlator: Correlator, executions: Executions, metrics: Metrics, stats: Stats,
                  background: Background, recorded: Recorded,
                  postgres: Availability | None = None, notifier: IncidentNotifier | None = None) -> None:
         self.records = records
-        self.cooldowns = cooldowns
         self.workflows = workflows
         self.correlator = correlator
         self.executions = executions
@@ -117,16 +116,15 @@ class Incidents:
         self.background.spawn(self.open(incident, self.recorded.prepared))
 
     async def open(self, incident: Incident, after: int | None = None) -> None:
-        sid, key = incident.strategy.id, incident.key_text
-        _known, cooling = await self.cooldowns.cooldown(sid, key)
+        sid = incident.strategy.id
         workflow = await self.workflows.workflow(incident.workflow_id)
         runnable = workflow is not None and workflow.status == "active"
         execution_id = f"exec-{uuid.uuid4().hex[:16]}" if runnable else None
-        outcome, other = "cooling", cooling
-        if cooling is None:
-            await self.recorded.wait(after)     # the batches holding its events are recorded
-            outcome, other = await self._db(partial(self._open, (incident, execution_id,
-                                                                 list(incident.event_ids))))
+        # PostgreSQL decides, in the statement that would open it, whether the key is open
+        # or cooling down (whichever replica did that): no other store is asked first.
+        await self.recorded.wait(after)     # the batches holding its events are recorded
+        outcome, other = await self._db(partial(self._open, (incident, execution_id,
+                                                             list(incident.event_ids))))
         incident.recorded = True
         if outcome != "opened":
             # Cooling down, or open on another replica: its workflow covers these events too.
@@ -192,11 +190,9 @@ class Incidents:
         strategy = gen.strategies.get(row["strategy_id"]) if gen is not None else None
         cooldown = strategy.correlation.cooldown if strategy is not None else DEFAULT_COOLDOWN
         closed = await self._db(partial(self._close, (row["id"], None, cooldown)))
-        if closed is not None:
-            await self.cooldowns.set_cooldown(closed["strategy_id"], closed["key"], cooldown, row["id"])
-            if self.notifier is not None:
-                known = execution.context.get("incident") or {}
-                self.notifier.closed({**known, "id": row["id"]}, execution)
+        if closed is not None and self.notifier is not None:
+            known = execution.context.get("incident") or {}
+            self.notifier.closed({**known, "id": row["id"]}, execution)
 
     def _arm_ended(self, strategy_id: str, arm: str, execution: Execution,
                    open_seconds: float | None) -> None:
@@ -210,8 +206,6 @@ class Incidents:
         # Counts are not written here: the intake adds them as events arrive.
         await self._db(partial(self._close, (incident.id, incident.last_seen or None,
                                              incident.strategy.correlation.cooldown)))
-        await self.cooldowns.set_cooldown(incident.strategy.id, incident.key_text,
-                                          incident.strategy.correlation.cooldown, incident.id)
         self.correlator.close(incident)
 
     async def _close_one(self, item: tuple[str, float | None, float]) -> dict[str, Any] | None:

@@ -207,7 +207,7 @@ class Service:
 
         correlator = Correlator(AsyncIOScheduler(asyncio.get_running_loop()), track_event_ids=True)
         recorded = Recorded()
-        incidents = Incidents(records=records, cooldowns=cache, workflows=rules, correlator=correlator,
+        incidents = Incidents(records=records, workflows=rules, correlator=correlator,
                               executions=executions, metrics=self.metrics, stats=stats,
                               background=background, recorded=recorded, postgres=postgres,
                               notifier=IncidentNotifier(settings, http, background))

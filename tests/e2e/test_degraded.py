@@ -22,7 +22,7 @@ def test_without_redis_the_service_runs_degraded_and_says_so(tmp_path, pg_dsn, r
         assert ready["redis"] == "degraded" and ready["ready"] is True
 
         service.publish((FIXTURES / "watch-stream.jsonl").read_bytes().splitlines())
-        # Incidents still open and their workflows still run; cooldowns fall back to the database.
+        # Incidents still open and their workflows still run; cooldowns were the database's anyway.
         service.wait_for(lambda: len(sql(pg_dsn, "SELECT id FROM incidents WHERE status = 'closed'")) >= 2)
         keys = {r["key"] for r in sql(pg_dsn, "SELECT key FROM incidents")}
         assert {"blog/web", "node-3", "data/data-db-0"} <= keys

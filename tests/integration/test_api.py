@@ -105,7 +105,7 @@ async def harness(dsn: str, *, settings: Settings | None = None,
         executions = Executions(runner, metrics=metrics, stats=stats, background=background)
         correlator = Correlator(AsyncIOScheduler(asyncio.get_running_loop()), track_event_ids=True)
         recorded = Recorded()
-        Incidents(records=records, cooldowns=cache, workflows=rules, correlator=correlator,
+        Incidents(records=records, workflows=rules, correlator=correlator,
                   executions=executions, metrics=metrics, stats=stats, background=background,
                   recorded=recorded)
         intake = Intake(records=records, rulebase=rulebase, correlator=correlator, metrics=metrics,

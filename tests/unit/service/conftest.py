@@ -117,7 +117,7 @@ def make_parts(tmp_path: Path) -> Callable[..., Any]:
                                 poll=0.05)
         correlator = Correlator(scheduler, track_event_ids=True)
         recorded = Recorded()
-        incidents = Incidents(records=records, cooldowns=cache, workflows=rules, correlator=correlator,
+        incidents = Incidents(records=records, workflows=rules, correlator=correlator,
                               executions=executions, metrics=metrics, stats=stats, background=background,
                               recorded=recorded)
         intake = Intake(records=records, rulebase=rulebase, correlator=correlator, metrics=metrics,
