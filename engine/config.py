@@ -231,6 +231,9 @@ class ServiceConfig(Section):
     lease: Duration = 15.0
     shutdown_grace: Duration = 20.0
     retention: Duration = 30 * 86400.0
+    # The cyclic garbage collector's thresholds once the replica has started (engine.gctune);
+    # [700, 10, 10] is CPython's default.
+    gc_thresholds: tuple[Positive, Positive, Positive] = (50_000, 20, 10)
 
 
 class ExecutionsConfig(Section):

@@ -36,7 +36,7 @@ from typing import Any
 
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
-from engine import __version__, devservers
+from engine import __version__, devservers, gctune
 from engine.api import create_app
 from engine.api.deps import ApiDeps
 from engine.auth import Principal
@@ -251,6 +251,7 @@ class Service:
                                          cache_seconds=config.auth.token_cache))
         api = ApiServer(install_console(create_app(deps)), config.http.host, config.http.port)
         health.ready = True
+        gctune.tune(config.service.gc_thresholds)   # set up: what it allocates from now on is work
         return Replica(health=health, intake=intake, incidents=incidents, executions=executions,
                        recovery=recovery, reloads=reloads,
                        retention=Retention(records, self.retention, audit, config.audit.retention),
