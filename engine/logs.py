@@ -20,13 +20,15 @@ the standard library, so any layer may import it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import logging.handlers
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 #: The ids a line may carry, in the order they are rendered.
 FIELDS = ("incident_id", "execution_id", "step_id")
@@ -104,16 +106,76 @@ class FieldsAdapter(logging.LoggerAdapter):
         return msg, kwargs
 
 
-class _Stderr(logging.StreamHandler):
+class _Lines(logging.Handler):
+    """Writes its lines once per turn of the running event loop instead of once each.
+
+    Writing and flushing a line was two system calls on each of the two outputs, nearly
+    half of what a log line cost the service (py-spy, ``benchmarks.service``): in the event
+    loop, the lines of one turn are joined and written together when the turn's callbacks
+    have run, a few milliseconds at most. A WARNING or worse, a line from another thread or
+    from code not in an event loop, :meth:`flush` and :meth:`close` write at once (with the
+    lines waiting before them, in order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: list[str] = []
+        self._scheduled = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._pending.append(self.format(record) + "\n")
+            if record.levelno < logging.WARNING and self._later():
+                return
+            self._write_pending()
+        except Exception:
+            self.handleError(record)
+
+    def _later(self) -> bool:
+        if self._scheduled:
+            return True
+        loop = asyncio._get_running_loop()      # this thread's running loop, or None
+        if loop is None or loop.is_closed():
+            return False
+        self._scheduled = True
+        loop.call_soon(self._turn_ended)
+        return True
+
+    def _turn_ended(self) -> None:
+        self.acquire()      # (Handler.handle holds it around emit)
+        try:
+            self._scheduled = False
+            self._write_pending()
+        finally:
+            self.release()
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self.write(text)
+
+    def write(self, text: str) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._write_pending()
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+
+class _Stderr(_Lines):
     """stderr as it is when a line is written (tests and tools swap ``sys.stderr``)."""
 
-    @property
-    def stream(self) -> TextIO:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: TextIO) -> None:
-        pass
+    def write(self, text: str) -> None:
+        stream = sys.stderr
+        stream.write(text)
+        stream.flush()
 
 
 class _NoTraceback(logging.Filter):
@@ -127,19 +189,42 @@ class _NoTraceback(logging.Filter):
         return True
 
 
-class _RotatingFile(logging.handlers.RotatingFileHandler):
-    """The standard rotating file, asking the file system only when a rotation is due: the
-    standard check stats the path twice for every line (a tenth of a line's cost here)."""
+class _RotatingFile(_Lines):
+    """The file, rotated past ``max_bytes`` by the standard library's
+    :class:`~logging.handlers.RotatingFileHandler` (its names and backups). Its size is
+    counted as lines are written; the file system is asked only when a rotation seems due
+    (another writer or a truncation is taken into account then), not twice per line as the
+    standard check does."""
 
-    def shouldRollover(self, record: logging.LogRecord) -> bool:
-        if self.maxBytes <= 0:
-            return False
-        if self.stream is None:
-            self.stream = self._open()
-        # The file's end, not a counter: another writer or a truncation is taken into account.
-        if self.stream.seek(0, 2) + len(self.format(record)) + 1 < self.maxBytes:
-            return False
-        return bool(super().shouldRollover(record))
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        super().__init__()
+        self.rotating = logging.handlers.RotatingFileHandler(
+            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        self.baseFilename = self.rotating.baseFilename
+        self.max_bytes = max_bytes
+        self._size = self._stat()
+
+    def _stat(self) -> int:
+        stream = self.rotating.stream
+        return os.fstat(stream.fileno()).st_size if stream is not None else 0
+
+    def write(self, text: str) -> None:
+        if self.max_bytes > 0:
+            size = len(text.encode("utf-8", "backslashreplace")) if not text.isascii() else len(text)
+            if self._size + size > self.max_bytes:
+                self._size = self._stat()
+                if self._size > 0 and self._size + size > self.max_bytes:
+                    self.rotating.doRollover()
+                    self._size = self._stat()
+            self._size += size
+        if self.rotating.stream is None:
+            self.rotating.stream = self.rotating._open()
+        self.rotating.stream.write(text)
+        self.rotating.stream.flush()
+
+    def close(self) -> None:
+        super().close()
+        self.rotating.close()
 
 
 _NATS_FILTER = _NoTraceback()
@@ -157,8 +242,7 @@ def configure(*, level: int | str = logging.WARNING, format: str = "text", file:
     if file is not None:
         path = Path(file)
         path.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(_RotatingFile(
-            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"))
+        handlers.append(_RotatingFile(path, max_bytes, backups))
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _OURS, False)]:
         root.removeHandler(old)

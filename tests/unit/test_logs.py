@@ -274,3 +274,51 @@ def test_serve_logs_as_its_configuration_says(root_logging, tmp_path, monkeypatc
     text = (tmp_path / "elsewhere.log").read_text(encoding="utf-8")
     assert "INFO engine.service.service: Aetherius Orchestrator starting [incident_id=inc-9]" in text
     assert "only with -v" in text
+
+
+def test_in_the_event_loop_a_turns_lines_are_written_together_and_warnings_at_once(root_logging, tmp_path,
+                                                                                   monkeypatch):
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    path = tmp_path / "orchestrator.log"
+    logs.configure(level="info", file=path)
+    log = logging.getLogger("engine.runner")
+    seen: dict[str, list[str]] = {}
+
+    async def go() -> None:
+        log.info("first")
+        log.info("second")
+        seen["during the turn"] = stderr.getvalue().splitlines()
+        await asyncio.sleep(0)
+        seen["after the turn"] = stderr.getvalue().splitlines()
+        log.info("third")
+        log.warning("a warning")
+        seen["after a warning"] = stderr.getvalue().splitlines()
+        log.info("last")
+
+    asyncio.run(go())
+    assert seen["during the turn"] == []
+    assert [line.rsplit(": ", 1)[1] for line in seen["after the turn"]] == ["first", "second"]
+    assert [line.rsplit(": ", 1)[1] for line in seen["after a warning"]] == [
+        "first", "second", "third", "a warning"]
+    for handler in ours(root_logging):
+        handler.flush()      # (what logging.shutdown does at exit)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [line.rsplit(": ", 1)[1] for line in lines] == ["first", "second", "third", "a warning", "last"]
+    assert stderr.getvalue().splitlines() == lines
+
+
+def test_a_file_truncated_by_another_program_is_not_rotated_early(root_logging, tmp_path, monkeypatch):
+    # logrotate's copytruncate empties the file under the service: the size counted so far
+    # is checked against the file before a rotation.
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    path = tmp_path / "orchestrator.log"
+    logs.configure(level="info", file=path, max_bytes=1000, backups=2)
+    log = logging.getLogger("engine.test")
+    for i in range(4):      # ~140 bytes each: past 1,000 counted with the 4 after
+        log.info("line %02d before the truncation, about eighty characters long", i)
+    path.write_bytes(b"")
+    for i in range(4):
+        log.info("line %02d after the truncation, about eighty characters long.", i)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orchestrator.log"]
+    assert len(path.read_text(encoding="utf-8").splitlines()) == 4
