@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine import gctune
 from engine.events import read_file
 from engine.replay import Replayer
 from engine.rules.check import effective_strategies, load_valid
@@ -101,6 +102,7 @@ def child_replay(path: str, rules_dir: str, total_strategies: int) -> dict:
     strategies = builtin + synthetic_strategies(max(0, total_strategies - len(builtin)))
     start = time.perf_counter()
     replayer = Replayer(strategies)
+    gctune.tune()                   # as ``aetherius replay`` does once its rules are loaded
     replayer.feed(read_file(path))
     result = replayer.finish()
     elapsed = time.perf_counter() - start
