@@ -22,6 +22,7 @@ import uuid
 from urllib.parse import urlsplit
 
 CHUNK = 256   # messages per write
+RETRIES = 10  # sends of one message JetStream answered 503 (no responders)
 
 
 class PublishError(RuntimeError):
@@ -43,6 +44,19 @@ async def publish(url: str, subject: str, payloads: list[tuple[int, bytes, str]]
     failure: list[str] = []
     inbox = f"_INBOX.{uuid.uuid4().hex}"
     done = asyncio.get_running_loop().create_future()
+    tries: dict[int, int] = {}
+
+    def frame(i: int) -> bytes:
+        _group, data, mid = payloads[i]
+        headers = b"NATS/1.0\r\nNats-Msg-Id: " + mid.encode() + b"\r\n\r\n"
+        return b"HPUB %s %s.%d %d %d\r\n%s%s\r\n" % (
+            subject.encode(), inbox.encode(), i, len(headers), len(headers) + len(data), headers, data)
+
+    def resend(i: int) -> None:
+        nonlocal outstanding
+        if not writer.is_closing():
+            outstanding += 1
+            writer.write(frame(i))
 
     async def read() -> None:
         try:
@@ -62,10 +76,19 @@ async def publish(url: str, subject: str, payloads: list[tuple[int, bytes, str]]
                 fields = line.split()
                 size = int(fields[-1])
                 body = await reader.readexactly(size + 2)
-                if fields[0] == b"HMSG":       # a status (503: no stream), not a PubAck
-                    failure.append(body[: size].decode(errors="replace").strip())
-                    body = b"{}"
                 n = int(fields[1].rsplit(b".", 1)[1])
+                if fields[0] == b"HMSG":       # a status, not a PubAck
+                    status = body[: size].decode(errors="replace").strip()
+                    outstanding -= 1
+                    room.set()
+                    # 503: no responders (the stream's leader busy or not there yet): the
+                    # same message again, with its id, so JetStream keeps it once.
+                    if " 503" in status and tries.get(n, 0) < RETRIES:
+                        tries[n] = tries.get(n, 0) + 1
+                        asyncio.get_running_loop().call_later(0.05 * tries[n], resend, n)
+                    else:
+                        failure.append(status)
+                    continue
                 ack = json.loads(body[: size] or b"{}") if fields[0] == b"MSG" else {}
                 if "error" in ack or ack.get("duplicate"):
                     failure.append(f"message {n}: {ack}")
@@ -94,7 +117,6 @@ async def publish(url: str, subject: str, payloads: list[tuple[int, bytes, str]]
     await writer.drain()
     reading = asyncio.create_task(read())
     began = time.perf_counter()
-    subject_b = subject.encode()
     try:
         n = 0
         while n < len(payloads):
@@ -107,13 +129,8 @@ async def publish(url: str, subject: str, payloads: list[tuple[int, bytes, str]]
             while outstanding + CHUNK > window and not failure:
                 room.clear()
                 await room.wait()
-            chunk = []
             end = min(len(payloads), n + (min(CHUNK, max(1, rate // 50)) if rate else CHUNK))
-            for i in range(n, end):
-                _group, data, mid = payloads[i]
-                headers = b"NATS/1.0\r\nNats-Msg-Id: " + mid.encode() + b"\r\n\r\n"
-                chunk.append(b"HPUB %s %s.%d %d %d\r\n%s%s\r\n" % (
-                    subject_b, inbox.encode(), i, len(headers), len(headers) + len(data), headers, data))
+            chunk = [frame(i) for i in range(n, end)]
             outstanding += end - n
             n = end
             writer.write(b"".join(chunk))
