@@ -15,7 +15,7 @@ or, with ``format="json"``, one object per line with the same fields as keys::
 
 :func:`configure` sends the lines to stderr and, for the service, to a file rotated by the
 standard library (:class:`~logging.handlers.RotatingFileHandler`). It depends on nothing but
-the standard library, so any layer may import it.
+the standard library (and uvloop's loop type, when installed), so any layer may import it.
 """
 
 from __future__ import annotations
@@ -106,6 +106,17 @@ class FieldsAdapter(logging.LoggerAdapter):
         return msg, kwargs
 
 
+def _loop_types() -> frozenset[type]:
+    try:
+        import uvloop
+    except ImportError:     # pragma: no cover - uvicorn[standard] brings it
+        return frozenset()
+    return frozenset({uvloop.Loop})
+
+
+_LOOPS = _loop_types()
+
+
 class _Lines(logging.Handler):
     """Writes its lines once per turn of the running event loop instead of once each.
 
@@ -134,7 +145,12 @@ class _Lines(logging.Handler):
         if self._scheduled:
             return True
         loop = asyncio._get_running_loop()      # this thread's running loop, or None
-        if loop is None or loop.is_closed():
+        # Only asyncio's own loops and uvloop's: never another (Temporal runs workflow code
+        # on a deterministic loop of its own, where nothing may be scheduled but the workflow).
+        if type(loop) not in _LOOPS and not isinstance(loop, asyncio.BaseEventLoop):
+            return False
+        assert loop is not None
+        if loop.is_closed():
             return False
         self._scheduled = True
         loop.call_soon(self._turn_ended)

@@ -322,3 +322,18 @@ def test_a_file_truncated_by_another_program_is_not_rotated_early(root_logging, 
         log.info("line %02d after the truncation, about eighty characters long.", i)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["orchestrator.log"]
     assert len(path.read_text(encoding="utf-8").splitlines()) == 4
+
+
+def test_on_a_loop_that_is_not_asyncios_lines_are_written_at_once(root_logging, monkeypatch):
+    # Temporal runs workflow code on a deterministic loop of its own: nothing is scheduled there.
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    logs.configure(level="info")
+
+    class WorkflowLoop:
+        def call_soon(self, *args):
+            raise AssertionError("scheduled a callback on a workflow's loop")
+
+    monkeypatch.setattr(asyncio, "_get_running_loop", lambda: WorkflowLoop())
+    logging.getLogger("temporalio.workflow").info("Executing wait step pause")
+    assert stderr.getvalue().rstrip().endswith("Executing wait step pause")
