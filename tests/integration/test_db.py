@@ -391,3 +391,62 @@ def test_incidents_opened_and_closed_in_one_batch_answer_each_caller_in_its_orde
                     ("inc-5", "shop/old", "closed", "exec-old", 5)]
     # Only the opened incidents took their events; the answered ones leave theirs to the caller.
     assert attached == {"ev-1": "inc-1", "ev-2": "inc-2", "ev-3": "inc-3", "ev-4": None, "ev-5": None}
+
+
+def test_step_runs_written_in_one_group_commit_come_back_as_written(pg_dsn):
+    # Many executions' step rows go to PostgreSQL as one statement per batch: every field of
+    # every run comes back as it was, and a run written twice in a batch keeps its latest state.
+    from engine.storage.executions import PostgresStore
+    from engine.store import Execution, StepRun
+
+    t0 = 1_790_000_000.123456
+
+    async def go() -> tuple[list, dict[str, Execution]]:
+        pool = await create_pool(pg_dsn)
+        try:
+            await migrate(pool)
+            store = PostgresStore(pool, "replica-a")
+            executions = [Execution(id=f"exec-{n}", workflow_id=WF, workflow_version=1, started_at=t0 + n)
+                          for n in range(3)]
+            firsts = [StepRun(seq=1, step_id="collect_logs", step_type="command") for _ in executions]
+            pairs = zip(executions, firsts, strict=True)
+            await asyncio.gather(*(store.create_execution(e, f) for e, f in pairs))
+            done = []
+            for n, first in enumerate(firsts):
+                first.status, first.attempts, first.branch = "succeeded", 1, ["notify"]
+                first.output = {"stdout": f"log {n} 容器 \"quoted\"", "lines": [1, None, 2.5]}
+                first.started_at = first.attempt_started_at = t0 + n
+                first.finished_at = t0 + n + 0.25
+                nxt = StepRun(seq=2, step_id="notify", step_type="notification", parent=1,
+                              status="running", attempts=1, attempt_started_at=t0 + n + 0.5)
+                done.append(store.finish_step(executions[n].id, first, [nxt]))
+            # The same run written twice in the batch (a retry recorded right after): the last wins.
+            failed = StepRun(seq=2, step_id="notify", step_type="notification", parent=1, status="failed",
+                             attempts=2, error="Slack answered HTTP 500", error_kind="unavailable")
+            await asyncio.gather(*done,
+                                 store.start_attempt("exec-2", StepRun(seq=2, step_id="notify",
+                                                                       step_type="notification", parent=1,
+                                                                       status="running", attempts=2)))
+            await store.start_attempt("exec-2", failed)
+            batches = store.writer.commits
+            rows = await pool.fetch("SELECT * FROM step_executions ORDER BY execution_id, seq")
+            loaded = {e.id: await store.load_execution(e.id) for e in executions}
+        finally:
+            await pool.close()
+        assert batches < 3 + 3 + 2, "the writes shared commits"
+        return [dict(r) for r in rows], loaded
+
+    rows, loaded = asyncio.run(go())
+    assert [(r["execution_id"], r["seq"], r["step_id"], r["status"], r["attempts"]) for r in rows] == [
+        ("exec-0", 1, "collect_logs", "succeeded", 1), ("exec-0", 2, "notify", "running", 1),
+        ("exec-1", 1, "collect_logs", "succeeded", 1), ("exec-1", 2, "notify", "running", 1),
+        ("exec-2", 1, "collect_logs", "succeeded", 1), ("exec-2", 2, "notify", "failed", 2)]
+    first = rows[2]
+    assert first["output"] == {"stdout": "log 1 容器 \"quoted\"", "lines": [1, None, 2.5]}
+    assert first["branch"] == ["notify"] and first["parent"] is None and first["error"] is None
+    assert abs(first["finished_at"].timestamp() - (t0 + 1.25)) < 1e-5
+    assert rows[5]["error"] == "Slack answered HTTP 500" and rows[5]["error_kind"] == "unavailable"
+    assert rows[5]["output"] is None and rows[5]["branch"] == []
+    run = loaded["exec-1"].runs[1]
+    assert (run.step_id, run.parent, run.status) == ("notify", 1, "running")
+    assert abs(run.attempt_started_at - (t0 + 1.5)) < 1e-5 and run.finished_at is None
