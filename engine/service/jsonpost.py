@@ -49,8 +49,6 @@ class _Connection(asyncio.Protocol):
         self._parser: httptools.HttpResponseParser | None = None
         self._answer: _Answer | None = None
         self._done: asyncio.Future[_Answer] | None = None
-        self._header: bytes = b""
-        self._too_large = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,12 +106,14 @@ class _Connection(asyncio.Protocol):
             return
         answer._size += len(body)
         if answer._size > MAX_ANSWER_BYTES:
-            self._too_large = True
             self._fail(f"answer larger than {MAX_ANSWER_BYTES} bytes")
             return
         answer.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._answer is not None and 100 <= self._answer.status < 200:
+            self._answer = _Answer()    # 1xx (103 Early Hints): the answer is still to come
+            return
         if self._parser is not None and not self._parser.should_keep_alive():
             self.alive = False
         done, answer = self._done, self._answer

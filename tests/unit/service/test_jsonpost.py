@@ -214,3 +214,21 @@ def test_urls_the_pool_does_not_take_go_through_aiohttp() -> None:
         assert b"Authorization: Basic dXNlcjpwdw==" in server.requests[0]
 
     asyncio.run(go())
+
+
+def test_an_informational_answer_before_the_real_one_is_not_taken_for_it() -> None:
+    async def early_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 9\r\n\r\n{\"e\": 1}\n")
+        await writer.drain()
+        return True
+
+    async def go() -> None:
+        async with Server(early_hints) as server:
+            poster = JsonPoster()
+            assert await poster.post(server.url, b"{}", 5.0) == (500, b'{"e": 1}\n', None)
+            poster.close()
+
+    asyncio.run(go())
