@@ -65,3 +65,26 @@ def snapshot(driver: Any, name: str) -> Path:
     driver.save_screenshot(str(path))
     driver.set_window_size(1440, 1100)
     return path
+
+
+def replaced(element: Any) -> Any:
+    """A wait condition: ``element`` left the page (a navigation or htmx replaced it).
+
+    Selenium's ``staleness_of`` asks the element a question and waits for "stale element";
+    while Chromium is swapping the document it may instead answer "Node with given id does
+    not belong to the document" (an inspector error, seen with Chromium 156), which means
+    the same thing."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    def check(_driver: Any) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    return check

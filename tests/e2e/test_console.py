@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.browser import chromium, screenshot_on_failure, snapshot
+from tests.e2e.browser import chromium, replaced, screenshot_on_failure, snapshot
 from tests.e2e.harness import ServiceProcess
 from tests.standins import AgentManager
 
@@ -152,11 +152,10 @@ def log_in(driver: Any, service: ServiceProcess, secret: str, path: str = "/ui/i
 
 def log_out(driver: Any) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
     button = driver.find_element(By.ID, "logout")
     button.click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(button))
+    WebDriverWait(driver, 10).until(replaced(button))
     assert driver.find_element(By.ID, "token") and "/ui/login" in driver.current_url
 
 
@@ -278,7 +277,6 @@ def test_an_incident_from_event_to_approved_fix_in_the_browser(service, browser)
 def test_the_rule_editor_checks_by_line_and_saves_as_the_editor(service, browser) -> None:
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
     proc, _ = service
     editor = token(proc, "ed1", "editor")
@@ -293,7 +291,7 @@ def test_the_rule_editor_checks_by_line_and_saves_as_the_editor(service, browser
             lambda d: "line 7" in d.find_element(By.ID, "problems").text)
         button = browser.find_element(By.ID, "check")
         button.click()
-        WebDriverWait(browser, 10).until(expected_conditions.staleness_of(button))   # the checked page
+        WebDriverWait(browser, 10).until(replaced(button))   # the checked page
         problems = text_of(browser, "problems")
         assert "line 7" in problems and "nowhere" in problems, problems
         snapshot(browser, "editor-problem")
