@@ -63,13 +63,21 @@ class Server:
             writer.close()
 
 
-def ok(body: bytes, extra: bytes = b"") -> Answer:
+def raw(*parts: bytes, pause: float = 0.0, keep_open: bool = True) -> Answer:
+    """Answers with ``parts`` as they are, ``pause`` seconds apart (and after the last), then
+    keeps the connection for the next request or closes it."""
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s"
-                     % (len(body), extra, body))
-        await writer.drain()
-        return True
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(pause)
+        return keep_open
     return answer
+
+
+def ok(body: bytes, extra: bytes = b"") -> Answer:
+    return raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s"
+               % (len(body), extra, body))
 
 
 def test_a_post_sends_json_and_reuses_its_connection() -> None:
@@ -90,19 +98,10 @@ def test_a_post_sends_json_and_reuses_its_connection() -> None:
 
 
 def test_chunked_and_close_delimited_answers_are_read_whole_with_their_charset() -> None:
-    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
-        writer.write(b"HTTP/1.1 201 Created\r\nContent-Type: application/json; charset=latin-1\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n")
-        await writer.drain()
-        return True
-
-    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
-        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        writer.write(b'{"done": true}')
-        await writer.drain()
-        return False
+    chunked = raw(b"HTTP/1.1 201 Created\r\nContent-Type: application/json; charset=latin-1\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n")
+    until_close = raw(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n", b'{"done": true}',
+                      pause=0.05, keep_open=False)
 
     async def go() -> None:
         poster = JsonPoster()
@@ -120,12 +119,9 @@ def test_chunked_and_close_delimited_answers_are_read_whole_with_their_charset()
 def test_a_service_that_closes_an_idle_connection_gets_the_next_request_on_a_new_one() -> None:
     # uvicorn closes idle connections after 5 s, many services sooner: the next request
     # goes out on a new connection instead of failing.
-    async def answer_then_close_soon(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                     n: int) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        return False        # closes the kept-alive connection while it is idle
+    # closes the kept-alive connection while it is idle
+    answer_then_close_soon = raw(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", pause=0.05,
+                                 keep_open=False)
 
     async def go() -> None:
         async with Server(answer_then_close_soon) as server:
@@ -144,15 +140,8 @@ def test_no_answer_in_time_a_cut_off_answer_and_a_refused_connection_are_transpo
         await asyncio.sleep(5)
         return False
 
-    async def cut_off(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial\"")
-        await writer.drain()
-        return False
-
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
-        writer.write(b"SMTP ready\r\n\r\n")
-        await writer.drain()
-        return True
+    cut_off = raw(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial\"", keep_open=False)
+    garbage = raw(b"SMTP ready\r\n\r\n")
 
     async def go() -> None:
         poster = JsonPoster()
@@ -179,12 +168,8 @@ def test_no_answer_in_time_a_cut_off_answer_and_a_refused_connection_are_transpo
 def test_an_answer_larger_than_the_bound_is_refused_not_held(monkeypatch) -> None:
     monkeypatch.setattr(jsonpost, "MAX_ANSWER_BYTES", 1000)
 
-    async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        for _ in range(100):
-            writer.write(b"100\r\n" + b"x" * 256 + b"\r\n")
-            await writer.drain()
-        return False
+    huge = raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+               *[b"100\r\n" + b"x" * 256 + b"\r\n"] * 100, keep_open=False)
 
     async def go() -> None:
         poster = JsonPoster()
@@ -217,13 +202,9 @@ def test_urls_the_pool_does_not_take_go_through_aiohttp() -> None:
 
 
 def test_an_informational_answer_before_the_real_one_is_not_taken_for_it() -> None:
-    async def early_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
-        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(0.02)
-        writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 9\r\n\r\n{\"e\": 1}\n")
-        await writer.drain()
-        return True
+    early_hints = raw(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+                      b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 9\r\n\r\n{\"e\": 1}\n",
+                      pause=0.02)
 
     async def go() -> None:
         async with Server(early_hints) as server:
