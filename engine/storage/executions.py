@@ -30,24 +30,13 @@ INSERT_EXECUTION = (0, """
                                      context, started_at, owner, queued_at)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
     ON CONFLICT (id) DO NOTHING""")
-UPSERT_RUN = (1, """
-    INSERT INTO step_executions (execution_id, seq, step_id, step_type, parent, in_branch_of, status,
-                                 attempts, output, error, error_kind, branch, started_at,
-                                 attempt_started_at, finished_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, to_timestamp($13::float8),
-            to_timestamp($14::float8), to_timestamp($15::float8))
-    ON CONFLICT (execution_id, seq) DO UPDATE SET
-        status = EXCLUDED.status, attempts = EXCLUDED.attempts, output = EXCLUDED.output,
-        error = EXCLUDED.error, error_kind = EXCLUDED.error_kind, branch = EXCLUDED.branch,
-        started_at = EXCLUDED.started_at, attempt_started_at = EXCLUDED.attempt_started_at,
-        finished_at = EXCLUDED.finished_at""")
 _RUN_COLUMNS = ("execution_id", "seq", "step_id", "step_type", "parent", "in_branch_of", "status",
                 "attempts", "output", "error", "error_kind", "branch", "started_at",
                 "attempt_started_at", "finished_at")
-# UPSERT_RUN for a whole batch in one statement: the rows as one JSON document (the pool's
-# jsonb codec encodes it), taken apart by PostgreSQL. One statement instead of one per row
-# (executemany): the step rows are most of what a batch writes.
-UPSERT_RUNS = """
+# Step rows, however many a batch holds, in one statement: the rows as one JSON document
+# (the pool's jsonb codec encodes it) that PostgreSQL takes apart, instead of one execution
+# per row (executemany). They are most of what a batch writes.
+UPSERT_RUN = (1, """
     INSERT INTO step_executions (execution_id, seq, step_id, step_type, parent, in_branch_of, status,
                                  attempts, output, error, error_kind, branch, started_at,
                                  attempt_started_at, finished_at)
@@ -63,7 +52,7 @@ UPSERT_RUNS = """
         status = EXCLUDED.status, attempts = EXCLUDED.attempts, output = EXCLUDED.output,
         error = EXCLUDED.error, error_kind = EXCLUDED.error_kind, branch = EXCLUDED.branch,
         started_at = EXCLUDED.started_at, attempt_started_at = EXCLUDED.attempt_started_at,
-        finished_at = EXCLUDED.finished_at"""
+        finished_at = EXCLUDED.finished_at""")
 FINISH_EXECUTION = (2, """
     UPDATE workflow_executions SET status = $2, error = $3, finished_at = $4, outcome = $5 WHERE id = $1""")
 
@@ -154,12 +143,12 @@ class GroupCommitter:
     async def _commit(self, grouped: dict[tuple[int, str], list[tuple]]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             for key, rows in sorted(grouped.items(), key=lambda kv: kv[0][0]):
-                if key == UPSERT_RUN and len(rows) > 1:
+                if key == UPSERT_RUN:
                     # One row per step run: a run written twice in the batch keeps its
                     # latest state (a statement may not update one row twice).
                     latest = {(row[0], row[1]): row for row in rows}
-                    await conn.execute(UPSERT_RUNS, [dict(zip(_RUN_COLUMNS, row, strict=True))
-                                                     for row in latest.values()])
+                    await conn.execute(key[1], [dict(zip(_RUN_COLUMNS, row, strict=True))
+                                                for row in latest.values()])
                 else:
                     await conn.executemany(key[1], rows)
 
