@@ -134,7 +134,6 @@ async def _run_incidents(incidents: list[Incident], workflows: dict, settings, a
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from engine import gctune
-    from engine.events import read_file, read_stream
     from engine.replay import Replayer
 
     directory = _rules_dir(args)
@@ -143,8 +142,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     replayer = Replayer(effective_strategies(rules).values())
     gctune.tune(config.service.gc_thresholds)     # a recording of a storm allocates as a storm does
     try:
-        items = read_stream(sys.stdin.buffer.read()) if args.file == "-" else read_file(args.file)
-        replayer.feed(items)
+        replayer.feed_file(args.file)
     except OSError as exc:
         print(f"{args.file}: {exc.strerror}", file=sys.stderr)
         return 2

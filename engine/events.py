@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, BinaryIO, Literal, overload
 
 import orjson
 
@@ -288,14 +288,24 @@ _EVENT_ORDER = ("id", "source", "kind", "name", "reason", "namespace", "uid", "m
                 "count", "total_count", "first_seen", "last_seen", "node", "pod", "workload", "workload_kind",
                 "container", "component", "cluster", "event_uid", "labels", "watch_type")
 if tuple(f.name for f in dataclasses.fields(Event)) != _EVENT_ORDER:   # pragma: no cover
-    raise ImportError("engine.events: Event's fields moved; update _EVENT_ORDER and _core_v1")
+    raise ImportError("engine.events: Event's fields moved; update _EVENT_ORDER and core_v1_row")
+_EVENT_FIELDS = operator.attrgetter(*_EVENT_ORDER)      # an Event as its row
+_SOURCE, _KIND, _UID, _NODE, _REASON, _MESSAGE = (
+    _EVENT_ORDER.index(f) for f in ("source", "kind", "uid", "node", "reason", "message"))
 
 
 def _core_v1(obj: dict, watch_type: str | None) -> Event | None:
+    """:func:`core_v1_row` as an Event."""
+    row = core_v1_row(obj, watch_type)
+    return None if row is None else Event(*row)
+
+
+def core_v1_row(obj: dict, watch_type: str | None) -> tuple | None:
     """The fast path of :func:`_from_k8s` for a well-formed core/v1 Event (what a kubectl
     watch and a storm of patched events are made of), already checked as :func:`_checked`
-    checks it. ``None`` for anything else or anything odd: the caller then takes the
-    general path, which gives the same Event or says exactly what is wrong.
+    checks it, as the Event's arguments in order (``Event(*row)``; a replay's parse worker
+    sends the row as it is). ``None`` for anything else or anything odd: the caller then
+    takes the general path, which gives the same Event or says exactly what is wrong.
 
     Same expressions as :func:`_from_k8s`'s core/v1 branch, in the same order; only the
     validation differs: types are tested inline and the text is searched for NUL once,
@@ -381,9 +391,9 @@ def _core_v1(obj: dict, watch_type: str | None) -> Event | None:
     if not (0 <= first <= MAX_TIME and 0 <= last <= MAX_TIME):
         return None
     # Positional (in _EVENT_ORDER, checked at import): a quarter of the cost of keywords.
-    return Event(ident, "kubernetes", kind, name, reason, namespace, uid, message, type_, None,
-                 count, count, first, last, node, pod, workload, wkind, container, component,
-                 None, event_uid, {}, watch_type)
+    return (ident, "kubernetes", kind, name, reason, namespace, uid, message, type_, None,
+            count, count, first, last, node, pod, workload, wkind, container, component,
+            None, event_uid, {}, watch_type)
 
 
 def _from_envelope(obj: dict) -> Event:
@@ -469,9 +479,25 @@ def parse_events(obj: Any) -> list[Event]:
             raise MalformedEvent(f"watch ERROR: {obj['object'].get('message', 'no message')}")
         obj = obj["object"]
     if "involvedObject" in obj:
-        fast = _core_v1(obj, watch_type)
+        fast = core_v1_row(obj, watch_type)
+        if fast is not None:
+            return [Event(*fast)]
+    return _parse_other(obj, watch_type)
+
+
+def parse_rows(obj: Any) -> list[tuple]:
+    """:func:`parse_events` as each Event's arguments in order (``Event(*row)``), what a
+    replay's parse worker sends: a core/v1 Event is never built as an Event here."""
+    if isinstance(obj, dict) and type(obj.get("type")) is str and obj["type"] in ("ADDED", "MODIFIED") \
+            and type(obj.get("object")) is dict and "involvedObject" in obj["object"]:
+        fast = core_v1_row(obj["object"], obj["type"])
         if fast is not None:
             return [fast]
+    return [_EVENT_FIELDS(event) for event in parse_events(obj)]
+
+
+def _parse_other(obj: dict, watch_type: str | None) -> list[Event]:
+    """:func:`parse_events` of anything but a core/v1 Event its fast path takes."""
     kind = obj.get("kind")
     if kind == "Event" or "involvedObject" in obj or "regarding" in obj:
         return [_checked(_from_k8s(obj, watch_type))]
@@ -602,10 +628,44 @@ class OccurrenceTracker:
         self._nodes: RecentMap[str] = RecentMap(max_pods, max_age)
 
     def observe(self, event: Event) -> bool:
+        """Learn what the event tells of its pod's node (:meth:`learn`), then count it
+        (:meth:`count`): False if it stands for no new occurrence."""
+        if event.source == "kubernetes":
+            event.node = self.node_of(event.kind, event.uid, event.node, event.reason, event.message)
+        return self.count(event)
+
+    def learn(self, event: Event) -> None:
+        """A pod's node, from a kubelet's event about it or the scheduler's ``Scheduled``;
+        an event about a pod that does not say its node gets the one learnt."""
+        event.node = self.node_of(event.kind, event.uid, event.node, event.reason, event.message)
+
+    def learn_row(self, row: tuple) -> tuple:
+        """What :meth:`observe` learns of an event as its row (:func:`parse_rows`): the row,
+        with its node."""
+        if row[_SOURCE] != "kubernetes":
+            return row
+        node = self.node_of(row[_KIND], row[_UID], row[_NODE], row[_REASON], row[_MESSAGE])
+        return row if node == row[_NODE] else (*row[:_NODE], node, *row[_NODE + 1:])
+
+    def node_of(self, kind: str, uid: str | None, node: str | None, reason: str, message: str) -> str | None:
+        """What :meth:`learn` does, on the fields it reads: the node the event gets."""
+        if uid and kind == "Pod":
+            if not node:
+                node = self._nodes.get(uid)
+            elif self._nodes.current(hash(uid)) != node:
+                self._remember(uid, node)
+        if reason == "Scheduled":
+            match = _ASSIGNED.match(message)
+            if match and uid:
+                self._remember(uid, match.group(3))
+        return node
+
+    def count(self, event: Event) -> bool:
+        """Set ``event.count`` to the occurrences it stands for beyond those seen of the same
+        Event object; False if none (a duplicate delivery or a relist)."""
         kubernetes = event.source == "kubernetes"
         event_uid = event.event_uid
         if kubernetes:
-            self._learn_node(event)
             key: tuple[str | None, ...] = (event_uid or None, event.uid or event.object_key, event.reason)
         elif event_uid:
             key = (event_uid, event.uid or event.object_key, event.reason)
@@ -627,17 +687,6 @@ class OccurrenceTracker:
 
     def __len__(self) -> int:
         return len(self._counts)
-
-    def _learn_node(self, event: Event) -> None:
-        if event.kind == "Pod" and event.uid:
-            if event.node:
-                self._remember(event.uid, event.node)
-            else:
-                event.node = self._nodes.get(event.uid)
-        if event.reason == "Scheduled":
-            match = _ASSIGNED.match(event.message)
-            if match and event.uid:
-                self._remember(event.uid, match.group(3))
 
     def _remember(self, pod_uid: str, node: str) -> None:
         h = hash(pod_uid)
@@ -703,20 +752,29 @@ def _is_document(first_line: bytes) -> bool:
 def read_file(path: str | Path) -> Iterator[tuple[int, Any]]:
     """Like :func:`read_stream`, from a file, without holding JSON lines in memory."""
     with open(path, "rb") as fp:
-        first_line = b""
-        while not first_line.strip():
-            first_line = fp.readline()
-            if not first_line:
-                return
-        fp.seek(0)
-        if _is_document(first_line):
-            yield from read_stream(fp.read())
+        yield from read_open(fp)
+
+
+def read_open(fp: BinaryIO) -> Iterator[tuple[int, Any]]:
+    """:func:`read_file` of a file already open (binary): seekable, it is read line by line;
+    otherwise (a pipe) whole, as :func:`read_stream`."""
+    if not fp.seekable():
+        yield from read_stream(fp.read())
+        return
+    first_line = b""
+    while not first_line.strip():
+        first_line = fp.readline()
+        if not first_line:
             return
-        loads = orjson.loads
-        for number, line in enumerate(fp, 1):
-            if not line or line.isspace():      # (strip() would copy every line)
-                continue
-            try:
-                yield number, loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield number, MalformedEvent(f"line {number}: not JSON: {exc}")
+    fp.seek(0)
+    if _is_document(first_line):
+        yield from read_stream(fp.read())
+        return
+    loads = orjson.loads
+    for number, line in enumerate(fp, 1):
+        if not line or line.isspace():      # (strip() would copy every line)
+            continue
+        try:
+            yield number, loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield number, MalformedEvent(f"line {number}: not JSON: {exc}")

@@ -76,10 +76,13 @@ class _Host(durable_engine.Host):
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hit:
     """An event that is a symptom of a strategy. ``inhibited_by`` names the inhibiting
-    (strategy id, value) when another strategy's incident covers it."""
+    (strategy id, value) when another strategy's incident covers it.
+
+    Not frozen, though nothing changes one: a frozen dataclass sets each field through
+    ``object.__setattr__``, and a storm makes one Hit per matching event."""
 
     strategy: Strategy
     event: Event

@@ -6,6 +6,8 @@
 - rule base: the memo (keyed on free fields while no fact is live) against posting every
   event to durable-rules;
 - replay: the event-time scheduler against reactivex's ``HistoricalScheduler``;
+- replay of a file: through the parse worker (a forked process that reads, decodes and
+  parses, sending rows) against the same file parsed in the replay's own process;
 - malformed records still become dead letters that say what is wrong.
 """
 
@@ -13,8 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import gc
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +28,7 @@ import pytest
 from reactivex.scheduler import HistoricalScheduler
 
 import engine.replay as replay_module
-from engine.events import _checked, _core_v1, _from_k8s, parse_events, read_stream
+from engine.events import Event, _checked, _core_v1, _from_k8s, parse_events, parse_rows, read_stream
 from engine.exceptions import MalformedEvent
 from engine.replay import Replayer, replay_bytes
 from engine.rulebase import RuleBase
@@ -220,3 +225,109 @@ def test_the_garbage_collector_is_back_on_after_a_replay_even_one_that_fails(str
     assert gc.isenabled()
     replayer.finish()
     assert gc.isenabled()
+
+
+# ----------------------------------------------------------------------------- the parse worker
+
+
+def rows_or_error(value: Any) -> Any:
+    try:
+        return parse_rows(value)
+    except MalformedEvent as exc:
+        return f"MalformedEvent: {exc}"
+
+
+def test_parse_rows_are_the_events_parse_events_gives_or_its_error():
+    values = [value for seed in (1, 2, 3) for _, value in read_stream(mixedstorm.stream(seed))
+              if not isinstance(value, MalformedEvent)]
+    values += [{"type": t, "object": obj} for obj in odd_objects() for t in ("ADDED", "MODIFIED")]
+    values += [obj for obj in odd_objects()[:40]]        # bare Events, no watch line around them
+    fast = errors = 0
+    for value in values:
+        try:
+            expected: Any = parse_events(value)
+        except MalformedEvent as exc:
+            expected = f"MalformedEvent: {exc}"
+            errors += 1
+        got = rows_or_error(value)
+        if isinstance(expected, str):
+            assert got == expected, value
+            continue
+        assert all(type(row) is tuple for row in got)
+        assert [Event(*row) for row in got] == expected, value
+        fast += len(got)
+    assert fast > 500 and errors > 20      # both kinds really exercised
+
+
+def file_summary(result) -> list:
+    return [*summary_of(result), [(i.id, i.context(), i.events_context()) for i in result.incidents]]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_file_replays_the_same_through_the_parse_worker(strategies, seed, tmp_path, monkeypatch):
+    # Every shape of record, duplicates, relists, malformed lines, pods whose node is learnt
+    # from an earlier event, and a storm, in batches small enough that many cross.
+    monkeypatch.setattr(replay_module, "WORKER_BATCH", 100)
+    path = tmp_path / "recording.jsonl"
+    path.write_bytes(mixedstorm.stream(seed) + storm_bytes(namespaces=2, deployments=30))
+    alone = Replayer(strategies)
+    alone.feed_file(path, worker=False)
+    expected = file_summary(alone.finish())
+    forked = []
+    through = replay_module.Replayer._from_worker
+
+    def spied(self, fp):
+        forked.append(fp.name)
+        return through(self, fp)
+
+    monkeypatch.setattr(replay_module.Replayer, "_from_worker", spied)
+    parallel = Replayer(strategies)
+    parallel.feed_file(path, worker=True)
+    got = parallel.finish()
+    assert forked == [str(path)]
+    assert file_summary(got) == expected
+    assert got.records > 10 * replay_module.WORKER_BATCH and got.dead_letters and got.duplicates
+    assert gc.isenabled()
+
+
+def test_the_parse_worker_dying_is_an_error_not_a_short_replay(strategies, tmp_path, monkeypatch):
+    path = tmp_path / "storm.jsonl"
+    path.write_bytes(storm_bytes())
+    monkeypatch.setattr(replay_module, "_parse_worker", lambda fp, out, tracker: os._exit(3))
+    replayer = Replayer(strategies)
+    with pytest.raises(RuntimeError, match=r"parse worker stopped \(exit code 3\) before the end"):
+        replayer.feed_file(path, worker=True)
+    assert gc.isenabled()
+
+
+def test_a_read_error_in_the_parse_worker_is_the_replays_oserror(strategies, tmp_path, monkeypatch):
+    path = tmp_path / "storm.jsonl"
+    path.write_bytes(storm_bytes())
+
+    def failing(fp):
+        yield 1, orjson.loads(storm_bytes().splitlines()[0])
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(replay_module, "read_open", failing)
+    replayer = Replayer(strategies)
+    with pytest.raises(OSError) as raised:
+        replayer.feed_file(path, worker=True)
+    assert raised.value.errno == errno.EIO and raised.value.strerror == "Input/output error"
+
+
+def test_a_missing_file_fails_before_any_worker_starts(strategies, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Replayer(strategies).feed_file(tmp_path / "absent.jsonl", worker=True)
+
+
+def test_no_worker_is_forked_from_a_process_running_other_threads():
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        assert replay_module._worker_helps() is False
+    finally:
+        release.set()
+        other.join()
+    assert replay_module._worker_helps() is (len(os.sched_getaffinity(0)) > 1
+                                             and threading.active_count() == 1)
