@@ -103,7 +103,7 @@ def child_replay(path: str, rules_dir: str, total_strategies: int) -> dict:
     builtin = list(effective_strategies(rules).values())
     strategies = builtin + synthetic_strategies(max(0, total_strategies - len(builtin)))
     start = time.perf_counter()
-    replayer = Replayer(strategies)
+    replayer = Replayer(strategies, one_shot=True)    # as ``aetherius replay`` builds it
     gctune.tune()                   # as ``aetherius replay`` does once its rules are loaded
     replayer.feed_file(path)        # as ``aetherius replay FILE`` does: a parse worker on a second core
     result = replayer.finish()

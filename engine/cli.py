@@ -139,7 +139,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     directory = _rules_dir(args)
     config = load_config(args.config)
     rules = load_valid(directory, config.agent_policy())
-    replayer = Replayer(effective_strategies(rules).values())
+    replayer = Replayer(effective_strategies(rules).values(), one_shot=True)
     gctune.tune(config.service.gc_thresholds)     # a recording of a storm allocates as a storm does
     try:
         replayer.feed_file(args.file)

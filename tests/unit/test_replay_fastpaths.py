@@ -331,3 +331,21 @@ def test_no_worker_is_forked_from_a_process_running_other_threads():
         other.join()
     assert replay_module._worker_helps() is (len(os.sched_getaffinity(0)) > 1
                                              and threading.active_count() == 1)
+
+
+@pytest.mark.parametrize("one_shot", [False, True])
+def test_a_one_shot_replay_freezes_what_it_kept_and_a_service_s_does_not(strategies, one_shot):
+    before = gc.get_freeze_count()
+    try:
+        replayer = Replayer(strategies, one_shot=one_shot)
+        replayer.feed(read_stream(storm_bytes()))
+        result = replayer.finish()
+        assert len(result.incidents) == 40 and gc.isenabled()
+        kept = gc.get_freeze_count() - before
+        # Frozen: the incidents, their events, the tracker's memory (out of every scan from
+        # now on); else nothing is, and the collector sees them as it sees everything.
+        assert (kept > 800) if one_shot else (kept == 0)
+        assert gc.is_tracked(result.incidents[0]) and gc.isenabled()
+    finally:
+        if before == 0:
+            gc.unfreeze()
