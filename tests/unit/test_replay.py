@@ -271,3 +271,25 @@ def test_storm_gives_one_incident_per_deployment(strategies):
     assert [i.events for i in result.incidents] == [100] * 100  # 5 pods x 20 occurrences
     assert all(len(i.objects) == 5 for i in result.incidents)
     assert all(i.late == 0 and i.suppressed == 0 for i in result.incidents)
+
+
+def test_the_replay_command_parses_a_file_in_a_worker_and_says_the_same(tmp_path, strategies):
+    # A fresh ``aetherius replay`` process runs no other thread: a file goes through the
+    # parse worker (feed_file's default), and its answer is the in-process one.
+    import subprocess
+    import sys
+
+    path = tmp_path / "storm.jsonl"
+    path.write_bytes(storm(deployments=20, repeats=6) + WATCH_STREAM.read_bytes())
+    expected = replay_bytes(path.read_bytes(), strategies)
+    command = [sys.executable, "-m", "engine", "replay", "--rules", str(RULES)]
+    done = subprocess.run([*command, str(path), "--json"], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert sorted((i["strategy"], i["key"], i["events"]) for i in incident_lines(records)) == \
+        sorted((i.strategy.id, i.key_text, i.events) for i in expected.incidents)
+    assert records[-1]["records"] == expected.records and records[-1]["duplicates"] == expected.duplicates
+    missing = subprocess.run([*command, str(tmp_path / "absent.jsonl")], capture_output=True, text=True,
+                             timeout=120, check=False)
+    assert missing.returncode == 2 and "absent.jsonl: No such file or directory" in missing.stderr
