@@ -628,16 +628,11 @@ class OccurrenceTracker:
         self._nodes: RecentMap[str] = RecentMap(max_pods, max_age)
 
     def observe(self, event: Event) -> bool:
-        """Learn what the event tells of its pod's node (:meth:`learn`), then count it
+        """Learn what the event tells of its pod's node (:meth:`node_of`), then count it
         (:meth:`count`): False if it stands for no new occurrence."""
         if event.source == "kubernetes":
             event.node = self.node_of(event.kind, event.uid, event.node, event.reason, event.message)
         return self.count(event)
-
-    def learn(self, event: Event) -> None:
-        """A pod's node, from a kubelet's event about it or the scheduler's ``Scheduled``;
-        an event about a pod that does not say its node gets the one learnt."""
-        event.node = self.node_of(event.kind, event.uid, event.node, event.reason, event.message)
 
     def learn_row(self, row: tuple) -> tuple:
         """What :meth:`observe` learns of an event as its row (:func:`parse_rows`): the row,
@@ -648,7 +643,8 @@ class OccurrenceTracker:
         return row if node == row[_NODE] else (*row[:_NODE], node, *row[_NODE + 1:])
 
     def node_of(self, kind: str, uid: str | None, node: str | None, reason: str, message: str) -> str | None:
-        """What :meth:`learn` does, on the fields it reads: the node the event gets."""
+        """The node a Kubernetes event gets: a pod's, learnt from a kubelet's event about it
+        or the scheduler's ``Scheduled``, for the pod's events that do not say it."""
         if uid and kind == "Pod":
             if not node:
                 node = self._nodes.get(uid)

@@ -217,10 +217,10 @@ class Replayer:
 
         With ``worker`` (by default for a file, where there is more than one core and this
         process runs no other thread), the file is read, decoded and parsed in a forked
-        process, which also learns the pods' nodes (OccurrenceTracker.learn), while this one
-        counts occurrences and runs the rule base and the correlator on what it has parsed,
-        in the same order: the same result in about two thirds of the time. (The nodes it
-        learnt stay in it: a later feed of this replayer has only those learnt here.) The
+        process, which also learns the pods' nodes (OccurrenceTracker.learn_row), while this
+        one counts occurrences and runs the rule base and the correlator on what it has
+        parsed, in the same order: the same result in about two thirds of the time. (The
+        nodes it learnt stay in it: a later feed of this replayer does not know them.) The
         file is opened here, so a missing one raises the usual OSError before anything
         starts."""
         if str(path) == "-":
