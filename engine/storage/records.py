@@ -160,19 +160,27 @@ class Repository:
     async def close_incidents(self, batch: Sequence[tuple[str, float | None, float]],
                               ) -> list[dict[str, Any] | None]:
         """Close each (incident id, last seen or None, cooldown seconds) in one statement and
-        one commit, in id order; each gets its (strategy_id, key), or None if it was not open.
-        (Should two batches still wait on each other, PostgreSQL ends one and its items are
-        closed one by one: engine.service.incidents.Batched.)"""
-        order = sorted(range(len(batch)), key=lambda i: batch[i][0])
+        one commit; each gets its (strategy_id, key), or None if it was not open.
+
+        The keys' locks are taken in (strategy, key) order, the order :meth:`open_incidents`
+        takes them in, so a replica's closing batch and another's opening batch never wait
+        for each other in a cycle (PostgreSQL would end one as a deadlock after a second).
+        Should two batches still wait on each other, PostgreSQL ends one and its items are
+        closed one by one: engine.service.incidents.Batched."""
         found = await self.pool.fetch("""
-            SELECT a.n, c.strategy_id, c.key
-            FROM unnest($1::text[], $2::float8[], $3::float8[]) WITH ORDINALITY AS a(id, last, cooldown, n)
-            CROSS JOIN LATERAL aetherius_close_incident(a.id, to_timestamp(a.last), a.cooldown) c
-            ORDER BY a.n""", [batch[i][0] for i in order], [batch[i][1] or None for i in order],
-            [batch[i][2] for i in order])
+            WITH ordered AS MATERIALIZED (
+                SELECT a.n, a.id, a.last, a.cooldown
+                FROM unnest($1::text[], $2::float8[], $3::float8[])
+                     WITH ORDINALITY AS a(id, last, cooldown, n)
+                JOIN incidents i ON i.id = a.id
+                ORDER BY i.strategy_id, i.key, a.n)
+            SELECT o.n, c.strategy_id, c.key
+            FROM ordered o
+            CROSS JOIN LATERAL aetherius_close_incident(o.id, to_timestamp(o.last), o.cooldown) c""",
+            [item[0] for item in batch], [item[1] or None for item in batch], [item[2] for item in batch])
         out: list[dict[str, Any] | None] = [None] * len(batch)
         for row in found:
-            out[order[row["n"] - 1]] = {"strategy_id": row["strategy_id"], "key": row["key"]}
+            out[row["n"] - 1] = {"strategy_id": row["strategy_id"], "key": row["key"]}
         return out
 
     async def claim_incidents_without_execution(self, lease_seconds: float) -> list[dict[str, Any]]:

@@ -393,6 +393,62 @@ def test_incidents_opened_and_closed_in_one_batch_answer_each_caller_in_its_orde
     assert attached == {"ev-1": "inc-1", "ev-2": "inc-2", "ev-3": "inc-3", "ev-4": None, "ev-5": None}
 
 
+def test_a_closing_batch_takes_the_keys_locks_in_key_order_as_opening_does(pg_dsn):
+    # Incident ids sort one way and their keys the other. Another session holds the lock of
+    # the key that sorts last: a batch closing both takes the first key's lock, then waits
+    # at the second, the order an opening batch takes them in, so the two never deadlock.
+    from engine.correlation import Incident
+    from engine.events import Event
+    from engine.rules.model import Strategy
+
+    crashloop = Strategy.model_validate({
+        "id": "pod_crashloop", "category": "pod_failure", "workflow_id": WF, "severity": "high",
+        "symptoms": [{"conditions": {"kind": "Pod", "reason": "BackOff"}}],
+        "correlation": {"key": ["namespace", "workload"], "quiet": "30s", "cooldown": "10m"}})
+
+    def incident(ident: str, workload: str) -> Incident:
+        event = Event(id=f"ev-{ident}", source="kubernetes", kind="Pod", name=f"{workload}-abc12-x1",
+                      reason="BackOff", namespace="shop", workload=workload, first_seen=1_790_000_000.0,
+                      last_seen=1_790_000_000.0)
+        return Incident(id=ident, strategy=crashloop, key=("shop", workload), first_seen=event.first_seen,
+                        last_seen=event.last_seen, first_event=event)
+
+    async def go() -> tuple[int, list]:
+        pool = await create_pool(pg_dsn)
+        holder = await asyncpg.connect(pg_dsn)
+        try:
+            await migrate(pool)
+            repo = Repository(pool, "replica-a")
+            # inc-a is shop/zeta (last in key order), inc-b is shop/alpha (first).
+            assert await repo.open_incidents([(incident("inc-a", "zeta"), "exec-a", []),
+                                              (incident("inc-b", "alpha"), "exec-b", [])]) == [
+                ("opened", None), ("opened", None)]
+            await holder.execute("SELECT pg_advisory_lock(hashtext('incident:pod_crashloop:shop/zeta'))")
+            closing = asyncio.create_task(
+                repo.close_incidents([("inc-a", None, 600.0), ("inc-b", None, 600.0)]))
+            held = 0
+            for _ in range(100):        # until the batch waits for the lock the holder has
+                await asyncio.sleep(0.05)
+                waiting = await holder.fetchval(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                if waiting is not None:
+                    held = await holder.fetchval(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = $1",
+                        waiting)
+                    break
+            assert not closing.done()
+            await holder.execute("SELECT pg_advisory_unlock_all()")
+            return held, await asyncio.wait_for(closing, 10)
+        finally:
+            await holder.close()
+            await pool.close()
+
+    held, closed = asyncio.run(go())
+    assert held == 1        # shop/alpha's lock, taken before it waited for shop/zeta's
+    assert closed == [{"strategy_id": "pod_crashloop", "key": "shop/zeta"},
+                      {"strategy_id": "pod_crashloop", "key": "shop/alpha"}]
+
+
 def test_step_runs_written_in_one_group_commit_come_back_as_written(pg_dsn):
     # Many executions' step rows go to PostgreSQL as one statement per batch: every field of
     # every run comes back as it was, and a run written twice in a batch keeps its latest state.
