@@ -163,7 +163,8 @@ class Repository:
         one commit; each gets its (strategy_id, key), or None if it was not open.
 
         The keys' locks are taken in (strategy, key) order, the order :meth:`open_incidents`
-        takes them in, so a replica's closing batch and another's opening batch never wait
+        takes them in (Python's, by code point: byte order in the "C" collation, whatever
+        the database's own collation is), so a replica's closing batch and another's opening batch never wait
         for each other in a cycle (PostgreSQL would end one as a deadlock after a second).
         Should two batches still wait on each other, PostgreSQL ends one and its items are
         closed one by one: engine.service.incidents.Batched."""
@@ -173,7 +174,7 @@ class Repository:
                 FROM unnest($1::text[], $2::float8[], $3::float8[])
                      WITH ORDINALITY AS a(id, last, cooldown, n)
                 JOIN incidents i ON i.id = a.id
-                ORDER BY i.strategy_id, i.key, a.n)
+                ORDER BY i.strategy_id COLLATE "C", i.key COLLATE "C", a.n)
             SELECT o.n, c.strategy_id, c.key
             FROM ordered o
             CROSS JOIN LATERAL aetherius_close_incident(o.id, to_timestamp(o.last), o.cooldown) c""",

@@ -393,10 +393,13 @@ def test_incidents_opened_and_closed_in_one_batch_answer_each_caller_in_its_orde
     assert attached == {"ev-1": "inc-1", "ev-2": "inc-2", "ev-3": "inc-3", "ev-4": None, "ev-5": None}
 
 
-def test_a_closing_batch_takes_the_keys_locks_in_key_order_as_opening_does(pg_dsn):
-    # Incident ids sort one way and their keys the other. Another session holds the lock of
-    # the key that sorts last: a batch closing both takes the first key's lock, then waits
-    # at the second, the order an opening batch takes them in, so the two never deadlock.
+@pytest.mark.parametrize("collation", [None, "en-x-icu"], ids=["database default", "ICU en"])
+def test_a_closing_batch_takes_the_keys_locks_in_key_order_as_opening_does(pg_dsn, collation):
+    # Opening takes the keys' locks in Python's order (by code point: "shop/Web" before
+    # "shop/api"); a closing batch must take them in that order too, whatever the ids' order
+    # (inc-a is shop/api) and the keys' collation (in ICU's English "shop/api" comes first).
+    # Another session holds the lock of the key that comes last: the batch takes the first
+    # key's lock, then waits at the second, the order an opening batch takes them in.
     from engine.correlation import Incident
     from engine.events import Event
     from engine.rules.model import Strategy
@@ -418,12 +421,18 @@ def test_a_closing_batch_takes_the_keys_locks_in_key_order_as_opening_does(pg_ds
         holder = await asyncpg.connect(pg_dsn)
         try:
             await migrate(pool)
+            if collation is not None:
+                known = await pool.fetchval("SELECT count(*) FROM pg_collation WHERE collname = $1",
+                                            collation)
+                if not known:
+                    pytest.skip(f"this PostgreSQL has no {collation} collation (built without ICU)")
+                await pool.execute(f'ALTER TABLE incidents ALTER COLUMN key TYPE text COLLATE "{collation}"')
             repo = Repository(pool, "replica-a")
-            # inc-a is shop/zeta (last in key order), inc-b is shop/alpha (first).
-            assert await repo.open_incidents([(incident("inc-a", "zeta"), "exec-a", []),
-                                              (incident("inc-b", "alpha"), "exec-b", [])]) == [
+            assert sorted(["shop/api", "shop/Web"]) == ["shop/Web", "shop/api"]
+            assert await repo.open_incidents([(incident("inc-a", "api"), "exec-a", []),
+                                              (incident("inc-b", "Web"), "exec-b", [])]) == [
                 ("opened", None), ("opened", None)]
-            await holder.execute("SELECT pg_advisory_lock(hashtext('incident:pod_crashloop:shop/zeta'))")
+            await holder.execute("SELECT pg_advisory_lock(hashtext('incident:pod_crashloop:shop/api'))")
             closing = asyncio.create_task(
                 repo.close_incidents([("inc-a", None, 600.0), ("inc-b", None, 600.0)]))
             held = 0
@@ -444,9 +453,9 @@ def test_a_closing_batch_takes_the_keys_locks_in_key_order_as_opening_does(pg_ds
             await pool.close()
 
     held, closed = asyncio.run(go())
-    assert held == 1        # shop/alpha's lock, taken before it waited for shop/zeta's
-    assert closed == [{"strategy_id": "pod_crashloop", "key": "shop/zeta"},
-                      {"strategy_id": "pod_crashloop", "key": "shop/alpha"}]
+    assert held == 1        # shop/Web's lock, taken before it waited for shop/api's
+    assert closed == [{"strategy_id": "pod_crashloop", "key": "shop/api"},
+                      {"strategy_id": "pod_crashloop", "key": "shop/Web"}]
 
 
 def test_step_runs_written_in_one_group_commit_come_back_as_written(pg_dsn):
