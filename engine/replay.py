@@ -22,6 +22,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,6 +44,9 @@ FLUSH_HORIZON = 10 * 365 * 86400.0
 # big enough that a batch costs little per event, small enough that the worker is never far
 # ahead (the pipe's buffer and one batch: the worker's memory stays flat).
 WORKER_BATCH = 1000
+# How long a replay that stopped early waits for its worker to see the closed pipe and end,
+# before it kills it.
+WORKER_GRACE = 2.0
 
 
 @dataclass
@@ -230,50 +234,59 @@ class Replayer:
             if not (_worker_helps() if worker is None else worker):
                 self.feed(read_open(fp))
                 return
-            events = self._from_worker(fp)
+            try:
+                started = self._start_worker(fp)
+            except OSError as exc:      # EAGAIN, ENOMEM: not the file's fault
+                log.warning("could not start the replay's parse worker (%s); parsing here instead", exc)
+                self.feed(read_open(fp))
+                return
             try:
                 with _no_cyclic_gc(self.one_shot):
-                    self._run(events, self.tracker.count)     # (the worker learnt the nodes)
+                    # (the worker learnt the nodes: only the counting is left to do here)
+                    self._run(self._from_worker(*started), self.tracker.count)
             finally:
-                events.close()      # the worker stops with the replay, whichever way it ends
+                _stop_worker(*started)      # the worker ends with the replay, whichever way it ends
 
-    def _from_worker(self, fp: BinaryIO) -> Generator[Event, None, None]:
-        """The events a forked parse worker reads from ``fp``, in order (each batch of rows
-        one marshalled message on a pipe); its dead letters and ignored records go into the
-        result as they arrive."""
+    def _start_worker(self, fp: BinaryIO) -> tuple[BaseProcess, Connection]:
+        """Fork the parse worker of ``fp``: (the process, the replay's end of its pipe)."""
         context = multiprocessing.get_context("fork")
         receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(target=_parse_worker, args=(fp, sender, self.tracker), daemon=True,
-                                  name="aetherius-replay-parse")
-        process.start()
-        sender.close()
+        process = context.Process(target=_parse_worker, args=(fp, sender, receiver, self.tracker),
+                                  daemon=True, name="aetherius-replay-parse")
+        try:
+            process.start()
+        except BaseException:
+            receiver.close()
+            raise
+        finally:
+            sender.close()
+        return process, receiver
+
+    def _from_worker(self, process: BaseProcess, receiver: Connection) -> Generator[Event, None, None]:
+        """The events the parse worker reads, in order (each batch of rows one marshalled
+        message on the pipe); its dead letters and ignored records go into the result as
+        they arrive."""
         result = self.result
         loads = marshal.loads
-        try:
-            while True:
-                try:
-                    message = loads(receiver.recv_bytes())
-                except EOFError:
-                    process.join()
-                    raise RuntimeError(f"the replay's parse worker stopped (exit code {process.exitcode})"
-                                       " before the end of the file") from None
-                kind = message[0]
-                if kind == "batch":
-                    _, ignored, dead, rows = message
-                    result.ignored += ignored
-                    result.dead_letters.extend(DeadLetter(line, reason) for line, reason in dead)
-                    yield from itertools.starmap(Event, rows)
-                elif kind == "end":
-                    return
-                elif kind == "oserror":
-                    raise OSError(message[1], message[2])
-                else:
-                    raise RuntimeError(f"the replay's parse worker failed: {message[1]}")
-        finally:
-            receiver.close()
-            if process.is_alive():      # stopped early (an error here): it need not go on
-                process.terminate()
-            process.join()
+        while True:
+            try:
+                message = loads(receiver.recv_bytes())
+            except EOFError:
+                process.join()
+                raise RuntimeError(f"the replay's parse worker stopped (exit code {process.exitcode})"
+                                   " before the end of the file") from None
+            kind = message[0]
+            if kind == "batch":
+                _, ignored, dead, rows = message
+                result.ignored += ignored
+                result.dead_letters.extend(DeadLetter(line, reason) for line, reason in dead)
+                yield from itertools.starmap(Event, rows)
+            elif kind == "end":
+                return
+            elif kind == "oserror":
+                raise OSError(message[1], message[2])
+            else:
+                raise RuntimeError(f"the replay's parse worker failed: {message[1]}")
 
     def feed_events(self, events: Iterable[Event]) -> None:
         """Feed events already parsed (a rehearsal builds them), in time order."""
@@ -342,6 +355,16 @@ class Replayer:
         return self.result
 
 
+def _stop_worker(process: BaseProcess, receiver: Connection) -> None:
+    """The parse worker ended, or made to: once the pipe is closed its next write fails and
+    it ends; one still busy (inside a long line) after ``WORKER_GRACE`` is killed."""
+    receiver.close()
+    process.join(WORKER_GRACE)
+    if process.is_alive():
+        process.kill()
+        process.join()
+
+
 def _worker_helps() -> bool:
     """A parse worker pays off with a second core (one this process may run on); it is
     forked, so only from a process with no other thread (a fork copies one thread, and
@@ -350,12 +373,19 @@ def _worker_helps() -> bool:
     return cores > 1 and threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
 
 
-def _parse_worker(fp: BinaryIO, out: Connection, tracker: OccurrenceTracker) -> None:
+def _parse_worker(fp: BinaryIO, out: Connection, replay_end: Connection, tracker: OccurrenceTracker) -> None:
     """In the forked worker: read, decode and parse ``fp``, sending (``"batch"``, ignored,
     dead letters as (line, reason), events as their fields) messages, then ``("end",)``; an
     error of reading as ``("oserror", errno, text)``, any other as ``("error", text)``."""
+    # The replay's end of the pipe, inherited: closed, so that once the replay is gone
+    # (even killed) a write here fails with EPIPE and the worker ends instead of waiting.
+    replay_end.close()
+    # Signals are the replay's: Ctrl-C is its to handle (it stops this worker), and a
+    # handler it installed for SIGTERM must not keep this one alive when it is stopped.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
     gc.disable()        # short-lived, and it keeps nothing: reference counting frees it all
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the replay's to handle: it stops this
     send = out.send_bytes
     dumps = marshal.dumps
     learn = tracker.learn_row   # the replay's tracker as it was when forked
@@ -364,18 +394,18 @@ def _parse_worker(fp: BinaryIO, out: Connection, tracker: OccurrenceTracker) -> 
         for line, obj in read_open(fp):
             if isinstance(obj, MalformedEvent):
                 dead.append((line, str(obj)))
-                continue
-            try:
-                parsed = parse_rows(obj)
-            except MalformedEvent as exc:
-                dead.append((line, str(exc)))
-                continue
-            if not parsed:
-                ignored += 1
-                continue
-            for row in parsed:
-                rows.append(learn(row))
-            if len(rows) >= WORKER_BATCH:
+            else:
+                try:
+                    parsed = parse_rows(obj)
+                except MalformedEvent as exc:
+                    dead.append((line, str(exc)))
+                else:
+                    if not parsed:
+                        ignored += 1
+                    for row in parsed:
+                        rows.append(learn(row))
+            # (a long run of bad lines is sent as it comes too: the worker holds one batch)
+            if len(rows) >= WORKER_BATCH or len(dead) >= WORKER_BATCH:
                 send(dumps(("batch", ignored, dead, rows)))
                 ignored, dead, rows = 0, [], []
         send(dumps(("batch", ignored, dead, rows)))

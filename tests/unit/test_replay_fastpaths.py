@@ -276,15 +276,15 @@ def test_a_file_replays_the_same_through_the_parse_worker(strategies, seed, tmp_
     forked = []
     through = replay_module.Replayer._from_worker
 
-    def spied(self, fp):
-        forked.append(fp.name)
-        return through(self, fp)
+    def spied(self, process, receiver):
+        forked.append(process.name)
+        return through(self, process, receiver)
 
     monkeypatch.setattr(replay_module.Replayer, "_from_worker", spied)
     parallel = Replayer(strategies)
     parallel.feed_file(path, worker=True)
     got = parallel.finish()
-    assert forked == [str(path)]
+    assert forked == ["aetherius-replay-parse"]
     assert file_summary(got) == expected
     assert got.records > 10 * replay_module.WORKER_BATCH and got.dead_letters and got.duplicates
     assert gc.isenabled()
@@ -293,7 +293,7 @@ def test_a_file_replays_the_same_through_the_parse_worker(strategies, seed, tmp_
 def test_the_parse_worker_dying_is_an_error_not_a_short_replay(strategies, tmp_path, monkeypatch):
     path = tmp_path / "storm.jsonl"
     path.write_bytes(storm_bytes())
-    monkeypatch.setattr(replay_module, "_parse_worker", lambda fp, out, tracker: os._exit(3))
+    monkeypatch.setattr(replay_module, "_parse_worker", lambda fp, out, replay_end, tracker: os._exit(3))
     replayer = Replayer(strategies)
     with pytest.raises(RuntimeError, match=r"parse worker stopped \(exit code 3\) before the end"):
         replayer.feed_file(path, worker=True)
@@ -349,3 +349,151 @@ def test_a_one_shot_replay_freezes_what_it_kept_and_a_service_s_does_not(strateg
     finally:
         if before == 0:
             gc.unfreeze()
+
+
+_SLOW_REPLAY = """
+import multiprocessing, signal, sys, time
+from engine.replay import Replayer
+from engine.rules.check import effective_strategies, load_valid
+replayer = Replayer(effective_strategies(load_valid(sys.argv[2])).values())
+process, seen = replayer.rulebase.process, [0]
+signal.signal(signal.SIGTERM, lambda *_: print("SIGTERM handled, not stopping", flush=True))
+
+def slow(event, now=None):
+    seen[0] += 1
+    if seen[0] == 1:     # the worker's pid, once it runs ahead of a slow replay
+        print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+    if sys.argv[3] == "fail" and seen[0] == 1500:
+        raise ValueError("the rule base failed")
+    time.sleep(0.002)
+    return process(event, now=now)
+
+replayer.rulebase.process = slow
+replayer.feed_file(sys.argv[1], worker=True)
+"""
+
+
+def _gone(pid: int, within: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True     # ended (not reaped by its new parent here)
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_a_killed_replay_leaves_no_parse_worker_behind(tmp_path):
+    # The worker blocks writing to a replay that reads slowly; the replay is killed (the OOM
+    # killer, kill -9): the worker's next write fails (it holds no read end of its own) and it ends.
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "storm.jsonl"
+    path.write_bytes(storm_bytes(namespaces=4, deployments=50))
+    replay = subprocess.Popen([sys.executable, "-c", _SLOW_REPLAY, str(path), str(ROOT / "rules"), "slow"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    worker = 0
+    try:
+        worker = int(replay.stdout.readline().split()[0])
+        assert not _gone(worker, 0.5)       # running ahead, then waiting on the full pipe
+        replay.send_signal(signal.SIGKILL)
+        replay.wait(10)
+        assert _gone(worker, 10), "the parse worker outlived the replay"
+    finally:
+        replay.kill()
+        replay.wait()
+        replay.stdout.close()
+        _stop(worker)
+
+
+def _stop(pid: int) -> None:
+    """A worker a failing test left behind is not left running."""
+    import signal
+
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_replay_that_fails_stops_its_worker_even_with_a_sigterm_handler(tmp_path):
+    # The program installed a SIGTERM handler (inherited by the fork): the failing replay
+    # still ends promptly with its own error, and its worker with it.
+    import subprocess
+    import sys
+
+    path = tmp_path / "storm.jsonl"
+    path.write_bytes(storm_bytes(namespaces=4, deployments=50))
+    done = subprocess.run([sys.executable, "-c", _SLOW_REPLAY, str(path), str(ROOT / "rules"), "fail"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "ValueError: the rule base failed" in done.stderr
+    worker = int(done.stdout.split()[0])
+    try:
+        assert _gone(worker, 5)
+    finally:
+        _stop(worker)
+    assert "SIGTERM handled" not in done.stdout
+
+
+def test_a_long_run_of_bad_lines_crosses_in_batches_not_all_at_once(strategies, tmp_path, monkeypatch):
+    # The worker holds one batch at most, of events or of dead letters: 2,500 malformed lines
+    # in a row cross as they come, in order, and the storm after them replays as ever.
+    import marshal
+
+    batches: list[tuple[int, int]] = []
+
+    class Spy:
+        dumps = staticmethod(marshal.dumps)
+
+        @staticmethod
+        def loads(data: bytes) -> Any:
+            message = marshal.loads(data)
+            if message[0] == "batch":
+                batches.append((len(message[2]), len(message[3])))
+            return message
+
+    monkeypatch.setattr(replay_module, "WORKER_BATCH", 100)
+    monkeypatch.setattr(replay_module, "marshal", Spy)
+    path = tmp_path / "recording.jsonl"
+    path.write_bytes(b"".join(b"{not json %d\n" % i for i in range(2500)) + storm_bytes())
+    replayer = Replayer(strategies)
+    replayer.feed_file(path, worker=True)
+    result = replayer.finish()
+    assert [d.line for d in result.dead_letters] == list(range(1, 2501))
+    assert len(result.incidents) == 40
+    assert max(dead for dead, _ in batches) <= 100 and len(batches) >= 25 + 8
+
+
+def test_a_worker_that_cannot_be_forked_leaves_the_replay_to_parse_itself(strategies, tmp_path, monkeypatch,
+                                                                           caplog):
+    import multiprocessing
+
+    path = tmp_path / "storm.jsonl"
+    path.write_bytes(storm_bytes())
+    fork = multiprocessing.get_context("fork")
+
+    def no_fork() -> None:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    class NoFork:
+        Pipe = staticmethod(fork.Pipe)
+
+        @staticmethod
+        def Process(**kwargs: Any) -> Any:     # (multiprocessing's name)
+            process = fork.Process(**kwargs)
+            process.start = no_fork
+            return process
+
+    monkeypatch.setattr(replay_module.multiprocessing, "get_context", lambda method: NoFork)
+    replayer = Replayer(strategies)
+    replayer.feed_file(path, worker=True)
+    assert len(replayer.finish().incidents) == 40
+    assert "could not start the replay's parse worker" in caplog.text
+    assert "parsing here instead" in caplog.text
