@@ -18,6 +18,7 @@ import copy
 import errno
 import gc
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -492,6 +493,7 @@ def test_a_worker_that_cannot_be_forked_leaves_the_replay_to_parse_itself(strate
             return process
 
     monkeypatch.setattr(replay_module.multiprocessing, "get_context", lambda method: NoFork)
+    caplog.set_level(logging.WARNING, logger="engine")    # whatever an earlier test left it at
     replayer = Replayer(strategies)
     replayer.feed_file(path, worker=True)
     assert len(replayer.finish().incidents) == 40
