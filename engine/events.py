@@ -294,12 +294,6 @@ _SOURCE, _KIND, _UID, _NODE, _REASON, _MESSAGE = (
     _EVENT_ORDER.index(f) for f in ("source", "kind", "uid", "node", "reason", "message"))
 
 
-def _core_v1(obj: dict, watch_type: str | None) -> Event | None:
-    """:func:`core_v1_row` as an Event."""
-    row = core_v1_row(obj, watch_type)
-    return None if row is None else Event(*row)
-
-
 def core_v1_row(obj: dict, watch_type: str | None) -> tuple | None:
     """The fast path of :func:`_from_k8s` for a well-formed core/v1 Event (what a kubectl
     watch and a storm of patched events are made of), already checked as :func:`_checked`
@@ -467,17 +461,9 @@ def parse_events(obj: Any) -> list[Event]:
     """Every Event one decoded JSON value stands for: one for an Event or an envelope; for a
     Pod (a watch line, a List item, or an envelope carrying container statuses), one per
     container state worth knowing (:func:`pod_events`). Raises MalformedEvent."""
-    if not isinstance(obj, dict):
-        raise MalformedEvent(f"expected a JSON object, got {type(obj).__name__}")
-    watch_type = None
-    if "object" in obj and isinstance(obj.get("type"), str) and obj["type"] in _WATCH_TYPES \
-            and isinstance(obj.get("object"), dict):
-        watch_type = obj["type"]
-        if watch_type in ("BOOKMARK", "DELETED"):
-            return []
-        if watch_type == "ERROR":
-            raise MalformedEvent(f"watch ERROR: {obj['object'].get('message', 'no message')}")
-        obj = obj["object"]
+    obj, watch_type = _unwrapped(obj)
+    if obj is None:
+        return []
     if "involvedObject" in obj:
         fast = core_v1_row(obj, watch_type)
         if fast is not None:
@@ -488,12 +474,30 @@ def parse_events(obj: Any) -> list[Event]:
 def parse_rows(obj: Any) -> list[tuple]:
     """:func:`parse_events` as each Event's arguments in order (``Event(*row)``), what a
     replay's parse worker sends: a core/v1 Event is never built as an Event here."""
-    if isinstance(obj, dict) and type(obj.get("type")) is str and obj["type"] in ("ADDED", "MODIFIED") \
-            and type(obj.get("object")) is dict and "involvedObject" in obj["object"]:
-        fast = core_v1_row(obj["object"], obj["type"])
+    obj, watch_type = _unwrapped(obj)
+    if obj is None:
+        return []
+    if "involvedObject" in obj:
+        fast = core_v1_row(obj, watch_type)
         if fast is not None:
             return [fast]
-    return [_EVENT_FIELDS(event) for event in parse_events(obj)]
+    return [_EVENT_FIELDS(event) for event in _parse_other(obj, watch_type)]
+
+
+def _unwrapped(obj: Any) -> tuple[dict | None, str | None]:
+    """(the object, its watch type) of a watch line, (obj, None) of anything else; (None, type)
+    for a watch line that carries no event (BOOKMARK, DELETED). Raises MalformedEvent."""
+    if not isinstance(obj, dict):
+        raise MalformedEvent(f"expected a JSON object, got {type(obj).__name__}")
+    if "object" in obj and isinstance(obj.get("type"), str) and obj["type"] in _WATCH_TYPES \
+            and isinstance(obj.get("object"), dict):
+        watch_type = obj["type"]
+        if watch_type in ("BOOKMARK", "DELETED"):
+            return None, watch_type
+        if watch_type == "ERROR":
+            raise MalformedEvent(f"watch ERROR: {obj['object'].get('message', 'no message')}")
+        return obj["object"], watch_type
+    return obj, None
 
 
 def _parse_other(obj: dict, watch_type: str | None) -> list[Event]:

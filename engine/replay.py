@@ -231,13 +231,13 @@ class Replayer:
             self.feed(read_stream(sys.stdin.buffer.read()))
             return
         with open(path, "rb") as fp:
-            if not (_worker_helps() if worker is None else worker):
-                self.feed(read_open(fp))
-                return
-            try:
-                started = self._start_worker(fp)
-            except OSError as exc:      # EAGAIN, ENOMEM: not the file's fault
-                log.warning("could not start the replay's parse worker (%s); parsing here instead", exc)
+            started = None
+            if _worker_helps() if worker is None else worker:
+                try:
+                    started = self._start_worker(fp)
+                except OSError as exc:      # EAGAIN, ENOMEM: not the file's fault
+                    log.warning("could not start the replay's parse worker (%s); parsing here instead", exc)
+            if started is None:
                 self.feed(read_open(fp))
                 return
             try:

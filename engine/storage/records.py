@@ -164,8 +164,9 @@ class Repository:
 
         The keys' locks are taken in (strategy, key) order, the order :meth:`open_incidents`
         takes them in (Python's, by code point: byte order in the "C" collation, whatever
-        the database's own collation is), so a replica's closing batch and another's opening batch never wait
-        for each other in a cycle (PostgreSQL would end one as a deadlock after a second).
+        the database's own collation is), so a replica's closing batch and another's opening
+        batch never wait for each other in a cycle (PostgreSQL would end one as a deadlock
+        after a second).
         Should two batches still wait on each other, PostgreSQL ends one and its items are
         closed one by one: engine.service.incidents.Batched."""
         found = await self.pool.fetch("""
